@@ -1,0 +1,159 @@
+//! The OCI bundle: config.json loading and the checks that must fail before anything is created.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// A loaded bundle: its directory (absolute) and parsed config.
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+}
+
+impl Bundle {
+    /// Load `DIR/config.json`. Errors name the file and, for JSON errors, the field path and
+    /// line so a user can find the mistake.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let dir = fs::canonicalize(dir).with_context(|| format!("bundle {}", dir.display()))?;
+        let path = dir.join("config.json");
+        let text = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        let spec = parse_config(&text).with_context(|| format!("{}", path.display()))?;
+        Ok(Bundle { dir, spec })
+    }
+
+    /// The root directory as the spec says it: root.path relative to the bundle.
+    pub fn rootfs(&self) -> Result<PathBuf> {
+        let root = self
+            .spec
+            .root()
+            .as_ref()
+            .context("config.json: root is missing")?;
+        let p = root.path();
+        Ok(if p.is_absolute() {
+            p.clone()
+        } else {
+            self.dir.join(p)
+        })
+    }
+}
+
+/// Parse and validate config.json text.
+pub fn parse_config(text: &[u8]) -> Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            anyhow::anyhow!("invalid JSON: {inner}")
+        } else {
+            anyhow::anyhow!("field {path}: {inner}")
+        }
+    })?;
+    validate(&spec)?;
+    Ok(spec)
+}
+
+/// Refuse what lrun cannot honour, naming the field.
+fn validate(spec: &Spec) -> Result<()> {
+    check_version(spec.version())?;
+    if let Some(process) = spec.process() {
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            bail!("field process.args: must name the program to run");
+        }
+        if !process.cwd().is_absolute() {
+            bail!(
+                "field process.cwd: {:?} must be an absolute path",
+                process.cwd()
+            );
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        let mut seen = Vec::new();
+        for ns in linux.namespaces().iter().flatten() {
+            if seen.contains(&ns.typ()) {
+                bail!("field linux.namespaces: {} appears twice", ns.typ());
+            }
+            seen.push(ns.typ());
+        }
+        let has_userns = seen.contains(&LinuxNamespaceType::User);
+        let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+        if has_maps && !has_userns {
+            bail!("field linux.uidMappings: set without a user namespace");
+        }
+        if linux.time_offsets().is_some() && !seen.contains(&LinuxNamespaceType::Time) {
+            bail!("field linux.timeOffsets: set without a time namespace");
+        }
+    }
+    for m in spec.mounts().iter().flatten() {
+        if !m.destination().is_absolute() {
+            bail!(
+                "field mounts: destination {:?} must be absolute",
+                m.destination()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Accept every 1.x version, as runc does (the spec is backward compatible within a major).
+fn check_version(v: &str) -> Result<()> {
+    let major = v.split('.').next().unwrap_or("");
+    if major != "1" {
+        bail!("field ociVersion: {v:?} is not supported (lrun implements runtime-spec 1.x)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#;
+
+    #[test]
+    fn minimal_config_parses() {
+        let spec = parse_config(MINIMAL.as_bytes()).expect("parse");
+        assert_eq!(spec.version(), "1.0.2");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let text = MINIMAL.replace("\"root\"", "\"someFutureField\":{\"x\":1},\"root\"");
+        assert!(parse_config(text.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn unsupported_major_version_is_named() {
+        let text = MINIMAL.replace("1.0.2", "2.0.0");
+        let err = format!("{:#}", parse_config(text.as_bytes()).unwrap_err());
+        assert!(err.contains("ociVersion"), "{err}");
+    }
+
+    #[test]
+    fn malformed_json_reports_position() {
+        let err = format!(
+            "{:#}",
+            parse_config(b"{\"ociVersion\": \"1.0\",").unwrap_err()
+        );
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_namespace_names_the_field() {
+        let text = MINIMAL.replace(
+            "\"root\"",
+            "\"linux\":{\"namespaces\":[{\"type\":\"bogus\"}]},\"root\"",
+        );
+        let err = format!("{:#}", parse_config(text.as_bytes()).unwrap_err());
+        assert!(err.contains("linux.namespaces[0].type"), "{err}");
+    }
+
+    #[test]
+    fn empty_args_are_rejected() {
+        let text = MINIMAL.replace("[\"sh\"]", "[]");
+        assert!(parse_config(text.as_bytes()).is_err());
+    }
+}

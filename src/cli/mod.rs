@@ -1,0 +1,147 @@
+//! The command line: runc-compatible global flags and subcommands, one file per command.
+
+mod create;
+mod delete;
+mod exec;
+mod features;
+mod kill;
+pub mod layer;
+mod list;
+mod pause;
+mod ps;
+mod run;
+mod spec;
+mod start;
+mod state;
+mod update;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::{self, LogFormat};
+
+/// Default state root, as runc uses /run/runc.
+pub const DEFAULT_ROOT: &str = "/run/lrun";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lrun",
+    version,
+    about = "OCI container runtime with layered read-only root filesystems"
+)]
+pub struct Cli {
+    /// Directory for container state (tmpfs recommended).
+    #[arg(long, global = true, default_value = DEFAULT_ROOT, env = "LRUN_ROOT")]
+    pub root: PathBuf,
+    /// Node store of layer images (content-addressed).
+    #[arg(long, global = true, default_value = crate::layers::DEFAULT_STORE, env = "LRUN_STORE")]
+    pub store: PathBuf,
+    /// Write errors and debug messages to this file instead of stderr.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Format of the log file.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Print debug messages and full error chains.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for runc compatibility; lrun manages cgroupfs directly.
+    #[arg(long, global = true, hide = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility (checkpointing is not supported).
+    #[arg(long, global = true, hide = true)]
+    pub criu: Option<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "auto")]
+    pub rootless: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container: set everything up and hold the process until `start`.
+    Create(create::Args),
+    /// Run the user process of a created container.
+    Start(start::Args),
+    /// Print the OCI state of a container as JSON.
+    State(state::Args),
+    /// Send a signal to the container's init process.
+    Kill(kill::Args),
+    /// Delete a container and release everything it holds.
+    Delete(delete::Args),
+    /// Create and start a container, wait for it and return its exit code.
+    Run(run::Args),
+    /// Run a new process inside a running container.
+    Exec(exec::Args),
+    /// List containers.
+    #[command(alias = "ls")]
+    List(list::Args),
+    /// Write a default config.json.
+    Spec(spec::Args),
+    /// Print the features this runtime supports as JSON.
+    Features(features::Args),
+    /// Freeze all processes of a container.
+    Pause(pause::Args),
+    /// Thaw a paused container.
+    Resume(pause::Args),
+    /// List the processes of a container.
+    Ps(ps::Args),
+    /// Print container resource statistics and events.
+    Events(update::EventsArgs),
+    /// Change the resource limits of a running container.
+    Update(update::Args),
+    /// Build, inspect, store and garbage-collect layer images.
+    #[command(subcommand)]
+    Layer(layer::LayerCommand),
+}
+
+/// Global options every command needs.
+pub struct Globals {
+    pub root: PathBuf,
+    pub store: PathBuf,
+    pub debug: bool,
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    logging::init(cli.log.as_deref(), cli.log_format, cli.debug);
+    let globals = Globals {
+        root: cli.root,
+        store: cli.store,
+        debug: cli.debug,
+    };
+    let result = match cli.command {
+        Command::Create(a) => create::run(&globals, a),
+        Command::Start(a) => start::run(&globals, a),
+        Command::State(a) => state::run(&globals, a),
+        Command::Kill(a) => kill::run(&globals, a),
+        Command::Delete(a) => delete::run(&globals, a),
+        Command::Run(a) => run::run(&globals, a),
+        Command::Exec(a) => exec::run(&globals, a),
+        Command::List(a) => list::run(&globals, a),
+        Command::Spec(a) => spec::run(&globals, a),
+        Command::Features(a) => features::run(&globals, a),
+        Command::Pause(a) => pause::pause(&globals, a),
+        Command::Resume(a) => pause::resume(&globals, a),
+        Command::Ps(a) => ps::run(&globals, a),
+        Command::Events(a) => update::events(&globals, a),
+        Command::Update(a) => update::run(&globals, a),
+        Command::Layer(c) => layer::run(&globals, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            logging::error(&e);
+            1
+        }
+    }
+}

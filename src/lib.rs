@@ -1,0 +1,23 @@
+//! lrun: an OCI container runtime whose root filesystems are stacks of read-only layer images.
+//!
+//! Module map (see runtime-spec/design.md):
+//! - `cli`: one file per command, thin; parses flags and calls the engine.
+//! - `container`: the create/start/delete lifecycle, top to bottom.
+//! - `bundle`: config.json loading and validation.
+//! - `state`: the state directory (atomic writes, locks, status).
+//! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`: one concern each.
+
+pub mod bundle;
+pub mod cgroups;
+pub mod cli;
+pub mod container;
+pub mod hooks;
+pub mod layers;
+pub mod logging;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
+pub mod seccomp;
+pub mod state;
+pub mod sync;
+pub mod utils;
