@@ -1,1 +1,489 @@
-//! TODO
+//! The container lifecycle as the OCI runtime spec defines it: create, start, kill, delete.
+//!
+//! `create` reads top to bottom: every resource it takes is recorded in state.json before it is
+//! taken, and `CreateGuard` releases all of them if any later step fails. `delete` releases
+//! the same list, so a crash at any point is recovered by `delete --force`.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{OFlag, open};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::bundle::Bundle;
+use crate::cgroups;
+use crate::hooks;
+use crate::init::{self, InitArgs};
+use crate::layers::{self, LayerContext};
+use crate::logging;
+use crate::namespaces::{self, Plan};
+use crate::rootfs;
+use crate::state::{
+    self, ContainerState, FIFO_FILE, StateRoot, Status, process_alive, process_start_time,
+};
+use crate::sync::{self, Channel, Message};
+use crate::utils::{self, validate_id, write_atomic};
+
+/// Where a runtime keeps its state and layers (`--root`, `--store`).
+pub struct Runtime {
+    pub root: PathBuf,
+    pub store: PathBuf,
+}
+
+impl Runtime {
+    pub fn states(&self) -> StateRoot {
+        StateRoot::new(&self.root)
+    }
+    pub fn layers(&self) -> LayerContext {
+        LayerContext {
+            store: self.store.clone(),
+            state_root: self.root.clone(),
+        }
+    }
+}
+
+pub struct CreateOptions<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+    /// `run` in the foreground: the caller starts the container through the channel.
+    pub foreground: bool,
+}
+
+/// A container that `create` finished: its init waits for `start`.
+pub struct Created {
+    pub dir: PathBuf,
+    pub state: ContainerState,
+    /// Open only for foreground runs (the start signal goes through it).
+    pub channel: Option<Channel>,
+}
+
+pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
+    validate_id(opts.id)?;
+    // 1. Everything that can be checked without side effects.
+    let bundle = Bundle::load(opts.bundle)?;
+    let spec = &bundle.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json: process is required")?;
+    if process.terminal() == Some(true) {
+        bail!("process.terminal: terminals are not supported yet (set it to false)");
+    }
+    if opts.console_socket.is_some() {
+        bail!("--console-socket: terminals are not supported yet");
+    }
+    let linux = spec.linux().as_ref();
+    let has_ns = |t| {
+        linux
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|v| v.iter().any(|n| n.typ() == t))
+    };
+    if !has_ns(LinuxNamespaceType::Mount) {
+        bail!("linux.namespaces: lrun needs a mount namespace (the rootfs is set up inside it)");
+    }
+    if (spec.hostname().is_some() || spec.domainname().is_some())
+        && !has_ns(LinuxNamespaceType::Uts)
+    {
+        bail!("hostname: setting a hostname needs a uts namespace in linux.namespaces");
+    }
+    let plan = Plan::new(linux)?;
+    let cgroup = cgroups::Manager::new(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
+
+    // 2. Claim the id: from here on, every failure goes through the guard.
+    let states = rt.states();
+    let dir = states.claim(opts.id)?;
+    let lock = state::lock(&dir)?;
+    let mut guard = CreateGuard {
+        rt,
+        dir: dir.clone(),
+        pids: Vec::new(),
+        cgroup: None,
+        layered: false,
+        done: false,
+    };
+    let mut st = ContainerState {
+        oci_version: spec.version().clone(),
+        id: opts.id.to_string(),
+        pid: 0,
+        pid_start_time: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs()?,
+        created: utils::rfc3339(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        ),
+        owner: String::new(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        created_ok: false,
+        cgroups: cgroup.clone(),
+        layered: false,
+        hooks: spec.hooks().clone(),
+    };
+    state::save(&dir, &st)?;
+
+    // 3. Root filesystem: layers (if any) mounted in the host namespace.
+    guard.layered = true;
+    match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir)? {
+        Some(merged) => {
+            st.layered = true;
+            st.rootfs = merged;
+            state::save(&dir, &st)?;
+        }
+        None => {
+            guard.layered = false;
+            rootfs::check_exists(&st.rootfs)?;
+        }
+    }
+
+    // 4. cgroups, before any container process exists.
+    guard.cgroup = Some(cgroup.clone());
+    cgroup.create()?;
+    if let Some(res) = linux.and_then(|l| l.resources().as_ref()) {
+        cgroup.set(res)?;
+    }
+
+    // 5. The exec fifo that holds the init until `start`.
+    if !opts.foreground {
+        make_fifo(&dir.join(FIFO_FILE))?;
+    }
+    let state_dir: OwnedFd = open(
+        &dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open {}", dir.display()))?;
+
+    // 6. The container process.
+    let (chan, child_chan) = sync::pair()?;
+    let args = InitArgs {
+        id: opts.id,
+        spec,
+        bundle: &bundle.dir,
+        rootfs: &st.rootfs,
+        plan: &plan,
+        state_dir: &state_dir,
+        lock_fd: lock.raw_fd(),
+        foreground: opts.foreground,
+        no_pivot: opts.no_pivot,
+        preserve_fds: opts.preserve_fds,
+    };
+    // SAFETY: lrun is single-threaded; the child only runs init code and then execs or exits.
+    let first = unsafe { utils::clone_fork(plan.clone_flags) }?;
+    if first == 0 {
+        drop(chan);
+        init::child_main(&args, child_chan);
+    }
+    drop(child_chan);
+    guard.pids.push(first);
+
+    chan.expect(Message::NeedParentSetup)?;
+    if plan.new_user {
+        namespaces::write_id_maps(
+            first,
+            linux.context("linux is required for a user namespace")?,
+        )?;
+    }
+    cgroup.add_pid(first)?;
+    chan.send(&Message::ParentSetupDone)?;
+    let pid = if plan.fork_init {
+        let pid = match chan.recv()? {
+            Message::InitPid(p) => p,
+            Message::Error(e) => bail!("{e}"),
+            m => bail!("sync protocol: unexpected {m:?}"),
+        };
+        guard.pids.push(pid);
+        let _ = waitpid(Pid::from_raw(first), None);
+        pid
+    } else {
+        first
+    };
+    st.pid = pid;
+    st.pid_start_time =
+        process_start_time(pid).context("the container process exited during create")?;
+    state::save(&dir, &st)?;
+
+    if needs_runtime_hooks(spec) {
+        chan.expect(Message::RunRuntimeHooks)?;
+        if let Some(h) = spec.hooks() {
+            let json = hook_state(opts.id, "creating", pid, &bundle.dir, spec);
+            hooks::run_all("prestart", h.prestart().as_ref(), &json)?;
+            hooks::run_all("createRuntime", h.create_runtime().as_ref(), &json)?;
+        }
+        chan.send(&Message::RuntimeHooksDone(pid))?;
+    }
+    chan.expect(Message::Ready)?;
+
+    // 7. Done: record it, and only then let go of the guard.
+    st.created_ok = true;
+    state::save(&dir, &st)?;
+    if let Some(p) = opts.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    guard.done = true;
+    drop(lock);
+    Ok(Created {
+        dir,
+        state: st,
+        channel: opts.foreground.then_some(chan),
+    })
+}
+
+/// Whether the init must stop before pivot_root for hooks that need its pid.
+pub fn needs_runtime_hooks(spec: &Spec) -> bool {
+    spec.hooks().as_ref().is_some_and(|h| {
+        [
+            h.prestart(),
+            h.create_runtime(),
+            h.create_container(),
+            h.start_container(),
+        ]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
+    })
+}
+
+/// The state JSON given to hooks on stdin.
+pub fn hook_state(id: &str, status: &str, pid: i32, bundle: &Path, spec: &Spec) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ociVersion": spec.version(),
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": spec.annotations().clone().unwrap_or_default(),
+    }))
+    .unwrap_or_default()
+}
+
+fn make_fifo(path: &Path) -> Result<()> {
+    nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o622))
+        .with_context(|| format!("mkfifo {}", path.display()))?;
+    // Any user the container runs as must be able to open it for writing.
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let path =
+        std::path::absolute(path).with_context(|| format!("--pid-file {}", path.display()))?;
+    write_atomic(&path, pid.to_string().as_bytes(), 0o644)
+        .with_context(|| format!("--pid-file {}", path.display()))
+}
+
+/// Releases what a failed `create` took, in reverse order.
+struct CreateGuard<'a> {
+    rt: &'a Runtime,
+    dir: PathBuf,
+    pids: Vec<i32>,
+    cgroup: Option<cgroups::Manager>,
+    layered: bool,
+    done: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for &pid in self.pids.iter().rev() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cg.destroy()
+        {
+            logging::warn(&format!("cleanup after failed create: {e:#}"));
+        }
+        if self.layered
+            && let Err(e) = layers::release_root(&self.rt.layers(), &self.dir)
+        {
+            logging::warn(&format!("cleanup after failed create: {e:#}"));
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            logging::warn(&format!(
+                "cleanup after failed create: remove {}: {e}",
+                self.dir.display()
+            ));
+        }
+    }
+}
+
+/// `start`: release the init from the exec fifo, then run poststart hooks.
+pub fn start(rt: &Runtime, id: &str) -> Result<()> {
+    let (dir, st) = rt.states().load(id)?;
+    let _lock = state::lock(&dir)?;
+    match st.status(&dir) {
+        Status::Created => {}
+        s => bail!("cannot start container {id:?}: it is {s}, not created"),
+    }
+    let fifo_path = dir.join(FIFO_FILE);
+    // Non-blocking open: the init's blocked open(O_WRONLY) completes now.
+    let fifo = open(
+        &fifo_path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open {}", fifo_path.display()))?;
+    wait_readable(&fifo, st.pid, st.pid_start_time)?;
+    let mut byte = [0u8; 1];
+    let _ = nix::unistd::read(&fifo, &mut byte);
+    utils::remove_file_if_exists(&fifo_path)?;
+    run_poststart(&st);
+    Ok(())
+}
+
+pub fn run_poststart(st: &ContainerState) {
+    if let Some(h) = &st.hooks {
+        let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
+        // The spec: a failing poststart hook is logged; the container keeps running.
+        if let Err(e) = hooks::run_all("poststart", h.poststart().as_ref(), &json) {
+            logging::warn(&format!("{e:#}"));
+        }
+    }
+}
+
+fn wait_readable(fifo: &OwnedFd, pid: i32, start_time: u64) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll exec fifo"),
+        }
+        if !process_alive(pid, start_time) {
+            bail!("the container process exited before start");
+        }
+    }
+}
+
+/// Parse a signal as runc does: a number, or a name with or without SIG.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).with_context(|| format!("unknown signal {s:?}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
+}
+
+pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
+    let (dir, st) = rt.states().load(id)?;
+    let status = st.status(&dir);
+    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        bail!("cannot kill container {id:?}: it is {status}");
+    }
+    if all {
+        for pid in st.cgroups.pids()? {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+        }
+    }
+    signal_process(st.pid, st.pid_start_time, sig)
+}
+
+/// Signal a process through a pidfd, after checking it is still the one we started: a pid
+/// reused by an unrelated process must never be signalled.
+fn signal_process(pid: i32, start_time: u64, sig: Signal) -> Result<()> {
+    // SAFETY: pidfd_open with a pid and no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        bail!("the container process {pid} is gone");
+    }
+    // SAFETY: the kernel gave us this fd.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    if !process_alive(pid, start_time) {
+        bail!("the container process {pid} is gone");
+    }
+    // SAFETY: pidfd_send_signal on our pidfd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as i32,
+            0usize,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("send {sig} to {pid}"));
+    }
+    Ok(())
+}
+
+/// `delete`: stop what is left, release cgroups and layers, run poststop hooks, remove state.
+pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
+    let states = rt.states();
+    let dir = states.container_dir(id)?;
+    if !dir.is_dir() {
+        bail!("container {id:?} does not exist");
+    }
+    let lock = state::lock(&dir)?;
+    let st = match states.load(id) {
+        Ok((_, st)) => Some(st),
+        // No state.json: create died before recording anything else.
+        Err(_) if !dir.join(state::STATE_FILE).exists() => None,
+        Err(e) if force => {
+            logging::warn(&format!("{e:#}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(st) = &st {
+        let status = st.status(&dir);
+        let stoppable = matches!(status, Status::Stopped | Status::Created);
+        if !force && !stoppable {
+            bail!("cannot delete container {id:?}: it is {status} (stop it first or use --force)");
+        }
+        if status != Status::Stopped {
+            let _ = signal_process(st.pid, st.pid_start_time, Signal::SIGKILL);
+        }
+        st.cgroups.destroy()?;
+        wait_gone(st.pid, st.pid_start_time);
+        if st.layered {
+            layers::release_root(&rt.layers(), &dir)?;
+        }
+    } else {
+        // Whatever a crashed create may have taken in the layers; release is idempotent.
+        layers::release_root(&rt.layers(), &dir)?;
+    }
+    fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    drop(lock);
+    if let Some(st) = &st
+        && let Some(h) = &st.hooks
+    {
+        let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
+        // The spec: poststop failures are logged and delete goes on.
+        if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &json) {
+            logging::warn(&format!("{e:#}"));
+        }
+    }
+    Ok(())
+}
+
+fn wait_gone(pid: i32, start_time: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut nap = Duration::from_micros(100);
+    while process_alive(pid, start_time) && Instant::now() < deadline {
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(10));
+    }
+}

@@ -1,1 +1,60 @@
-//! TODO
+//! Lifecycle hooks (config.md "POSIX-platform Hooks"): each gets the container state on stdin,
+//! runs with its own args and env, and is killed after `timeout` seconds.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use oci_spec::runtime::Hook;
+
+/// Run hooks in order; the first failure stops the sequence.
+pub fn run_all(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> Result<()> {
+    for (i, h) in hooks.into_iter().flatten().enumerate() {
+        run(h, state_json)
+            .with_context(|| format!("hooks.{kind}[{i}] ({})", h.path().display()))?;
+    }
+    Ok(())
+}
+
+pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {
+    let args = hook.args().as_deref().unwrap_or_default();
+    let mut cmd = Command::new(hook.path());
+    if let Some((arg0, rest)) = args.split_first() {
+        cmd.arg0(arg0).args(rest);
+    }
+    cmd.env_clear();
+    for kv in hook.env().iter().flatten() {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().context("start hook")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A hook that does not read its stdin must not make us fail (EPIPE).
+        let _ = stdin.write_all(state_json);
+    }
+    let deadline = hook
+        .timeout()
+        .filter(|t| *t > 0)
+        .map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let mut nap = Duration::from_micros(200);
+    let status = loop {
+        if let Some(s) = child.try_wait().context("wait for hook")? {
+            break s;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("timed out after {} s", hook.timeout().unwrap_or(0));
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
+    };
+    if !status.success() {
+        bail!("exited with {status}");
+    }
+    Ok(())
+}

@@ -1,1 +1,219 @@
-//! TODO
+//! The container process: rlimits, user and groups, capabilities, no_new_privs, and exec.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use caps::CapSet;
+use nix::sys::resource::{Resource, setrlimit};
+use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
+use oci_spec::runtime::{Capabilities, LinuxCapabilities, PosixRlimit, PosixRlimitType, Process};
+
+/// Apply process.rlimits (before the user switch: raising a hard limit needs privilege).
+pub fn set_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
+    for r in rlimits {
+        let res = rlimit_resource(r.typ());
+        setrlimit(res, r.soft(), r.hard()).with_context(|| {
+            format!(
+                "process.rlimits: {:?} soft {} hard {}",
+                r.typ(),
+                r.soft(),
+                r.hard()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn rlimit_resource(t: PosixRlimitType) -> Resource {
+    use PosixRlimitType as T;
+    match t {
+        T::RlimitCpu => Resource::RLIMIT_CPU,
+        T::RlimitFsize => Resource::RLIMIT_FSIZE,
+        T::RlimitData => Resource::RLIMIT_DATA,
+        T::RlimitStack => Resource::RLIMIT_STACK,
+        T::RlimitCore => Resource::RLIMIT_CORE,
+        T::RlimitRss => Resource::RLIMIT_RSS,
+        T::RlimitNproc => Resource::RLIMIT_NPROC,
+        T::RlimitNofile => Resource::RLIMIT_NOFILE,
+        T::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        T::RlimitAs => Resource::RLIMIT_AS,
+        T::RlimitLocks => Resource::RLIMIT_LOCKS,
+        T::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        T::RlimitNice => Resource::RLIMIT_NICE,
+        T::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        T::RlimitRttime => Resource::RLIMIT_RTTIME,
+    }
+}
+
+/// Switch to process.user and set the capability sets, in the order the kernel requires:
+/// bounding set while still privileged, keep capabilities across setuid, then the final sets.
+pub fn set_identity(process: &Process) -> Result<()> {
+    let caps = process.capabilities().as_ref();
+    if let Some(c) = caps {
+        let bounding = to_caps(c.bounding().as_ref());
+        for cap in caps::all() {
+            if !bounding.contains(&cap)
+                && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+            {
+                caps::drop(None, CapSet::Bounding, cap)
+                    .with_context(|| format!("drop {cap} from the bounding set"))?;
+            }
+        }
+    }
+    let user = process.user();
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    // setgroups is refused in a user namespace whose setgroups file says "deny".
+    if let Err(e) = setgroups(&groups)
+        && !groups.is_empty()
+    {
+        return Err(e).context("setgroups (process.user.additionalGids)");
+    }
+    let gid = Gid::from_raw(user.gid());
+    let uid = Uid::from_raw(user.uid());
+    setresgid(gid, gid, gid)
+        .with_context(|| format!("setgid {} (process.user.gid)", user.gid()))?;
+    setresuid(uid, uid, uid)
+        .with_context(|| format!("setuid {} (process.user.uid)", user.uid()))?;
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    if let Some(umask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+    }
+    set_caps(caps)
+}
+
+fn set_caps(caps: Option<&LinuxCapabilities>) -> Result<()> {
+    let empty = LinuxCapabilities::default();
+    let c = caps.unwrap_or(&empty);
+    // Without a capabilities object the process gets none (as runc).
+    let none = caps.is_none();
+    let pick = |s: &Option<Capabilities>| {
+        if none {
+            HashSet::new()
+        } else {
+            to_caps(s.as_ref())
+        }
+    };
+    let permitted = pick(c.permitted());
+    // Each capset must keep effective within permitted: shrink effective before permitted.
+    caps::set(None, CapSet::Inheritable, &pick(c.inheritable()))
+        .context("set inheritable capabilities")?;
+    caps::set(None, CapSet::Effective, &pick(c.effective()))
+        .context("set effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &permitted).context("set permitted capabilities")?;
+    let ambient = pick(c.ambient());
+    caps::clear(None, CapSet::Ambient).context("clear ambient capabilities")?;
+    for cap in ambient {
+        // The kernel refuses an ambient capability that is not permitted and inheritable;
+        // runc ignores those too.
+        let _ = caps::raise(None, CapSet::Ambient, cap);
+    }
+    Ok(())
+}
+
+/// Names from config.json to the kernel's capabilities; ones this kernel lacks are skipped.
+fn to_caps(set: Option<&Capabilities>) -> HashSet<caps::Capability> {
+    let known = caps::runtime::thread_all_supported();
+    set.into_iter()
+        .flatten()
+        .filter_map(|c| format!("CAP_{c}").parse::<caps::Capability>().ok())
+        .filter(|c| known.contains(c))
+        .collect()
+}
+
+pub fn set_no_new_privs() -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
+    }
+    Ok(())
+}
+
+/// Find process.args[0] the way execvp would, using the container's PATH (call after
+/// pivot_root, so the lookup happens inside the container).
+pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if arg0.contains('/') {
+        let p = PathBuf::from(arg0);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+        bail!("process.args[0]: {arg0:?} is not an executable file in the container");
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(arg0);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+    }
+    bail!("process.args[0]: executable {arg0:?} not found in the container's PATH ({path})")
+}
+
+pub fn cstrings(v: &[String]) -> Result<Vec<CString>> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte")))
+        .collect()
+}
+
+pub fn path_cstring(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte")
+}
+
+/// Reset what lrun changed in its own process and the child inherited: the signal mask and
+/// ignored signals (Rust ignores SIGPIPE; ignored dispositions survive exec).
+pub fn reset_signals() {
+    // SAFETY: plain libc calls on local data.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// Leave only stdio and the first `preserve` extra fds open across exec.
+pub fn close_fds_on_exec(preserve: i32) {
+    let first = 3 + preserve.max(0) as u32;
+    // SAFETY: close_range with CLOEXEC only flags descriptors; failure (old kernel) is
+    // harmless because every fd lrun opens is already O_CLOEXEC.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    for fd in 3..first as i32 {
+        // SAFETY: fcntl on fds the caller asked to pass through.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+        }
+    }
+}

@@ -8,3 +8,8 @@ pub fn install(_seccomp: &LinuxSeccomp) -> Result<()> {
     crate::logging::warn("linux.seccomp is not enforced yet");
     Ok(())
 }
+
+/// Check a profile before anything is created.
+pub fn validate(_seccomp: &LinuxSeccomp) -> Result<()> {
+    Ok(())
+}

@@ -96,9 +96,9 @@ impl ContainerState {
     /// The status the spec asks for, worked out from the kernel, not from a cached field.
     pub fn status(&self, dir: &Path) -> Status {
         if !self.created_ok {
-            return if self.pid > 0 && process_alive(self.pid, self.pid_start_time) {
-                Status::Creating
-            } else if self.pid == 0 {
+            // No pid yet, or a pid that still lives: create is under way (or its creator died).
+            let alive = self.pid == 0 || process_alive(self.pid, self.pid_start_time);
+            return if alive {
                 Status::Creating
             } else {
                 Status::Stopped
@@ -247,6 +247,12 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
             .with_context(|| format!("flock {}", dir.display()));
     }
     Ok(DirLock { _file: file })
+}
+
+impl DirLock {
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self._file.as_raw_fd()
+    }
 }
 
 #[cfg(test)]

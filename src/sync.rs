@@ -1,1 +1,124 @@
-//! TODO
+//! The channel between `lrun create` (the parent) and the container's init during set-up.
+//!
+//! A SOCK_SEQPACKET socketpair keeps message boundaries, and a peer that dies shows up as EOF,
+//! so neither side can hang on the other's crash.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub enum Message {
+    /// Child: namespaces that the parent must finish (uid/gid maps, cgroup) exist now.
+    NeedParentSetup,
+    /// Parent: maps written, cgroups joined; carry on.
+    ParentSetupDone,
+    /// Child: the container's init, when it is not the first child (pid or time namespace).
+    InitPid(i32),
+    /// Init: mounts are ready, run the prestart and createRuntime hooks now.
+    RunRuntimeHooks,
+    /// Parent: those hooks succeeded; carries the init's host pid for the hooks' state.
+    RuntimeHooksDone(i32),
+    /// Init: set-up is complete; it now waits for `start`.
+    Ready,
+    /// Parent (`run`): start now (instead of the exec fifo).
+    Start,
+    /// Either side: set-up failed, with the reason.
+    Error(String),
+}
+
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+const MAX_MESSAGE: usize = 64 * 1024;
+
+pub fn pair() -> Result<(Channel, Channel)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("socketpair")?;
+    Ok((Channel { fd: a }, Channel { fd: b }))
+}
+
+impl Channel {
+    pub fn send(&self, msg: &Message) -> Result<()> {
+        self.send_with_fd(msg, None)
+    }
+
+    /// Send a message, optionally with a file descriptor (SCM_RIGHTS).
+    pub fn send_with_fd(&self, msg: &Message, fd: Option<RawFd>) -> Result<()> {
+        let data = serde_json::to_vec(msg).context("encode sync message")?;
+        let iov = [IoSlice::new(&data)];
+        let fds = fd.map(|f| [f]);
+        let cmsgs: Vec<ControlMessage> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
+        sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .context("send on sync socket")?;
+        Ok(())
+    }
+
+    pub fn recv(&self) -> Result<Message> {
+        Ok(self.recv_with_fd()?.0)
+    }
+
+    /// Receive the next message; EOF means the peer died.
+    pub fn recv_with_fd(&self) -> Result<(Message, Option<OwnedFd>)> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut cmsg_space = nix::cmsg_space!([RawFd; 1]);
+        let (n, fd) = loop {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(r) => {
+                    let mut fd = None;
+                    for c in r.cmsgs().context("read control message")? {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            // SAFETY: the kernel just gave us this fd; we own it now.
+                            fd = fds.first().map(|&f| unsafe { OwnedFd::from_raw_fd(f) });
+                        }
+                    }
+                    break (r.bytes, fd);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("receive on sync socket"),
+            }
+        };
+        if n == 0 {
+            bail!("the other side of the sync socket exited");
+        }
+        let msg = serde_json::from_slice(&buf[..n]).context("decode sync message")?;
+        Ok((msg, fd))
+    }
+
+    /// Wait for one specific message; an Error message becomes an error.
+    pub fn expect(&self, want: Message) -> Result<()> {
+        match self.recv()? {
+            m if m == want => Ok(()),
+            Message::Error(e) => bail!("{e}"),
+            m => bail!("sync protocol: expected {want:?}, got {m:?}"),
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}

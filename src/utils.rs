@@ -75,6 +75,22 @@ pub fn remove_file_if_exists(path: &Path) -> Result<()> {
     }
 }
 
+/// fork(2) with extra clone flags (namespaces, CLONE_PARENT): the child continues on a copy of
+/// the caller's stack, like fork. Returns 0 in the child and the child's pid in the parent.
+///
+/// # Safety
+/// The caller must be single-threaded (lrun is), as with fork.
+pub unsafe fn clone_fork(flags: nix::sched::CloneFlags) -> Result<i32> {
+    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: raw clone without a new stack behaves like fork; arguments per clone(2) on
+    // x86_64/aarch64: flags, stack, parent_tid, child_tid, tls.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("clone");
+    }
+    Ok(rc as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ pub struct Cli {
     #[arg(long, global = true, hide = true)]
     pub criu: Option<String>,
     /// Accepted for runc compatibility.
-    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "auto")]
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "auto")]
     pub rootless: Option<String>,
     #[command(subcommand)]
     pub command: Command,
@@ -104,6 +104,15 @@ pub struct Globals {
     pub debug: bool,
 }
 
+impl Globals {
+    pub fn runtime(&self) -> crate::container::Runtime {
+        crate::container::Runtime {
+            root: self.root.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -142,6 +151,43 @@ pub fn main() -> i32 {
         Err(e) => {
             logging::error(&e);
             1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runc_style_invocations_parse() {
+        use clap::Parser;
+        for argv in [
+            &[
+                "lrun",
+                "--root",
+                "/tmp/x",
+                "--log-format",
+                "json",
+                "create",
+                "--bundle",
+                "b",
+                "--pid-file",
+                "p",
+                "c1",
+            ][..],
+            &["lrun", "kill", "c1", "9"],
+            &["lrun", "delete", "--force", "c1"],
+            &["lrun", "run", "-d", "--bundle", "b", "c1"],
+            &["lrun", "spec", "--rootless"],
+            &["lrun", "--systemd-cgroup", "list", "--format", "json"],
+        ] {
+            super::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
     }
 }

@@ -1,8 +1,15 @@
+//! `lrun state ID`: the OCI state as JSON.
+
 use super::Globals;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    pub id: String,
+}
 
-pub fn run(_g: &Globals, _a: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("state: not implemented")
+pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    let (dir, st) = g.runtime().states().load(&a.id)?;
+    let status = st.status(&dir);
+    println!("{}", serde_json::to_string_pretty(&st.oci(status))?);
+    Ok(0)
 }

@@ -1,0 +1,252 @@
+//! The container side of `create`: runs in the process(es) cloned by `container::create`,
+//! enters the namespaces, builds the root filesystem, waits for `start`, and execs.
+//!
+//! Order (each step says why it sits where it does):
+//! 1. join/unshare early namespaces, let the parent write id maps and join cgroups;
+//! 2. unshare the rest (cgroup namespace now roots at the container's cgroup), fork the real
+//!    init if a pid or time namespace needs it;
+//! 3. mounts and devices (host paths still visible), runtime hooks in the parent,
+//!    createContainer hooks here, then pivot_root, masked/readonly paths;
+//! 4. hostname, sysctl, rlimits, cwd, find the executable: any failure is still a failed
+//!    `create` with nothing left behind;
+//! 5. tell the parent "ready", wait for `start` (exec fifo, or the socket for `run`);
+//! 6. startContainer hooks, seccomp, user, capabilities, no_new_privs, exec.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{OFlag, openat};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid, setresgid, setresuid};
+use oci_spec::runtime::{Process, Spec};
+
+use crate::namespaces::Plan;
+use crate::process;
+use crate::rootfs;
+use crate::state::FIFO_FILE;
+use crate::sync::{Channel, Message};
+use crate::{hooks, seccomp};
+
+/// What the parent hands to the child (the child has a copy of the parent's memory).
+pub struct InitArgs<'a> {
+    pub id: &'a str,
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub plan: &'a Plan,
+    /// O_PATH fd of the container's state directory, to open the exec fifo after pivot_root.
+    pub state_dir: &'a OwnedFd,
+    /// The parent's lock on the state directory: the child must not hold it.
+    pub lock_fd: RawFd,
+    /// `run` in the foreground: wait for Start on the channel instead of the fifo.
+    pub foreground: bool,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+/// Entry point of the first child. Never returns.
+pub fn child_main(a: &InitArgs, chan: Channel) -> ! {
+    // SAFETY: closing our inherited copy of the parent's lock fd.
+    unsafe { libc::close(a.lock_fd) };
+    match child_steps(a, &chan) {
+        Ok(never) => match never {},
+        Err(e) => {
+            let msg = format!("{e:#}");
+            if chan.send(&Message::Error(msg.clone())).is_err() {
+                eprintln!("lrun: container init: {msg}");
+            }
+            // SAFETY: leave without running the parent's atexit handlers or destructors.
+            unsafe { libc::_exit(1) }
+        }
+    }
+}
+
+fn die_with_parent() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+}
+
+fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
+    die_with_parent();
+    a.plan.enter_early()?;
+    chan.send(&Message::NeedParentSetup)?;
+    chan.expect(Message::ParentSetupDone)?;
+    if a.plan.new_user {
+        // Become the namespace's root so files we create have a mapped owner.
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .context("setgid 0 in the user namespace")?;
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .context("setuid 0 in the user namespace")?;
+    }
+    let offsets = a
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(crate::namespaces::time_offsets_text);
+    a.plan.enter_late(offsets.as_deref())?;
+    if a.plan.fork_init {
+        // SAFETY: single-threaded; CLONE_PARENT makes the init a child of `lrun create`.
+        let pid = unsafe { crate::utils::clone_fork(CloneFlags::CLONE_PARENT) }?;
+        if pid != 0 {
+            chan.send(&Message::InitPid(pid))?;
+            // SAFETY: the intermediate process is done.
+            unsafe { libc::_exit(0) }
+        }
+        die_with_parent();
+    }
+    init_steps(a, chan)
+}
+
+fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
+    let spec = a.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json: process is missing")?;
+    let hooks = spec.hooks().as_ref();
+    let linux = spec.linux().as_ref();
+
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .with_context(|| format!("process.oomScoreAdj {adj}"))?;
+    }
+    rootfs::prepare(spec, a.bundle, a.rootfs, a.plan.new_user)?;
+
+    let mut host_pid = 0;
+    if crate::container::needs_runtime_hooks(spec) {
+        chan.send(&Message::RunRuntimeHooks)?;
+        match chan.recv()? {
+            Message::RuntimeHooksDone(p) => host_pid = p,
+            Message::Error(e) => anyhow::bail!("{e}"),
+            m => anyhow::bail!("sync protocol: unexpected {m:?}"),
+        }
+    }
+    let state_json =
+        |status: &str| crate::container::hook_state(a.id, status, host_pid, a.bundle, spec);
+    if let Some(h) = hooks {
+        hooks::run_all(
+            "createContainer",
+            h.create_container().as_ref(),
+            &state_json("created"),
+        )?;
+    }
+
+    rootfs::enter(a.rootfs, a.no_pivot)?;
+    rootfs::finalize(spec)?;
+
+    if let Some(name) = spec.hostname().as_deref() {
+        nix::unistd::sethostname(name).with_context(|| format!("hostname {name:?}"))?;
+    }
+    if let Some(name) = spec.domainname().as_deref() {
+        set_domainname(name)?;
+    }
+    for (key, value) in linux
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).with_context(|| format!("linux.sysctl {key}={value}"))?;
+    }
+    process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    enter_cwd(process)?;
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    let exe = process::find_executable(&args[0], env)?;
+    let exe_c = process::path_cstring(&exe)?;
+    let argv = process::cstrings(args)?;
+    let envp = process::cstrings(env)?;
+    if let Some(s) = linux.and_then(|l| l.seccomp().as_ref()) {
+        seccomp::validate(s)?;
+    }
+
+    // Set-up is done. From here on the parent may be gone: errors go to stderr.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    chan.send(&Message::Ready)?;
+    if let Err(e) = wait_for_start(a, chan) {
+        // `delete` killed us, or the parent of `run` died: nothing to report.
+        let _ = e;
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) }
+    }
+    let Err(e) = finish(a, process, &state_json("running"), &exe_c, &argv, &envp);
+    eprintln!("lrun: container init: {e:#}");
+    // SAFETY: as above.
+    unsafe { libc::_exit(127) }
+}
+
+fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<()> {
+    if a.foreground {
+        return chan.expect(Message::Start);
+    }
+    // Opening a fifo for writing blocks until `lrun start` opens it for reading.
+    let fifo = openat(
+        a.state_dir.as_fd(),
+        FIFO_FILE,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("open exec fifo")?;
+    nix::unistd::write(&fifo, b"0").context("write exec fifo")?;
+    Ok(())
+}
+
+fn finish(
+    a: &InitArgs,
+    process: &Process,
+    state_json: &[u8],
+    exe: &CString,
+    argv: &[CString],
+    envp: &[CString],
+) -> Result<Infallible> {
+    if let Some(h) = a.spec.hooks().as_ref() {
+        hooks::run_all("startContainer", h.start_container().as_ref(), state_json)?;
+    }
+    let nnp = process.no_new_privileges() == Some(true);
+    let seccomp = a.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before dropping caps.
+    if let (Some(s), false) = (seccomp, nnp) {
+        seccomp::install(s)?;
+    }
+    process::set_identity(process)?;
+    if nnp {
+        process::set_no_new_privs()?;
+        if let Some(s) = seccomp {
+            seccomp::install(s)?;
+        }
+    }
+    process::reset_signals();
+    process::close_fds_on_exec(a.preserve_fds);
+    nix::unistd::execve(exe, argv, envp).with_context(|| format!("exec {exe:?}"))?;
+    unreachable!()
+}
+
+fn enter_cwd(process: &Process) -> Result<()> {
+    let cwd = process.cwd();
+    if let Err(e) = std::env::set_current_dir(cwd) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e).with_context(|| format!("process.cwd {}", cwd.display()));
+        }
+        // As runc: a missing working directory is created.
+        std::fs::create_dir_all(cwd)
+            .with_context(|| format!("create process.cwd {}", cwd.display()))?;
+        std::env::set_current_dir(cwd).with_context(|| format!("process.cwd {}", cwd.display()))?;
+    }
+    Ok(())
+}
+
+fn set_domainname(name: &str) -> Result<()> {
+    let c = CString::new(name).context("domainname contains a NUL byte")?;
+    // SAFETY: pointer and length of a valid C string.
+    let rc = unsafe { libc::setdomainname(c.as_ptr(), name.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("domainname {name:?}"));
+    }
+    Ok(())
+}
