@@ -1,0 +1,388 @@
+//! config.json honoured, checked from inside the container: namespaces, mounts, devices,
+//! masked and read-only paths, process settings, hooks.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn hostname_and_domainname_are_set_in_a_new_uts_namespace() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["hostname"] = json!("box1");
+            b.config["domainname"] = json!("example.org");
+        },
+        "hostname; cat /proc/sys/kernel/domainname",
+    );
+    assert_eq!(out, "box1\nexample.org\n");
+}
+
+#[test]
+fn the_process_is_pid_1_in_a_new_pid_namespace() {
+    let mut env = Env::new();
+    let out = sh(&mut env, |_| {}, "echo $$; ps -o pid | wc -l");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("1"));
+}
+
+#[test]
+fn a_new_network_namespace_has_only_loopback() {
+    let mut env = Env::new();
+    let out = sh(&mut env, |_| {}, "ls /sys/class/net");
+    assert_eq!(out.trim(), "lo");
+}
+
+#[test]
+fn namespaces_are_distinct_from_the_host() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |_| {},
+        "for n in ipc uts net mnt pid cgroup; do readlink /proc/self/ns/$n; done",
+    );
+    for (line, n) in out
+        .lines()
+        .zip(["ipc", "uts", "net", "mnt", "pid", "cgroup"])
+    {
+        let host = fs::read_link(format!("/proc/self/ns/{n}")).unwrap();
+        assert_ne!(line, host.to_str().unwrap(), "{n} namespace is the host's");
+    }
+}
+
+#[test]
+fn an_existing_namespace_is_joined_by_path() {
+    let mut env = Env::new();
+    let id = env.id("netowner");
+    let b = env.bundle("owner", &["sleep", "1000"]);
+    b.write();
+    assert!(env.quiet(&["run", "-d", "--bundle", b.path(), &id]).0);
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let want = fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let out = sh(
+        &mut env,
+        |b| {
+            let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+            for n in ns.iter_mut() {
+                if n["type"] == "network" {
+                    n["path"] = json!(format!("/proc/{pid}/ns/net"));
+                }
+            }
+        },
+        "readlink /proc/self/ns/net",
+    );
+    assert_eq!(out.trim(), want.to_str().unwrap());
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            b.config["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            b.config["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            // sysfs cannot be mounted from a user namespace that does not own the net namespace's
+            // parent; a bind of the host's /sys is what rootless runtimes do.
+            for m in b.config["mounts"].as_array_mut().unwrap() {
+                if m["type"] == "sysfs" {
+                    *m = json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
+                }
+            }
+            b.config["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["type"] != "cgroup");
+        },
+        "cat /proc/self/uid_map; id -u",
+    );
+    let mut lines = out.lines();
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"]);
+    assert_eq!(lines.next(), Some("0"));
+}
+
+#[test]
+fn time_namespace_applies_offsets() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "time"}));
+            b.config["linux"]["timeOffsets"] =
+                json!({"boottime": {"secs": 86400 * 365, "nanosecs": 0}});
+        },
+        "cut -d. -f1 /proc/uptime",
+    );
+    let inside: u64 = out.trim().parse().unwrap();
+    assert!(
+        inside >= 86400 * 365,
+        "uptime inside {inside} lacks the offset"
+    );
+}
+
+#[test]
+fn cgroup_namespace_roots_at_the_container_cgroup() {
+    let mut env = Env::new();
+    let out = sh(&mut env, |_| {}, "cat /proc/self/cgroup");
+    for line in out.lines() {
+        assert!(line.ends_with(":/"), "not rooted: {line}");
+    }
+}
+
+#[test]
+fn bind_mounts_honour_ro_and_tmpfs_mounts_are_writable() {
+    let mut env = Env::new();
+    let host = env.scratch.join("shared");
+    fs::create_dir_all(&host).unwrap();
+    fs::write(host.join("file"), "from host").unwrap();
+    let out = sh(
+        &mut env,
+        |b| {
+            let m = b.config["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/data", "type": "bind", "source": host, "options": ["rbind", "ro"]}));
+            m.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}));
+        },
+        "cat /data/file; echo; touch /data/new 2>/dev/null && echo WROTE || echo ro-ok; touch /scratch/x && echo tmpfs-ok",
+    );
+    assert_eq!(out, "from host\nro-ok\ntmpfs-ok\n");
+    assert!(!host.join("new").exists());
+}
+
+#[test]
+fn mount_destinations_cannot_escape_through_symlinks() {
+    let mut env = Env::new();
+    // A private rootfs whose /evil points at the host's root.
+    let rootfs = env.scratch.join("rootfs");
+    make_busybox_rootfs(&rootfs);
+    std::os::unix::fs::symlink("/", rootfs.join("evil")).unwrap();
+    let marker = format!("lrun-escape-{}", std::process::id());
+    let dest = format!("/evil/tmp/{marker}");
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["root"]["path"] = json!(rootfs);
+            b.config["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": dest, "type": "tmpfs", "source": "tmpfs"}));
+        },
+        "echo ok",
+    );
+    assert_eq!(out, "ok\n");
+    assert!(
+        !std::path::Path::new("/tmp").join(&marker).exists(),
+        "mount point created on the host"
+    );
+    assert!(
+        rootfs.join("tmp").join(&marker).is_dir(),
+        "mount point not created inside the rootfs"
+    );
+}
+
+#[test]
+fn default_and_configured_devices_exist() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["devices"] = json!([{"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o600, "uid": 0, "gid": 0}]);
+            b.config["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]});
+        },
+        "echo x > /dev/null && head -c 4 /dev/zero | wc -c; stat -c '%t,%T %a' /dev/mynull; readlink /dev/fd; readlink /dev/ptmx; ls -d /dev/pts /dev/shm",
+    );
+    assert_eq!(
+        out,
+        "4\n1,3 600\n/proc/self/fd\npts/ptmx\n/dev/pts\n/dev/shm\n"
+    );
+}
+
+#[test]
+fn masked_paths_are_unreadable_and_readonly_paths_unwritable() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["maskedPaths"] = json!(["/proc/kcore", "/proc/acpi", "/etc/passwd"]);
+            b.config["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
+        },
+        "wc -c < /etc/passwd; ls /proc/acpi 2>/dev/null | wc -l; echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo WROTE || echo ro-ok",
+    );
+    assert_eq!(out, "0\n0\nro-ok\n");
+}
+
+#[test]
+fn readonly_root_refuses_writes() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["root"]["readonly"] = json!(true);
+        },
+        "touch /newfile 2>/dev/null && echo WROTE || echo ro-ok",
+    );
+    assert_eq!(out, "ro-ok\n");
+}
+
+#[test]
+fn process_user_groups_umask_cwd_and_env_are_applied() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["process"]["user"] =
+                json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001], "umask": 63});
+            b.config["process"]["cwd"] = json!("/tmp");
+            b.config["process"]["env"] = json!(["PATH=/bin", "GREETING=hi there"]);
+            b.config["root"]["readonly"] = json!(false);
+        },
+        "id -u; id -g; id -G; umask; pwd; echo $GREETING",
+    );
+    assert_eq!(out, "1000\n1001\n1001 2000 2001\n0077\n/tmp\nhi there\n");
+}
+
+#[test]
+fn capabilities_no_new_privs_rlimits_and_oom_score_are_applied() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["process"]["capabilities"] = json!({
+            "bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL", "CAP_CHOWN"], "inheritable": [], "ambient": []});
+            b.config["process"]["noNewPrivileges"] = json!(true);
+            b.config["process"]["rlimits"] =
+                json!([{"type": "RLIMIT_NOFILE", "soft": 777, "hard": 888}]);
+            b.config["process"]["oomScoreAdj"] = json!(500);
+        },
+        "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status; ulimit -n; ulimit -Hn; cat /proc/self/oom_score_adj",
+    );
+    // CAP_CHOWN = bit 0, CAP_KILL = bit 5. exec as uid 0 makes effective = permitted.
+    assert_eq!(
+        out,
+        "CapPrm:\t0000000000000021\nCapEff:\t0000000000000021\nCapBnd:\t0000000000000021\nNoNewPrivs:\t1\n777\n888\n500\n"
+    );
+}
+
+#[test]
+fn sysctl_is_written_in_the_container_namespace() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+            b.config["linux"]["readonlyPaths"] = json!([]);
+        },
+        "cat /proc/sys/net/ipv4/ip_forward",
+    );
+    assert_eq!(out, "1\n");
+}
+
+#[test]
+fn only_stdio_and_preserved_fds_reach_the_container() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |_| {},
+        "ls /proc/self/fd | sort -n | tr '\\n' ' '",
+    );
+    // 0-2, plus the fd ls itself opens for the directory.
+    assert_eq!(out, "0 1 2 3 ");
+}
+
+#[test]
+fn no_pivot_runs_the_container_with_chroot() {
+    let mut env = Env::new();
+    let b = env.bundle("nopivot", &["sh", "-c", "ls /bin/busybox"]);
+    b.write();
+    let id = env.id("nopivot");
+    let out = env.out(&["run", "--no-pivot", "--bundle", b.path(), &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/bin/busybox\n");
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let mut env = Env::new();
+    let log = env.scratch.join("hooks.log");
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo \"{name} $s\" >> {}", log.display())]});
+    let mut b = env.bundle("hooks", &["true"]);
+    b.config["hooks"] = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "createContainer": [hook("createContainer")],
+        "startContainer": [hook("startContainer")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    // createContainer and startContainer run in the container: give them a /bin/sh there
+    // that can write to the log (the log's directory bind-mounted at the same path).
+    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": env.scratch, "type": "bind", "source": env.scratch, "options": ["rbind"]}));
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+    let text = fs::read_to_string(&log).unwrap();
+    let names: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ]
+    );
+    for line in text.lines() {
+        let state: serde_json::Value =
+            serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        assert_eq!(state["bundle"], b.path());
+        assert!(state["id"].as_str().unwrap().starts_with("lrt-run-"));
+    }
+}
+
+#[test]
+fn a_failing_prestart_hook_fails_create_and_leaves_nothing() {
+    let mut env = Env::new();
+    let id = env.id("badhook");
+    let mut b = env.bundle("badhook", &["true"]);
+    b.config["hooks"] = json!({"prestart": [{"path": "/bin/false"}]});
+    b.write();
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(!ok);
+    assert!(err.contains("hooks.prestart[0]"), "{err}");
+    assert!(!env.root.join(&id).exists());
+}
+
+#[test]
+fn a_hook_that_exceeds_its_timeout_is_killed() {
+    let mut env = Env::new();
+    let id = env.id("slowhook");
+    let mut b = env.bundle("slowhook", &["true"]);
+    b.config["hooks"] =
+        json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]});
+    b.write();
+    let t = std::time::Instant::now();
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(!ok && err.contains("timed out"), "{err}");
+    assert!(t.elapsed().as_secs() < 20);
+    assert!(!env.root.join(&id).exists());
+}

@@ -1,0 +1,262 @@
+//! The OCI lifecycle on plain bundles: create, start, state, kill, delete, run, list.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn wait_status(env: &Env, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.status(id) != want {
+        assert!(Instant::now() < deadline, "{id} never became {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn run_returns_the_exit_code_and_output() {
+    let mut env = Env::new();
+    let b = env.bundle("exit", &["sh", "-c", "echo hello; exit 7"]);
+    let (code, out, _) = run(&mut env, &b);
+    assert_eq!(code, 7);
+    assert_eq!(out, "hello\n");
+}
+
+#[test]
+fn create_start_kill_delete_walks_through_every_status() {
+    let mut env = Env::new();
+    let id = env.id("life");
+    let b = env.bundle("life", &["sleep", "1000"]);
+    b.write();
+    let pid_file = env.scratch.join("pid");
+    let (ok, err) = env.quiet(&[
+        "create",
+        "--bundle",
+        b.path(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(ok, "create: {err}");
+    let st = env.state(&id);
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(st["bundle"], b.path());
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    // The process exists but has not exec'd the user program yet.
+    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        !cmdline.contains("sleep"),
+        "user program ran before start: {cmdline}"
+    );
+
+    let (ok, err) = env.quiet(&["start", &id]);
+    assert!(ok, "start: {err}");
+    assert_eq!(env.status(&id), "running");
+    wait_for(|| {
+        fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .contains("sleep")
+    });
+
+    let (ok, err) = env.quiet(&["start", &id]);
+    assert!(
+        !ok && err.contains("running"),
+        "second start must fail: {err}"
+    );
+    let (ok, err) = env.quiet(&["delete", &id]);
+    assert!(
+        !ok && err.contains("--force"),
+        "delete of a running container must fail: {err}"
+    );
+
+    let (ok, err) = env.quiet(&["kill", &id, "KILL"]);
+    assert!(ok, "kill: {err}");
+    wait_status(&env, &id, "stopped");
+    assert_eq!(env.state(&id)["pid"], 0);
+    let (ok, err) = env.quiet(&["delete", &id]);
+    assert!(ok, "delete: {err}");
+    let (ok, err) = env.quiet(&["state", &id]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+}
+
+fn wait_for(f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "condition never met");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn status_is_stopped_after_the_process_exits_on_its_own() {
+    let mut env = Env::new();
+    let id = env.id("exits");
+    let b = env.bundle("exits", &["true"]);
+    b.write();
+    assert!(env.quiet(&["create", "--bundle", b.path(), &id]).0);
+    assert!(env.quiet(&["start", &id]).0);
+    wait_status(&env, &id, "stopped");
+    assert!(env.quiet(&["delete", &id]).0);
+}
+
+#[test]
+fn run_reports_128_plus_signal_when_the_container_is_killed() {
+    let mut env = Env::new();
+    let id = env.id("sig");
+    let b = env.bundle("sig", &["sleep", "1000"]);
+    b.write();
+    let mut child = env
+        .lrun()
+        .args(["run", "--bundle", b.path(), &id])
+        .spawn()
+        .unwrap();
+    wait_for(|| env.out(&["state", &id]).status.success() && env.status(&id) == "running");
+    assert!(env.quiet(&["kill", &id, "9"]).0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 9));
+    // run deletes the container when it ends.
+    assert!(!env.root.join(&id).exists());
+}
+
+#[test]
+fn run_forwards_sigterm_to_the_container() {
+    let mut env = Env::new();
+    let id = env.id("fwd");
+    let b = env.bundle(
+        "fwd",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; while true; do sleep 0.05; done",
+        ],
+    );
+    b.write();
+    let mut child = env
+        .lrun()
+        .args(["run", "--bundle", b.path(), &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+}
+
+#[test]
+fn run_detach_returns_with_the_container_running() {
+    let mut env = Env::new();
+    let id = env.id("det");
+    let b = env.bundle("det", &["sleep", "1000"]);
+    b.write();
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    assert_eq!(env.status(&id), "running");
+    let (ok, err) = env.quiet(&["delete", "--force", &id]);
+    assert!(ok, "{err}");
+    assert!(!env.root.join(&id).exists());
+}
+
+#[test]
+fn list_shows_containers_as_table_and_json() {
+    let mut env = Env::new();
+    let id = env.id("ls");
+    let b = env.bundle("ls", &["sleep", "1000"]);
+    b.write();
+    assert!(env.quiet(&["create", "--bundle", b.path(), &id]).0);
+    let table = String::from_utf8(env.out(&["list"]).stdout).unwrap();
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("created")),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&env.out(&["list", "--format", "json"]).stdout).unwrap();
+    assert_eq!(json[0]["id"], id.as_str());
+    assert_eq!(json[0]["status"], "created");
+    assert!(
+        env.quiet(&["delete", &id]).0,
+        "a created container can be deleted without --force"
+    );
+}
+
+#[test]
+fn annotations_are_kept_in_state() {
+    let mut env = Env::new();
+    let id = env.id("ann");
+    let mut b = env.bundle("ann", &["sleep", "1000"]);
+    b.config["annotations"] = serde_json::json!({"org.example.key": "value"});
+    b.write();
+    assert!(env.quiet(&["create", "--bundle", b.path(), &id]).0);
+    assert_eq!(env.state(&id)["annotations"]["org.example.key"], "value");
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}
+
+#[test]
+fn spec_writes_a_config_and_refuses_to_overwrite() {
+    let env = Env::new();
+    let dir = env.scratch.join("spec");
+    fs::create_dir_all(&dir).unwrap();
+    assert!(
+        env.out(&["spec", "--bundle", dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["root"]["path"], "rootfs");
+    let again = env.out(&["spec", "--bundle", dir.to_str().unwrap()]);
+    assert!(!again.status.success());
+}
+
+#[test]
+fn features_lists_namespaces_and_hooks() {
+    let env = Env::new();
+    let out = env.out(&["features"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ociVersionMin"], "1.0.0");
+    let ns = doc["linux"]["namespaces"].as_array().unwrap();
+    assert!(ns.iter().any(|n| n == "time"));
+    assert_eq!(doc["hooks"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn delete_force_cleans_up_after_a_killed_create() {
+    let mut env = Env::new();
+    let id = env.id("crash");
+    let mut b = env.bundle("crash", &["true"]);
+    // A slow createRuntime hook holds create in the middle; then lrun is SIGKILLed.
+    let marker = env.scratch.join("hook-started");
+    b.config["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!("touch {}; sleep 30", marker.display())]}]});
+    b.write();
+    let mut child = env
+        .lrun()
+        .args(["create", "--bundle", b.path(), &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| marker.exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (ok, err) = env.quiet(&["delete", "--force", &id]);
+    assert!(ok, "{err}");
+    assert!(!env.root.join(&id).exists());
+}
