@@ -10,6 +10,8 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 pub struct Bundle {
     pub dir: PathBuf,
     pub spec: Spec,
+    /// config.json as read, kept with the container's state for `exec`.
+    pub raw: Vec<u8>,
 }
 
 impl Bundle {
@@ -20,7 +22,11 @@ impl Bundle {
         let path = dir.join("config.json");
         let text = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let spec = parse_config(&text).with_context(|| format!("{}", path.display()))?;
-        Ok(Bundle { dir, spec })
+        Ok(Bundle {
+            dir,
+            spec,
+            raw: text,
+        })
     }
 
     /// The root directory as the spec says it: root.path relative to the bundle.

@@ -5,7 +5,7 @@
 //! the same list, so a crash at any point is recovered by `delete --force`.
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,7 @@ use crate::state::{
     self, ContainerState, FIFO_FILE, StateRoot, Status, process_alive, process_start_time,
 };
 use crate::sync::{self, Channel, Message};
+use crate::terminal;
 use crate::utils::{self, validate_id, write_atomic};
 
 /// Where a runtime keeps its state and layers (`--root`, `--store`).
@@ -66,6 +67,8 @@ pub struct Created {
     pub state: ContainerState,
     /// Open only for foreground runs (the start signal goes through it).
     pub channel: Option<Channel>,
+    /// The pty master of a terminal container run in the foreground.
+    pub pty: Option<OwnedFd>,
 }
 
 pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
@@ -77,12 +80,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .process()
         .as_ref()
         .context("config.json: process is required")?;
-    if process.terminal() == Some(true) {
-        bail!("process.terminal: terminals are not supported yet (set it to false)");
-    }
-    if opts.console_socket.is_some() {
-        bail!("--console-socket: terminals are not supported yet");
-    }
+    let terminal = process.terminal() == Some(true);
+    terminal::check_terminal_options(terminal, opts.console_socket, opts.foreground)?;
     let linux = spec.linux().as_ref();
     let has_ns = |t| {
         linux
@@ -132,6 +131,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         hooks: spec.hooks().clone(),
     };
     state::save(&dir, &st)?;
+    fs::write(dir.join(state::CONFIG_FILE), &bundle.raw)
+        .context("save config.json with the state")?;
 
     // 3. Root filesystem: layers (if any) mounted in the host namespace.
     guard.layered = true;
@@ -223,6 +224,17 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         }
         chan.send(&Message::RuntimeHooksDone(pid))?;
     }
+    let mut pty = None;
+    if terminal {
+        match chan.recv_with_fd()? {
+            (Message::Pty, Some(master)) => match opts.console_socket {
+                Some(sock) => terminal::send_to_console_socket(sock, master.as_fd())?,
+                None => pty = Some(master),
+            },
+            (Message::Error(e), _) => bail!("{e}"),
+            (m, _) => bail!("sync protocol: expected the pty, got {m:?}"),
+        }
+    }
     chan.expect(Message::Ready)?;
 
     // 7. Done: record it, and only then let go of the guard.
@@ -237,6 +249,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         dir,
         state: st,
         channel: opts.foreground.then_some(chan),
+        pty,
     })
 }
 

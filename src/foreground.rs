@@ -1,7 +1,10 @@
-//! `lrun run` in the foreground: the container's init is lrun's child. Signals lrun receives
-//! are forwarded to it, its exit status becomes lrun's, and the container is deleted after.
+//! Supervising a container process from the foreground (`run`, `exec`): signals lrun receives
+//! are forwarded to it, a terminal is proxied, and its exit status becomes lrun's.
+
+use std::os::fd::{AsFd, OwnedFd};
 
 use anyhow::{Context, Result};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -9,6 +12,7 @@ use nix::unistd::Pid;
 
 use crate::container::{self, CreateOptions, Runtime};
 use crate::sync::Message;
+use crate::terminal::{self, RawMode};
 
 const FORWARDED: [Signal; 8] = [
     Signal::SIGTERM,
@@ -21,62 +25,132 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
-pub fn run(rt: &Runtime, opts: &CreateOptions, keep: bool) -> Result<i32> {
-    // Blocked before the container exists, so a signal arriving during create is not lost
-    // (and does not kill lrun half-way); the init unblocks everything before exec.
+/// Block the forwarded signals and SIGCHLD. Called before the container process exists so a
+/// signal arriving meanwhile is neither lost nor fatal; children unblock before exec.
+pub fn block_signals() -> Result<SigSet> {
     let mut mask = SigSet::empty();
     for s in FORWARDED {
         mask.add(s);
     }
     mask.add(Signal::SIGCHLD);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).context("block signals")?;
+    Ok(mask)
+}
 
+/// `lrun run` without --detach.
+pub fn run(rt: &Runtime, opts: &CreateOptions, keep: bool) -> Result<i32> {
+    let mask = block_signals()?;
     let created = container::create(rt, opts)?;
     let pid = Pid::from_raw(created.state.pid);
-    let code = match wait(&created, pid, &mask) {
-        Ok(code) => code,
-        Err(e) => {
-            let _ = container::delete(rt, opts.id, true);
-            return Err(e);
-        }
-    };
-    if !keep {
-        container::delete(rt, opts.id, true)?;
-    }
-    Ok(code)
-}
-
-fn wait(created: &container::Created, pid: Pid, mask: &SigSet) -> Result<i32> {
-    let chan = created
+    let started = created
         .channel
         .as_ref()
-        .context("foreground run without a channel")?;
-    chan.send(&Message::Start)?;
-    container::run_poststart(&created.state);
+        .context("foreground run without a channel")
+        .and_then(|c| c.send(&Message::Start));
+    let result = started.and_then(|()| {
+        container::run_poststart(&created.state);
+        supervise(pid, &mask, created.pty)
+    });
+    if result.is_err() || !keep {
+        let deleted = container::delete(rt, opts.id, true);
+        let code = result?;
+        deleted?;
+        return Ok(code);
+    }
+    result
+}
+
+/// Wait for `pid` to exit, forwarding signals and proxying the pty; returns its exit code.
+pub fn supervise(pid: Pid, mask: &SigSet, pty: Option<OwnedFd>) -> Result<i32> {
     let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let _raw = match &pty {
+        Some(_) => RawMode::enter(stdin.as_fd())?,
+        None => None,
+    };
+    if let Some(m) = &pty {
+        terminal::copy_window_size(stdin.as_fd(), m.as_fd());
+    }
+    let mut stdin_open = pty.is_some();
+    let mut master_open = pty.is_some();
     loop {
         if let Some(code) = reap(pid)? {
+            if let Some(m) = &pty {
+                drain(m, &stdout);
+            }
             return Ok(code);
         }
-        let Some(info) = sfd.read_signal().context("read signalfd")? else {
-            continue;
-        };
-        let sig = info.ssi_signo as i32;
-        if sig == Signal::SIGCHLD as i32 {
-            continue;
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(m) = &pty {
+            if master_open {
+                fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+            }
+            if stdin_open {
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
         }
-        if let Ok(s) = Signal::try_from(sig) {
-            let _ = kill(pid, s);
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+        drop(fds);
+        if ready[0]
+            && let Some(info) = sfd.read_signal().context("read signalfd")?
+        {
+            let sig = info.ssi_signo as i32;
+            match (Signal::try_from(sig), &pty) {
+                (Ok(Signal::SIGCHLD), _) => {}
+                // The kernel signals the pty's foreground group itself on a size change.
+                (Ok(Signal::SIGWINCH), Some(m)) => {
+                    terminal::copy_window_size(stdin.as_fd(), m.as_fd())
+                }
+                (Ok(s), _) => {
+                    let _ = kill(pid, s);
+                }
+                _ => {}
+            }
+        }
+        if let Some(m) = &pty {
+            let mut i = 1;
+            if master_open {
+                if ready[i] && !terminal::pump(m.as_fd(), stdout.as_fd()) {
+                    master_open = false;
+                }
+                i += 1;
+            }
+            if stdin_open
+                && ready.get(i).copied().unwrap_or(false)
+                && !terminal::pump(stdin.as_fd(), m.as_fd())
+            {
+                stdin_open = false;
+            }
         }
     }
 }
 
-/// Reap every exited child; return the init's exit code once it has exited.
-fn reap(init: Pid) -> Result<Option<i32>> {
+/// Copy what the container wrote before it exited.
+fn drain(master: &OwnedFd, stdout: &std::io::Stdout) {
+    loop {
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            return;
+        }
+        if !terminal::pump(master.as_fd(), stdout.as_fd()) {
+            return;
+        }
+    }
+}
+
+/// Reap every exited child; return the watched process's exit code once it has exited.
+fn reap(watched: Pid) -> Result<Option<i32>> {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(p, code)) if p == init => return Ok(Some(code)),
-            Ok(WaitStatus::Signaled(p, sig, _)) if p == init => return Ok(Some(128 + sig as i32)),
+            Ok(WaitStatus::Exited(p, code)) if p == watched => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == watched => {
+                return Ok(Some(128 + sig as i32));
+            }
             Ok(WaitStatus::StillAlive) => return Ok(None),
             Ok(_) => continue,
             Err(nix::errno::Errno::EINTR) => continue,

@@ -14,12 +14,11 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use nix::fcntl::{OFlag, openat};
-use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid, setresgid, setresuid};
 use oci_spec::runtime::{Process, Spec};
@@ -29,7 +28,7 @@ use crate::process;
 use crate::rootfs;
 use crate::state::FIFO_FILE;
 use crate::sync::{Channel, Message};
-use crate::{hooks, seccomp};
+use crate::{hooks, seccomp, terminal};
 
 /// What the parent hands to the child (the child has a copy of the parent's memory).
 pub struct InitArgs<'a> {
@@ -89,13 +88,7 @@ fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
         .and_then(crate::namespaces::time_offsets_text);
     a.plan.enter_late(offsets.as_deref())?;
     if a.plan.fork_init {
-        // SAFETY: single-threaded; CLONE_PARENT makes the init a child of `lrun create`.
-        let pid = unsafe { crate::utils::clone_fork(CloneFlags::CLONE_PARENT) }?;
-        if pid != 0 {
-            chan.send(&Message::InitPid(pid))?;
-            // SAFETY: the intermediate process is done.
-            unsafe { libc::_exit(0) }
-        }
+        crate::sync::fork_reported(chan)?;
         die_with_parent();
     }
     init_steps(a, chan)
@@ -137,6 +130,9 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
 
     rootfs::enter(a.rootfs, a.no_pivot)?;
     rootfs::finalize(spec)?;
+    if process.terminal() == Some(true) {
+        setup_terminal(chan)?;
+    }
 
     if let Some(name) = spec.hostname().as_deref() {
         nix::unistd::sethostname(name).with_context(|| format!("hostname {name:?}"))?;
@@ -180,6 +176,15 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     unsafe { libc::_exit(127) }
 }
 
+/// A pty from the container's own devpts becomes the process's terminal; the master goes to
+/// the parent (for the console socket or its own terminal).
+pub fn setup_terminal(chan: &Channel) -> Result<()> {
+    let (master, slave) = terminal::open_pty()?;
+    terminal::become_session_leader_on(&slave)?;
+    chan.send_with_fd(&Message::Pty, Some(master.as_raw_fd()))?;
+    Ok(())
+}
+
 fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<()> {
     if a.foreground {
         return chan.expect(Message::Start);
@@ -207,23 +212,8 @@ fn finish(
     if let Some(h) = a.spec.hooks().as_ref() {
         hooks::run_all("startContainer", h.start_container().as_ref(), state_json)?;
     }
-    let nnp = process.no_new_privileges() == Some(true);
     let seccomp = a.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it before dropping caps.
-    if let (Some(s), false) = (seccomp, nnp) {
-        seccomp::install(s)?;
-    }
-    process::set_identity(process)?;
-    if nnp {
-        process::set_no_new_privs()?;
-        if let Some(s) = seccomp {
-            seccomp::install(s)?;
-        }
-    }
-    process::reset_signals();
-    process::close_fds_on_exec(a.preserve_fds);
-    nix::unistd::execve(exe, argv, envp).with_context(|| format!("exec {exe:?}"))?;
-    unreachable!()
+    process::secure_and_exec(process, seccomp, a.preserve_fds, exe, argv, envp)
 }
 
 fn enter_cwd(process: &Process) -> Result<()> {

@@ -217,3 +217,31 @@ pub fn close_fds_on_exec(preserve: i32) {
         }
     }
 }
+
+/// The last steps of every container process (init or exec): seccomp, user, capabilities,
+/// no_new_privs, clean signals and fds, exec. Without no_new_privs, loading a filter needs
+/// CAP_SYS_ADMIN, so it happens before capabilities are dropped; with it, as late as possible.
+pub fn secure_and_exec(
+    process: &Process,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    preserve_fds: i32,
+    exe: &CString,
+    argv: &[CString],
+    envp: &[CString],
+) -> Result<std::convert::Infallible> {
+    let nnp = process.no_new_privileges() == Some(true);
+    if let (Some(s), false) = (seccomp, nnp) {
+        crate::seccomp::install(s)?;
+    }
+    set_identity(process)?;
+    if nnp {
+        set_no_new_privs()?;
+        if let Some(s) = seccomp {
+            crate::seccomp::install(s)?;
+        }
+    }
+    reset_signals();
+    close_fds_on_exec(preserve_fds);
+    nix::unistd::execve(exe, argv, envp).with_context(|| format!("exec {exe:?}"))?;
+    unreachable!("execve returned without an error")
+}

@@ -25,6 +25,8 @@ pub enum Message {
     RunRuntimeHooks,
     /// Parent: those hooks succeeded; carries the init's host pid for the hooks' state.
     RuntimeHooksDone(i32),
+    /// Init: the pty master of a terminal container (sent with the fd).
+    Pty,
     /// Init: set-up is complete; it now waits for `start`.
     Ready,
     /// Parent (`run`): start now (instead of the exec fifo).
@@ -121,4 +123,31 @@ impl Channel {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// Fork the process that becomes the container's, with CLONE_PARENT so that lrun (the
+/// caller's parent) can wait for it; the caller reports its pid on `chan` and exits. Returns
+/// only in the new process, and only after the report is sent, so the parent always reads the
+/// pid before anything the new process says.
+pub fn fork_reported(chan: &Channel) -> Result<()> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // SAFETY: single-threaded caller (lrun never starts threads).
+    let pid = unsafe { crate::utils::clone_fork(nix::sched::CloneFlags::CLONE_PARENT) }?;
+    if pid != 0 {
+        drop(r);
+        let sent = chan.send(&Message::InitPid(pid));
+        drop(w);
+        // SAFETY: the intermediate process is done either way.
+        unsafe { libc::_exit(if sent.is_ok() { 0 } else { 1 }) }
+    }
+    drop(w);
+    let mut byte = [0u8; 1];
+    // EOF once the intermediate has sent the pid and exited.
+    loop {
+        match nix::unistd::read(&r, &mut byte) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => break,
+        }
+    }
+    Ok(())
 }

@@ -1,14 +1,142 @@
-//! `lrun exec ID`.
+//! `lrun exec ID [--process FILE | ARGS...]`, with runc's flags.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use oci_spec::runtime::{Capability, Process};
 
 use super::Globals;
+use crate::exec::{self, ExecOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A JSON file with the process to run (runtime-spec `process` object).
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Return once the process has started.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Extra environment variables (KEY=VALUE).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// UID[:GID] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Additional group ids.
+    #[arg(short = 'g', long = "additional-gids")]
+    pub additional_gids: Vec<u32>,
+    /// Add a capability (e.g. CAP_NET_ADMIN).
+    #[arg(short, long = "cap")]
+    pub cap: Vec<String>,
+    #[arg(long)]
+    pub no_new_privs: bool,
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: i32,
+    /// Accepted for runc compatibility.
+    #[arg(long, hide = true)]
+    pub process_label: Option<String>,
+    /// Accepted for runc compatibility.
+    #[arg(long, hide = true)]
+    pub apparmor: Option<String>,
     pub id: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
 
-pub fn run(_g: &Globals, _a: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("exec is not supported yet")
+pub fn run(g: &Globals, a: Args) -> Result<i32> {
+    let rt = g.runtime();
+    let process = match &a.process {
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("--process {}", path.display()))?;
+            serde_json::from_slice::<Process>(&text)
+                .with_context(|| format!("--process {}", path.display()))?
+        }
+        None => from_flags(
+            &a,
+            exec::container_spec(&rt, &a.id)?
+                .process()
+                .clone()
+                .unwrap_or_default(),
+        )?,
+    };
+    exec::exec(
+        &rt,
+        ExecOptions {
+            id: &a.id,
+            process,
+            detach: a.detach,
+            pid_file: a.pid_file.as_deref(),
+            console_socket: a.console_socket.as_deref(),
+            preserve_fds: a.preserve_fds,
+        },
+    )
+}
+
+/// The container's own process settings, overridden by the flags (as runc does).
+fn from_flags(a: &Args, mut p: Process) -> Result<Process> {
+    if a.command.is_empty() {
+        bail!("exec: give a command or --process FILE");
+    }
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
+    let mut env = p.env().clone().unwrap_or_default();
+    for kv in &a.env {
+        let key = kv.split('=').next().unwrap_or(kv);
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+        let mut user = p.user().clone();
+        user.set_uid(
+            uid.parse()
+                .with_context(|| format!("--user {u}: bad uid"))?,
+        );
+        user.set_gid(
+            gid.parse()
+                .with_context(|| format!("--user {u}: bad gid"))?,
+        );
+        p.set_user(user);
+    }
+    if !a.additional_gids.is_empty() {
+        let mut user = p.user().clone();
+        user.set_additional_gids(Some(a.additional_gids.clone()));
+        p.set_user(user);
+    }
+    if !a.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for name in &a.cap {
+            let cap: Capability = serde_json::from_value(serde_json::json!(name))
+                .with_context(|| format!("--cap {name}: unknown capability"))?;
+            let mut b = caps.bounding().clone().unwrap_or_default();
+            b.insert(cap);
+            caps.set_bounding(Some(b));
+            let mut e = caps.effective().clone().unwrap_or_default();
+            e.insert(cap);
+            caps.set_effective(Some(e));
+            let mut pm = caps.permitted().clone().unwrap_or_default();
+            pm.insert(cap);
+            caps.set_permitted(Some(pm));
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(p)
 }

@@ -1,0 +1,204 @@
+//! `exec`: a new process inside a running container. It joins every namespace of the
+//! container's init (found through /proc/PID/ns) and its cgroups, and gets the container's
+//! capabilities, rlimits, no_new_privs and seccomp unless told otherwise.
+//!
+//! lrun forks a child that joins the cgroups (while it still sees the host's /sys/fs/cgroup)
+//! and the namespaces, then forks the process itself with CLONE_PARENT: entering a pid
+//! namespace only applies to children, and lrun must be the parent to wait for it.
+
+use std::convert::Infallible;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use nix::sched::{CloneFlags, setns};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use crate::container::{Runtime, write_pid_file};
+use crate::foreground;
+use crate::namespaces;
+use crate::process;
+use crate::state::{CONFIG_FILE, Status};
+use crate::sync::{self, Channel, Message};
+use crate::terminal;
+
+pub struct ExecOptions<'a> {
+    pub id: &'a str,
+    pub process: Process,
+    pub detach: bool,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub preserve_fds: i32,
+}
+
+/// The container's config as saved by create (exec builds its process from it).
+pub fn container_spec(rt: &Runtime, id: &str) -> Result<Spec> {
+    let (dir, _) = rt.states().load(id)?;
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    crate::bundle::parse_config(&text).with_context(|| format!("{}", path.display()))
+}
+
+pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
+    let (dir, st) = rt.states().load(opts.id)?;
+    match st.status(&dir) {
+        Status::Running | Status::Created => {}
+        s => bail!("cannot exec in container {:?}: it is {s}", opts.id),
+    }
+    let spec = container_spec(rt, opts.id)?;
+    let terminal = opts.process.terminal() == Some(true);
+    terminal::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
+    let joins = namespaces_of(st.pid)?;
+
+    let mask = if opts.detach {
+        None
+    } else {
+        Some(foreground::block_signals()?)
+    };
+    let (chan, child_chan) = sync::pair()?;
+    // SAFETY: lrun is single-threaded; the child joins namespaces, forks and exits.
+    let first = unsafe { crate::utils::clone_fork(CloneFlags::empty()) }?;
+    if first == 0 {
+        drop(chan);
+        let Err(e) = joiner(
+            &st.cgroups,
+            &joins,
+            &spec,
+            &opts.process,
+            &child_chan,
+            opts.preserve_fds,
+        );
+        let _ = child_chan.send(&Message::Error(format!("{e:#}")));
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(1) }
+    }
+    drop(child_chan);
+    let pid = match chan.recv() {
+        Ok(Message::InitPid(p)) => p,
+        Ok(Message::Error(e)) => {
+            let _ = waitpid(Pid::from_raw(first), None);
+            bail!("{e}")
+        }
+        Ok(m) => bail!("sync protocol: unexpected {m:?}"),
+        Err(e) => return Err(e),
+    };
+    let _ = waitpid(Pid::from_raw(first), None);
+    let result = finish_parent(&chan, terminal, &opts);
+    if result.is_err() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(pid), None);
+    }
+    let pty = result?;
+    if let Some(p) = opts.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    match mask {
+        None => Ok(0),
+        Some(mask) => foreground::supervise(Pid::from_raw(pid), &mask, pty),
+    }
+}
+
+fn finish_parent(chan: &Channel, terminal: bool, opts: &ExecOptions) -> Result<Option<OwnedFd>> {
+    let mut pty = None;
+    if terminal {
+        match chan.recv_with_fd()? {
+            (Message::Pty, Some(master)) => match opts.console_socket {
+                Some(sock) => terminal::send_to_console_socket(sock, master.as_fd())?,
+                None => pty = Some(master),
+            },
+            (Message::Error(e), _) => bail!("{e}"),
+            (m, _) => bail!("sync protocol: expected the pty, got {m:?}"),
+        }
+    }
+    chan.expect(Message::Ready)?;
+    Ok(pty)
+}
+
+/// The container init's namespaces that differ from ours, user namespace first.
+fn namespaces_of(pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>> {
+    use LinuxNamespaceType as T;
+    let mut out = Vec::new();
+    for (t, name) in [
+        (T::User, "user"),
+        (T::Ipc, "ipc"),
+        (T::Uts, "uts"),
+        (T::Network, "net"),
+        (T::Pid, "pid"),
+        (T::Cgroup, "cgroup"),
+        (T::Time, "time"),
+        (T::Mount, "mnt"),
+    ] {
+        let theirs = format!("/proc/{pid}/ns/{name}");
+        let mine = format!("/proc/self/ns/{name}");
+        let (Ok(a), Ok(b)) = (std::fs::metadata(&theirs), std::fs::metadata(&mine)) else {
+            continue;
+        };
+        if a.ino() == b.ino() && a.dev() == b.dev() {
+            continue;
+        }
+        let f = File::open(&theirs).with_context(|| format!("open {theirs}"))?;
+        out.push((t, OwnedFd::from(f)));
+    }
+    Ok(out)
+}
+
+/// The first child: join cgroups, then namespaces, then fork the process itself.
+fn joiner(
+    cgroups: &crate::cgroups::Manager,
+    joins: &[(LinuxNamespaceType, OwnedFd)],
+    spec: &Spec,
+    process: &Process,
+    chan: &Channel,
+    preserve_fds: i32,
+) -> Result<Infallible> {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    cgroups.add_pid(std::process::id() as i32)?;
+    for (t, fd) in joins {
+        setns(fd.as_fd(), namespaces::flag(*t))
+            .with_context(|| format!("setns into the container's {t} namespace"))?;
+    }
+    sync::fork_reported(chan)?;
+    // SAFETY: as above; the exec'd process must not outlive a dying `lrun exec` half-way.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    match exec_process(spec, process, chan, preserve_fds) {
+        Ok(never) => match never {},
+        Err(e) => Err(e),
+    }
+}
+
+fn exec_process(
+    spec: &Spec,
+    process: &Process,
+    chan: &Channel,
+    preserve_fds: i32,
+) -> Result<Infallible> {
+    process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    let cwd = process.cwd();
+    std::env::set_current_dir(cwd).with_context(|| format!("cwd {}", cwd.display()))?;
+    let args = process.args().as_deref().unwrap_or_default();
+    if args.is_empty() {
+        bail!("exec: no command given");
+    }
+    let env = process.env().as_deref().unwrap_or_default();
+    let exe = process::find_executable(&args[0], env)?;
+    let exe_c = process::path_cstring(&exe)?;
+    let argv = process::cstrings(args)?;
+    let envp = process::cstrings(env)?;
+    if process.terminal() == Some(true) {
+        crate::init::setup_terminal(chan)?;
+    }
+    // SAFETY: prctl with integer arguments; from here the process belongs to the container.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    chan.send(&Message::Ready)?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let Err(e) = process::secure_and_exec(process, seccomp, preserve_fds, &exe_c, &argv, &envp);
+    // `lrun exec` no longer listens on the channel: report on the process's stderr.
+    eprintln!("lrun: exec: {e:#}");
+    // SAFETY: leave without running destructors.
+    unsafe { libc::_exit(127) }
+}

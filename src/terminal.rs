@@ -1,0 +1,143 @@
+//! Terminals: a pty made inside the container (its own /dev/pts), the console-socket protocol
+//! runc uses (the master fd sent over a unix socket with SCM_RIGHTS), and the proxy that lets
+//! `lrun run` in the foreground share its own terminal with the container.
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+
+/// Open a new pty in the container's devpts: returns (master, slave).
+pub fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .context("open /dev/ptmx in the container")?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK takes a pointer to an int.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unlock pty");
+    }
+    // TIOCGPTPEER opens the slave through the master: no path lookup that could be raced.
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    };
+    if slave < 0 {
+        return Err(std::io::Error::last_os_error()).context("open pty slave (TIOCGPTPEER)");
+    }
+    // SAFETY: a fresh fd from the kernel.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+/// Make `slave` the calling process's controlling terminal and its stdio.
+pub fn become_session_leader_on(slave: &OwnedFd) -> Result<()> {
+    nix::unistd::setsid().context("setsid")?;
+    // SAFETY: TIOCSCTTY with 0 on a tty fd we own.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("make the pty the controlling terminal");
+    }
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("dup2 pty onto stdio");
+        }
+    }
+    Ok(())
+}
+
+/// Send the pty master to a `--console-socket` (what runc does; podman and containerd listen).
+pub fn send_to_console_socket(path: &Path, master: BorrowedFd) -> Result<()> {
+    let sock = UnixStream::connect(path)
+        .with_context(|| format!("--console-socket {}", path.display()))?;
+    let fds = [master.as_raw_fd()];
+    let name = b"/dev/ptmx";
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(name)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .with_context(|| format!("send the pty to {}", path.display()))?;
+    Ok(())
+}
+
+/// Copy the window size of `from` (our terminal) to `to` (the container's pty).
+pub fn copy_window_size(from: BorrowedFd, to: BorrowedFd) {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a winsize struct.
+    unsafe {
+        if libc::ioctl(from.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Our own terminal in raw mode for as long as this lives; restored on drop, also on errors.
+pub struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    pub fn enter(fd: BorrowedFd) -> Result<Option<RawMode>> {
+        if !nix::unistd::isatty(fd).unwrap_or(false) {
+            return Ok(None);
+        }
+        let saved = tcgetattr(fd).context("tcgetattr")?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(fd, SetArg::TCSANOW, &raw).context("tcsetattr raw")?;
+        Ok(Some(RawMode { saved }))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let stdin = std::io::stdin();
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Copy what is readable on `from` to `to`. Returns false at EOF or on error.
+pub fn pump(from: BorrowedFd, to: BorrowedFd) -> bool {
+    let mut buf = [0u8; 16 * 1024];
+    let n = match nix::unistd::read(from, &mut buf) {
+        Ok(0) | Err(_) => return false,
+        Ok(n) => n,
+    };
+    let mut off = 0;
+    while off < n {
+        match nix::unistd::write(to, &buf[off..n]) {
+            Ok(w) => off += w,
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => continue,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+pub fn check_terminal_options(
+    terminal: bool,
+    console_socket: Option<&Path>,
+    foreground: bool,
+) -> Result<()> {
+    if terminal && console_socket.is_none() && !foreground {
+        bail!("process.terminal is true: --console-socket is required (or run in the foreground)");
+    }
+    if !terminal && console_socket.is_some() {
+        bail!("--console-socket given but process.terminal is false");
+    }
+    Ok(())
+}
