@@ -24,6 +24,7 @@ use crate::init::{self, InitArgs};
 use crate::layers::{self, LayerContext};
 use crate::logging;
 use crate::namespaces::{self, Plan};
+use crate::notify;
 use crate::rootfs;
 use crate::state::{
     self, ContainerState, FIFO_FILE, StateRoot, Status, process_alive, process_start_time,
@@ -69,6 +70,8 @@ pub struct Created {
     pub channel: Option<Channel>,
     /// The pty master of a terminal container run in the foreground.
     pub pty: Option<OwnedFd>,
+    /// The NOTIFY_SOCKET relay of a foreground run.
+    pub relay: Option<notify::Relay>,
 }
 
 pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
@@ -129,6 +132,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         cgroups: cgroup.clone(),
         layered: false,
         hooks: spec.hooks().clone(),
+        notify_socket: notify::host_socket(),
     };
     state::save(&dir, &st)?;
     fs::write(dir.join(state::CONFIG_FILE), &bundle.raw)
@@ -167,6 +171,15 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     .with_context(|| format!("open {}", dir.display()))?;
 
     // 6. The container process.
+    let listen_fds = socket_activation_fds();
+    let notify_dir = dir.join("notify");
+    let mut relay = None;
+    if let Some(host) = &st.notify_socket {
+        fs::create_dir(&notify_dir).with_context(|| format!("mkdir {}", notify_dir.display()))?;
+        if opts.foreground {
+            relay = Some(notify::Relay::bind(&notify_dir, host.clone())?);
+        }
+    }
     let (chan, child_chan) = sync::pair()?;
     let args = InitArgs {
         id: opts.id,
@@ -178,7 +191,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         lock_fd: lock.raw_fd(),
         foreground: opts.foreground,
         no_pivot: opts.no_pivot,
-        preserve_fds: opts.preserve_fds,
+        preserve_fds: opts.preserve_fds.max(listen_fds),
+        listen_fds,
+        notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
     };
     // SAFETY: lrun is single-threaded; the child only runs init code and then execs or exits.
     let first = unsafe { utils::clone_fork(plan.clone_flags) }?;
@@ -250,7 +265,22 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         state: st,
         channel: opts.foreground.then_some(chan),
         pty,
+        relay,
     })
+}
+
+/// systemd socket activation: LISTEN_FDS sockets from fd 3, meant for us if LISTEN_PID is
+/// ours (or absent, as some supervisors leave it).
+fn socket_activation_fds() -> i32 {
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    if for_us { fds.max(0) } else { 0 }
 }
 
 /// Whether the init must stop before pivot_root for hooks that need its pid.
@@ -341,6 +371,11 @@ pub fn start(rt: &Runtime, id: &str) -> Result<()> {
         Status::Created => {}
         s => bail!("cannot start container {id:?}: it is {s}, not created"),
     }
+    // Bound before the process starts, so not a word it says is lost.
+    let relay = match &st.notify_socket {
+        Some(host) => Some(notify::Relay::bind(&dir.join("notify"), host.clone())?),
+        None => None,
+    };
     let fifo_path = dir.join(FIFO_FILE);
     // Non-blocking open: the init's blocked open(O_WRONLY) completes now.
     let fifo = open(
@@ -354,7 +389,32 @@ pub fn start(rt: &Runtime, id: &str) -> Result<()> {
     let _ = nix::unistd::read(&fifo, &mut byte);
     utils::remove_file_if_exists(&fifo_path)?;
     run_poststart(&st);
+    if let Some(relay) = relay {
+        relay_until_ready(&relay, st.pid, st.pid_start_time)?;
+    }
     Ok(())
+}
+
+/// As runc: `start` of a notify service returns once it said READY=1 (or exited), having
+/// relayed everything up to that with MAINPID set to the container's init.
+fn relay_until_ready(relay: &notify::Relay, pid: i32, start_time: u64) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [PollFd::new(relay.fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(n) if n > 0 => {
+                if relay.forward_one(Some(pid))? {
+                    return Ok(());
+                }
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {
+                if !process_alive(pid, start_time) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e).context("poll the notify socket"),
+        }
+    }
 }
 
 pub fn run_poststart(st: &ContainerState) {

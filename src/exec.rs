@@ -98,7 +98,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     }
     match mask {
         None => Ok(0),
-        Some(mask) => foreground::supervise(Pid::from_raw(pid), &mask, pty),
+        Some(mask) => foreground::supervise(Pid::from_raw(pid), &mask, pty, None),
     }
 }
 

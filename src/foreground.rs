@@ -11,6 +11,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::container::{self, CreateOptions, Runtime};
+use crate::notify::Relay;
 use crate::sync::Message;
 use crate::terminal::{self, RawMode};
 
@@ -49,7 +50,7 @@ pub fn run(rt: &Runtime, opts: &CreateOptions, keep: bool) -> Result<i32> {
         .and_then(|c| c.send(&Message::Start));
     let result = started.and_then(|()| {
         container::run_poststart(&created.state);
-        supervise(pid, &mask, created.pty)
+        supervise(pid, &mask, created.pty, created.relay.as_ref())
     });
     if result.is_err() || !keep {
         let deleted = container::delete(rt, opts.id, true);
@@ -61,7 +62,12 @@ pub fn run(rt: &Runtime, opts: &CreateOptions, keep: bool) -> Result<i32> {
 }
 
 /// Wait for `pid` to exit, forwarding signals and proxying the pty; returns its exit code.
-pub fn supervise(pid: Pid, mask: &SigSet, pty: Option<OwnedFd>) -> Result<i32> {
+pub fn supervise(
+    pid: Pid,
+    mask: &SigSet,
+    pty: Option<OwnedFd>,
+    relay: Option<&Relay>,
+) -> Result<i32> {
     let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
@@ -82,6 +88,9 @@ pub fn supervise(pid: Pid, mask: &SigSet, pty: Option<OwnedFd>) -> Result<i32> {
             return Ok(code);
         }
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(r) = relay {
+            fds.push(PollFd::new(r.fd(), PollFlags::POLLIN));
+        }
         if let Some(m) = &pty {
             if master_open {
                 fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
@@ -112,8 +121,17 @@ pub fn supervise(pid: Pid, mask: &SigSet, pty: Option<OwnedFd>) -> Result<i32> {
                 _ => {}
             }
         }
+        let mut i = 1;
+        if let Some(r) = relay {
+            // lrun stays the main process systemd watches: no MAINPID of the container's.
+            if ready[i]
+                && let Err(e) = r.forward_one(None)
+            {
+                crate::logging::warn(&format!("{e:#}"));
+            }
+            i += 1;
+        }
         if let Some(m) = &pty {
-            let mut i = 1;
             if master_open {
                 if ready[i] && !terminal::pump(m.as_fd(), stdout.as_fd()) {
                     master_open = false;

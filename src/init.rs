@@ -45,6 +45,10 @@ pub struct InitArgs<'a> {
     pub foreground: bool,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// Socket activation: this many fds from 3 are systemd's listening sockets.
+    pub listen_fds: i32,
+    /// Host directory holding lrun's notify socket, bind-mounted into the container.
+    pub notify_dir: Option<&'a Path>,
 }
 
 /// Entry point of the first child. Never returns.
@@ -107,7 +111,7 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
-    rootfs::prepare(spec, a.bundle, a.rootfs, a.plan.new_user)?;
+    rootfs::prepare(spec, a.bundle, a.rootfs, a.plan.new_user, a.notify_dir)?;
 
     let mut host_pid = 0;
     if crate::container::needs_runtime_hooks(spec) {
@@ -151,11 +155,21 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     enter_cwd(process)?;
     let args = process.args().as_deref().unwrap_or_default();
-    let env = process.env().as_deref().unwrap_or_default();
-    let exe = process::find_executable(&args[0], env)?;
+    let mut env = process.env().clone().unwrap_or_default();
+    if a.listen_fds > 0 {
+        // The sockets' owner is now the container's process, with its pid as seen inside.
+        env.retain(|e| !e.starts_with("LISTEN_FDS=") && !e.starts_with("LISTEN_PID="));
+        env.push(format!("LISTEN_FDS={}", a.listen_fds));
+        env.push(format!("LISTEN_PID={}", std::process::id()));
+    }
+    if a.notify_dir.is_some() {
+        env.retain(|e| !e.starts_with("NOTIFY_SOCKET="));
+        env.push(crate::notify::container_env());
+    }
+    let exe = process::find_executable(&args[0], &env)?;
     let exe_c = process::path_cstring(&exe)?;
     let argv = process::cstrings(args)?;
-    let envp = process::cstrings(env)?;
+    let envp = process::cstrings(&env)?;
     if let Some(s) = linux.and_then(|l| l.seccomp().as_ref()) {
         seccomp::validate(s)?;
     }

@@ -74,6 +74,9 @@ pub struct ContainerState {
     pub layered: bool,
     #[serde(default)]
     pub hooks: Option<Hooks>,
+    /// The NOTIFY_SOCKET lrun was given, relayed to by `start` (or `run`).
+    #[serde(default)]
+    pub notify_socket: Option<PathBuf>,
 }
 
 /// The OCI state document (runtime.md "State"), plus the fields runc adds that tools read.

@@ -143,11 +143,6 @@ pub fn fork_reported(chan: &Channel) -> Result<()> {
     drop(w);
     let mut byte = [0u8; 1];
     // EOF once the intermediate has sent the pid and exited.
-    loop {
-        match nix::unistd::read(&r, &mut byte) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => break,
-        }
-    }
+    while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&r, &mut byte) {}
     Ok(())
 }

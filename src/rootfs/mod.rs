@@ -20,7 +20,13 @@ use mounts::{CgroupMounter, mount_entry, propagation_flag, remount_bind};
 use resolve::{fd_path, open_in_root};
 
 /// Everything up to (not including) pivot_root. Runs in the new mount namespace.
-pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, in_userns: bool) -> Result<()> {
+pub fn prepare(
+    spec: &Spec,
+    bundle: &Path,
+    rootfs: &Path,
+    in_userns: bool,
+    notify_dir: Option<&Path>,
+) -> Result<()> {
     let linux = spec.linux().as_ref();
     // Mounts made below must not propagate back to the host: make everything a slave (or what
     // rootfsPropagation asks) first.
@@ -68,6 +74,21 @@ pub fn prepare(spec: &Spec, bundle: &Path, rootfs: &Path, in_userns: bool) -> Re
         devices::create(root.as_fd(), &devices::from_spec(d), in_userns)?;
     }
     devices::create_symlinks(root.as_fd(), has_dev_pts)?;
+    if let Some(dir) = notify_dir {
+        let target = resolve::ensure_in_root(
+            root.as_fd(),
+            Path::new(crate::notify::CONTAINER_DIR),
+            resolve::Kind::Dir,
+        )?;
+        mount(
+            Some(dir),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind the notify socket directory")?;
+    }
     Ok(())
 }
 
