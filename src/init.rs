@@ -6,8 +6,8 @@
 //! 2. unshare the rest (cgroup namespace now roots at the container's cgroup), fork the real
 //!    init if a pid or time namespace needs it;
 //! 3. mounts and devices (host paths still visible), runtime hooks in the parent,
-//!    createContainer hooks here, then pivot_root, masked/readonly paths;
-//! 4. hostname, sysctl, rlimits, cwd, find the executable: any failure is still a failed
+//!    createContainer hooks here, then pivot_root, sysctl, masked/readonly paths;
+//! 4. hostname, rlimits, cwd, find the executable: any failure is still a failed
 //!    `create` with nothing left behind;
 //! 5. tell the parent "ready", wait for `start` (exec fifo, or the socket for `run`);
 //! 6. startContainer hooks, seccomp, user, capabilities, no_new_privs, exec.
@@ -133,6 +133,15 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     }
 
     rootfs::enter(a.rootfs, a.no_pivot)?;
+    // Before readonlyPaths, which usually include /proc/sys.
+    for (key, value) in linux
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).with_context(|| format!("linux.sysctl {key}={value}"))?;
+    }
     rootfs::finalize(spec)?;
     if process.terminal() == Some(true) {
         setup_terminal(chan)?;
@@ -143,14 +152,6 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     }
     if let Some(name) = spec.domainname().as_deref() {
         set_domainname(name)?;
-    }
-    for (key, value) in linux
-        .and_then(|l| l.sysctl().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).with_context(|| format!("linux.sysctl {key}={value}"))?;
     }
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     enter_cwd(process)?;

@@ -56,7 +56,13 @@ pub fn prepare(
     .with_context(|| format!("bind mount rootfs {}", rootfs.display()))?;
     let root = File::open(rootfs).with_context(|| format!("open rootfs {}", rootfs.display()))?;
 
-    let cgroups = CgroupMounter::from_host();
+    let cgroupns = linux
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|v| {
+            v.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
+        });
+    let cgroups = CgroupMounter::from_host(cgroupns);
     let mut has_dev_pts = false;
     for m in spec.mounts().iter().flatten() {
         mount_entry(root.as_fd(), bundle, m, &cgroups)?;

@@ -1,6 +1,6 @@
 //! The `mounts` entries of config.json: option parsing and mounting one entry.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -210,60 +210,125 @@ fn statvfs_flags(path: &str) -> Result<MsFlags> {
     Ok(out)
 }
 
-/// Mounts `type: cgroup` entries: cgroup2 on a unified host, otherwise a tmpfs holding one
-/// cgroup v1 mount per hierarchy the host has (the cgroup namespace roots them at the
-/// container's own cgroup).
+/// Mounts `type: cgroup` entries. With a cgroup namespace the kernel roots a fresh cgroup
+/// mount at the container's own cgroup, so the filesystem is mounted (cgroup2 on a unified
+/// host, one cgroup v1 mount per hierarchy on a tmpfs otherwise). Without one, a fresh mount
+/// would show the whole host tree: the container's own cgroup directories are bind-mounted
+/// instead, as runc does.
 pub struct CgroupMounter {
-    /// (directory name, mount options) per v1 hierarchy; empty on a pure v2 host.
-    v1: Vec<(String, String)>,
-    unified: bool,
+    /// Per v1 hierarchy: directory name, super options, host mount point.
+    v1: Vec<(String, String, PathBuf)>,
+    unified: Option<PathBuf>,
+    /// /proc/self/cgroup: (controllers, path) of the calling process (already in the
+    /// container's cgroups when this is read).
+    own: Vec<(String, String)>,
+    cgroupns: bool,
 }
 
 impl CgroupMounter {
-    /// Read the host's cgroup mounts (call before pivot_root).
-    pub fn from_host() -> Self {
+    /// Read the host's cgroup mounts and our cgroups (call before pivot_root).
+    pub fn from_host(cgroupns: bool) -> Self {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut v1 = Vec::new();
-        let mut unified = false;
+        let mut unified = None;
         for line in text.lines() {
             let Some((pre, post)) = line.split_once(" - ") else {
                 continue;
             };
             let mut post = post.split(' ');
             let (fstype, _src, sopts) = (post.next(), post.next(), post.next().unwrap_or(""));
-            let mountpoint = pre.split(' ').nth(4).unwrap_or("");
+            let mountpoint = PathBuf::from(pre.split(' ').nth(4).unwrap_or(""));
             match fstype {
-                Some("cgroup2") if mountpoint == "/sys/fs/cgroup" => unified = true,
+                Some("cgroup2") if mountpoint == Path::new("/sys/fs/cgroup") => {
+                    unified = Some(mountpoint)
+                }
                 Some("cgroup") => {
-                    let name = PathBuf::from(mountpoint);
-                    let name = name.file_name().map(|n| n.to_string_lossy().into_owned());
                     let keep: Vec<&str> = sopts
                         .split(',')
                         .filter(|o| !matches!(*o, "rw" | "ro"))
                         .collect();
-                    if let Some(name) = name {
-                        v1.push((name, keep.join(",")));
+                    if let Some(name) = mountpoint
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                    {
+                        v1.push((name, keep.join(","), mountpoint));
                     }
                 }
                 _ => {}
             }
         }
-        CgroupMounter { v1, unified }
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                Some((ctrls.to_string(), path.to_string()))
+            })
+            .collect();
+        CgroupMounter {
+            v1,
+            unified,
+            own,
+            cgroupns,
+        }
+    }
+
+    /// Our cgroup path in the hierarchy whose controllers are `options`.
+    fn own_path(&self, options: &str) -> Option<&str> {
+        let mut want: Vec<&str> = options
+            .split(',')
+            .filter(|o| !o.contains('=') || o.starts_with("name="))
+            .collect();
+        want.sort();
+        self.own.iter().find_map(|(ctrls, path)| {
+            let mut have: Vec<&str> = ctrls.split(',').collect();
+            have.sort();
+            (have == want).then_some(path.as_str())
+        })
+    }
+
+    /// Mount one hierarchy at `dest` (inside the rootfs).
+    fn mount_one(
+        &self,
+        root: BorrowedFd,
+        dest: &Path,
+        fstype: &str,
+        options: Option<&str>,
+        host: &Path,
+        flags: MsFlags,
+    ) -> Result<()> {
+        let target = ensure_in_root(root, dest, Kind::Dir)?;
+        if self.cgroupns {
+            return mount(
+                Some(fstype),
+                fd_path(&target).as_str(),
+                Some(fstype),
+                flags,
+                options,
+            )
+            .with_context(|| format!("mount {fstype} {}", options.unwrap_or("")));
+        }
+        let own = self.own_path(options.unwrap_or(""));
+        let src = host.join(own.unwrap_or("/").trim_start_matches('/'));
+        mount(
+            Some(&src),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind {}", src.display()))?;
+        // The flags apply to the new mount: reopen the path to reach it, not what it covers.
+        let mounted = ensure_in_root(root, dest, Kind::Dir)?;
+        remount_bind(&fd_path(&mounted), flags, MsFlags::empty())
     }
 
     fn mount(&self, root: BorrowedFd, dest: &Path, opts: &Options) -> Result<()> {
         let target = ensure_in_root(root, dest, Kind::Dir)?;
         let flags = opts.flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        if self.unified {
-            mount(
-                Some("cgroup2"),
-                fd_path(&target).as_str(),
-                Some("cgroup2"),
-                flags,
-                None::<&str>,
-            )
-            .context("mount cgroup2")?;
-            return Ok(());
+        if let Some(host) = &self.unified {
+            return self.mount_one(root, dest, "cgroup2", None, host, flags);
         }
         let tmpfs_flags = flags - MsFlags::MS_RDONLY;
         mount(
@@ -274,22 +339,14 @@ impl CgroupMounter {
             Some("mode=755"),
         )
         .context("mount tmpfs for cgroups")?;
-        for (name, options) in &self.v1 {
-            let sub = ensure_in_root(root, &dest.join(name), Kind::Dir)?;
-            mount(
-                Some("cgroup"),
-                fd_path(&sub).as_str(),
-                Some("cgroup"),
-                flags,
-                Some(options.as_str()),
-            )
-            .with_context(|| format!("mount cgroup {name} ({options})"))?;
+        for (name, options, host) in &self.v1 {
+            self.mount_one(root, &dest.join(name), "cgroup", Some(options), host, flags)
+                .with_context(|| format!("cgroup hierarchy {name}"))?;
         }
         if opts.flags.contains(MsFlags::MS_RDONLY) {
             let t = ensure_in_root(root, dest, Kind::Dir)?;
             remount_bind(&fd_path(&t), MsFlags::MS_RDONLY, MsFlags::empty())?;
         }
-        let _ = root.as_fd();
         Ok(())
     }
 }
