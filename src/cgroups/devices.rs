@@ -1,7 +1,7 @@
 //! Device access rules: the config's list, lrun's defaults, and how each hierarchy gets them.
 
 use anyhow::{Result, bail};
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
 
 /// Access bits as the kernel's BPF device hook numbers them (BPF_DEVCG_ACC_*).
 pub const ACC_MKNOD: u8 = 1;
@@ -137,6 +137,34 @@ pub fn from_oci(d: &LinuxDeviceCgroup) -> Result<Option<Rule>> {
     }))
 }
 
+/// Allow rules for the devices a config creates in linux.devices: a device the container is
+/// given must also be usable. Pass the result to `Manager::set_with_devices`.
+pub fn allow_listed(devs: &[LinuxDevice]) -> Result<Vec<Rule>> {
+    let mut out = Vec::new();
+    for d in devs {
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => Kind::Char,
+            LinuxDeviceType::B => Kind::Block,
+            LinuxDeviceType::P | LinuxDeviceType::A => continue,
+        };
+        let num = |n: i64, what: &str| match u32::try_from(n) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => bail!(
+                "linux.devices {}: invalid {what} number {n}",
+                d.path().display()
+            ),
+        };
+        out.push(Rule {
+            allow: true,
+            kind,
+            major: num(d.major(), "major")?,
+            minor: num(d.minor(), "minor")?,
+            access: ACC_ALL,
+        });
+    }
+    Ok(out)
+}
+
 /// The full ordered list a container gets: deny everything, then the config's rules, then
 /// the defaults, so a config cannot take /dev/null away by accident (runc does the same).
 pub fn effective_rules(config: &[LinuxDeviceCgroup], extra_allowed: &[Rule]) -> Result<Vec<Rule>> {
@@ -242,6 +270,28 @@ mod tests {
         assert!(!decide(def, &rest, Kind::Block, 8, 1, ACC_WRITE));
         assert!(!decide(def, &rest, Kind::Block, 8, 1, ACC_READ | ACC_WRITE));
         assert!(decide(def, &rest, Kind::Block, 9, 1, ACC_WRITE));
+    }
+
+    #[test]
+    fn listed_devices_are_allowed() {
+        let dev = oci_spec::runtime::LinuxDeviceBuilder::default()
+            .path("/dev/fuse")
+            .typ(LinuxDeviceType::C)
+            .major(10)
+            .minor(229)
+            .build()
+            .unwrap();
+        let extra = allow_listed(&[dev]).unwrap();
+        let (def, rest) = reduce(&effective_rules(&[], &extra).unwrap());
+        assert!(decide(
+            def,
+            &rest,
+            Kind::Char,
+            10,
+            229,
+            ACC_READ | ACC_WRITE
+        ));
+        assert!(!decide(def, &rest, Kind::Char, 10, 228, ACC_READ));
     }
 
     #[test]
