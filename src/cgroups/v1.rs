@@ -42,16 +42,27 @@ pub fn set(m: &Manager, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<
     if let Some(h) = r.hugepage_limits()
         && !h.is_empty()
     {
-        let dir = need(m, "hugetlb", "hugepageLimits")?;
+        // Hybrid layouts may give hugetlb to cgroup2 only (as on this machine): use it there
+        // when the controller reached the container's cgroup2 directory.
+        let (dir, suffix) = match (m.v1_dir("hugetlb"), m.unified.as_deref()) {
+            (Some(d), _) => (d, "limit_in_bytes"),
+            (None, Some(u)) if fs::hugetlb_sizes(u).is_ok_and(|s| !s.is_empty()) => (u, "max"),
+            _ => (need(m, "hugetlb", "hugepageLimits")?, "limit_in_bytes"),
+        };
         for l in h {
-            let file = format!("hugetlb.{}.limit_in_bytes", l.page_size());
+            let file = format!("hugetlb.{}.{suffix}", l.page_size());
             if !exists(dir, &file) {
                 bail!(
                     "linux.resources.hugepageLimits: page size {:?} is not supported here",
                     l.page_size()
                 );
             }
-            write(dir, &file, &l.limit().to_string())?;
+            let v = if l.limit() < 0 && suffix == "max" {
+                "max".to_string()
+            } else {
+                l.limit().to_string()
+            };
+            write(dir, &file, &v)?;
         }
     }
     if let Some(n) = r.network() {

@@ -29,8 +29,15 @@ pub fn enable_controllers(mount_point: &Path, leaf: &Path) -> Result<()> {
             .filter(|c| !enabled.contains(c))
             .map(|c| format!("+{c}"))
             .collect();
-        if !missing.is_empty() {
-            write(&dir, "cgroup.subtree_control", &missing.join(" "))?;
+        if !missing.is_empty() && write(&dir, "cgroup.subtree_control", &missing.join(" ")).is_err()
+        {
+            // One refusal (cpu with realtime tasks about, say) fails the whole write: enable
+            // what can be, one by one. A limit that then lacks its file fails with its name.
+            for c in &missing {
+                if let Err(e) = write(&dir, "cgroup.subtree_control", c) {
+                    logging::debug(&format!("cannot enable {c}: {e:#}"));
+                }
+            }
         }
         if i + 1 == comps.len() {
             break;
