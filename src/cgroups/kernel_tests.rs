@@ -418,3 +418,31 @@ fn v2_manager_freezes_kills_and_filters_devices() {
     assert!(!dir.exists());
     assert!(t.wait(busy, Duration::from_secs(5)).is_some());
 }
+
+/// Hybrid layout without the v1 devices controller: the rules go to cgroup2 as BPF.
+#[test]
+fn hybrid_without_devices_controller_uses_bpf() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mut h = layout::detect(&mountinfo, &own).unwrap();
+    if h.mode != Mode::Hybrid {
+        return;
+    }
+    h.v1.retain(|x| !x.controllers.iter().any(|c| c == "devices"));
+    let m = Manager::from_hierarchies(&h, None, &test_id("hyb-bpf")).unwrap();
+    m.create().unwrap();
+    let mut t = TestCg {
+        m,
+        children: Vec::new(),
+        extra_dirs: Vec::new(),
+    };
+    let Some(u) = t.m.unified.clone().filter(|u| u.exists()) else {
+        return;
+    };
+    t.m.set(&LinuxResources::default()).unwrap();
+    assert_eq!(bpf::attached_count(&u).unwrap(), 1);
+    let denied = t.spawn("exec 3</dev/kmsg");
+    let allowed = t.spawn("exec 3</dev/null");
+    assert!(!t.wait(denied, Duration::from_secs(5)).unwrap().success());
+    assert!(t.wait(allowed, Duration::from_secs(5)).unwrap().success());
+}

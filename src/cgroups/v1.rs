@@ -102,9 +102,14 @@ pub fn set(m: &Manager, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<
                     write(dir, file, &rule.v1_line())?;
                 }
             }
-            None => {
-                logging::warn("the devices cgroup is not mounted: device access is not restricted")
-            }
+            // A hybrid layout without the v1 devices controller: cgroup2's BPF hook still
+            // applies to the container's cgroup2 directory.
+            None => match m.unified.as_deref() {
+                Some(u) if u.exists() => super::bpf::apply(u, rules)?,
+                _ => logging::warn(
+                    "the devices cgroup is not mounted: device access is not restricted",
+                ),
+            },
         }
     }
     Ok(())
