@@ -80,9 +80,15 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The cgroup and cgroup2 mounts listed in a mountinfo text.
+/// The cgroup and cgroup2 mounts listed in a mountinfo text that are still reachable.
+///
+/// A mount stays listed after another is mounted over it (or over a parent directory, as
+/// tools/cgroup-sandbox.sh does with a tmpfs at /sys/fs/cgroup): such hidden mounts are
+/// dropped, or paths under them would point at whatever now covers them.
 pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
-    let mut mounts = Vec::new();
+    // (id, parent id, mount point) of every mount, in mount order.
+    let mut all: Vec<(u64, u64, PathBuf)> = Vec::new();
+    let mut mounts: Vec<(usize, CgroupMount)> = Vec::new();
     for line in text.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
@@ -92,6 +98,11 @@ pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
         if left.len() < 5 || right.len() < 3 {
             continue;
         }
+        let (Ok(id), Ok(parent)) = (left[0].parse(), left[1].parse()) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(unescape(left[4]));
+        all.push((id, parent, mount_point.clone()));
         let v2 = match right[0] {
             "cgroup2" => true,
             "cgroup" => false,
@@ -106,14 +117,42 @@ pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
                 .map(str::to_string)
                 .collect()
         };
-        mounts.push(CgroupMount {
-            root: unescape(left[3]),
-            mount_point: PathBuf::from(unescape(left[4])),
-            v2,
-            controllers,
-        });
+        mounts.push((
+            all.len() - 1,
+            CgroupMount {
+                root: unescape(left[3]),
+                mount_point,
+                v2,
+                controllers,
+            },
+        ));
     }
     mounts
+        .into_iter()
+        .filter(|(idx, _)| !is_hidden(&all, *idx))
+        .map(|(_, m)| m)
+        .collect()
+}
+
+/// Is mount `idx` covered by a later mount at its mount point or above it, other than one of
+/// its own ancestors?
+fn is_hidden(all: &[(u64, u64, PathBuf)], idx: usize) -> bool {
+    let (_, _, mp) = &all[idx];
+    let mut ancestors = Vec::new();
+    let mut parent = all[idx].1;
+    // Bounded walk: a malformed table must not loop forever.
+    for _ in 0..all.len() {
+        match all.iter().find(|(id, _, _)| *id == parent) {
+            Some((id, p, _)) if !ancestors.contains(id) => {
+                ancestors.push(*id);
+                parent = *p;
+            }
+            _ => break,
+        }
+    }
+    all[idx + 1..]
+        .iter()
+        .any(|(id, _, other)| mp.starts_with(other) && !ancestors.contains(id))
 }
 
 /// Super options of a v1 mount mix controllers with flags; keep only the controllers.
@@ -343,6 +382,30 @@ mod tests {
         let h = detect(mi, "2:cpu,cpuacct:/x\n0::/\n").unwrap();
         assert_eq!(h.v1.len(), 1);
         assert_eq!(h.v1[0].controllers, ["cpu", "cpuacct"]);
+    }
+
+    #[test]
+    fn mounts_covered_by_a_later_mount_are_ignored() {
+        // tools/cgroup-sandbox.sh: a tmpfs over /sys/fs/cgroup with fresh v1 mounts, the old
+        // ones (cgroup2 included) still listed underneath.
+        let mi = "\
+47 46 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw
+51 47 0:32 /../.. /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+57 47 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+63 47 0:39 / /sys/fs/cgroup rw - tmpfs cgroup-sandbox rw
+67 63 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        let m = parse_mountinfo(mi);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].root, "/");
+        let h = detect(mi, "4:memory:/\n0::/\n").unwrap();
+        assert_eq!(h.mode, Mode::Legacy);
+        // A mount below a covering mount's own subtree stays.
+        let mi2 = "\
+31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(parse_mountinfo(mi2).len(), 1);
     }
 
     #[test]
