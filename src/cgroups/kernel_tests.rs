@@ -136,6 +136,12 @@ fn lifecycle_limits_freeze_and_destroy() {
         let devs = read(t.m.v1_dir("devices").unwrap(), "devices.list");
         assert!(devs.contains("c 1:3 rwm"), "{devs}");
         assert!(!devs.contains("a *:* rwm"), "{devs}");
+    } else {
+        let dir = t.m.unified.clone().unwrap();
+        assert_eq!(read(&dir, "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read(&dir, "pids.max"), "20");
+        assert_eq!(read(&dir, "cpu.max"), "50000 100000");
+        assert_eq!(bpf::attached_count(&dir).unwrap(), 1);
     }
 
     let i = t.spawn("while :; do :; done");
@@ -225,8 +231,12 @@ fn fork_bomb_stops_at_pids_limit() {
     }
     let n = t.m.pids().unwrap().len();
     assert!((2..=8).contains(&n), "{n} processes");
-    if let Some(dir) = t.m.v1_dir("pids") {
-        let ev = fs::parse_flat_keyed(&read(dir, "pids.events"));
+    let pids_dir = match t.m.mode {
+        Mode::Unified => t.m.unified.clone(),
+        _ => t.m.v1_dir("pids").map(Path::to_path_buf),
+    };
+    if let Some(dir) = pids_dir {
+        let ev = fs::parse_flat_keyed(&read(&dir, "pids.events"));
         assert!(
             ev.get("max").copied().unwrap_or(0) > 0,
             "no fork was refused"
@@ -285,43 +295,40 @@ fn denied_device_cannot_be_opened() {
 #[test]
 fn update_changes_only_given_fields() {
     let mut t = TestCg::new("upd");
-    if t.m.mode == Mode::Unified {
-        return;
-    }
     let r = LinuxResourcesBuilder::default()
         .memory(memory(64 << 20))
         .pids(LinuxPidsBuilder::default().limit(50).build().unwrap())
         .build()
         .unwrap();
     t.m.set(&r).unwrap();
-    t.spawn("sleep 20");
+    // The shell keeps a 4 MB string in memory, charged to the cgroup.
+    t.spawn("x=$(head -c 4000000 /dev/zero | tr '\\0' a); sleep 20");
     let u = LinuxResourcesBuilder::default()
         .memory(memory(48 << 20))
         .build()
         .unwrap();
     t.m.update(&u).unwrap();
-    assert_eq!(
-        read(t.m.v1_dir("memory").unwrap(), "memory.limit_in_bytes"),
-        (48u64 << 20).to_string()
-    );
-    assert_eq!(read(t.m.v1_dir("pids").unwrap(), "pids.max"), "50");
-    // A limit under the current usage is refused when asked to check.
-    let usage: u64 = read(t.m.v1_dir("memory").unwrap(), "memory.usage_in_bytes")
-        .parse()
-        .unwrap();
-    if usage > 4096 {
-        let low = LinuxResourcesBuilder::default()
-            .memory(
-                LinuxMemoryBuilder::default()
-                    .limit(4096)
-                    .check_before_update(true)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        assert!(t.m.update(&low).is_err());
+    let s = t.m.stats().unwrap();
+    assert_eq!(s.memory.usage.limit, 48 << 20);
+    assert_eq!(s.pids.limit, 50);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.m.stats().unwrap().memory.usage.usage < 3 << 20 {
+        assert!(Instant::now() < deadline, "memory use never grew");
+        std::thread::sleep(Duration::from_millis(20));
     }
+    // A limit under the current usage is refused when asked to check.
+    let low = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(1 << 20)
+                .check_before_update(true)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(t.m.update(&low).is_err());
+    assert_eq!(t.m.stats().unwrap().memory.usage.limit, 48 << 20);
 }
 
 #[test]
