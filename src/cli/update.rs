@@ -21,6 +21,7 @@ pub struct Args {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(next_display_order = 100)]
 pub struct Flags {
     /// Read the new limits from this OCI linux.resources JSON file ("-" for stdin); the other
     /// flags are then ignored.
