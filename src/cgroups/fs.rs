@@ -192,6 +192,30 @@ pub fn hugetlb_sizes(dir: &Path) -> Result<Vec<String>> {
     Ok(sizes)
 }
 
+/// Set a hugetlb limit (`suffix`: "limit_in_bytes" on v1, "max" on v2), and the reservation
+/// limit too where the kernel has one: the spec asks for reservation limits when supported,
+/// since a page-fault limit alone kills a process on first touch instead of failing mmap.
+pub fn write_hugetlb(dir: &Path, page_size: &str, limit: i64, suffix: &str) -> Result<()> {
+    let file = format!("hugetlb.{page_size}.{suffix}");
+    if !exists(dir, &file) {
+        bail!(
+            "linux.resources.hugepageLimits: page size {page_size:?} is not available in {}",
+            dir.display()
+        );
+    }
+    let value = if limit < 0 && suffix == "max" {
+        "max".to_string()
+    } else {
+        limit.to_string()
+    };
+    write(dir, &file, &value)?;
+    let rsvd = format!("hugetlb.{page_size}.rsvd.{suffix}");
+    if exists(dir, &rsvd) {
+        write(dir, &rsvd, &value)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,19 +50,7 @@ pub fn set(m: &Manager, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<
             _ => (need(m, "hugetlb", "hugepageLimits")?, "limit_in_bytes"),
         };
         for l in h {
-            let file = format!("hugetlb.{}.{suffix}", l.page_size());
-            if !exists(dir, &file) {
-                bail!(
-                    "linux.resources.hugepageLimits: page size {:?} is not supported here",
-                    l.page_size()
-                );
-            }
-            let v = if l.limit() < 0 && suffix == "max" {
-                "max".to_string()
-            } else {
-                l.limit().to_string()
-            };
-            write(dir, &file, &v)?;
+            fs::write_hugetlb(dir, l.page_size(), l.limit(), suffix)?;
         }
     }
     if let Some(n) = r.network() {

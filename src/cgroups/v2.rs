@@ -100,15 +100,7 @@ pub fn set(dir: &Path, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<(
         io(dir, b)?;
     }
     for l in r.hugepage_limits().iter().flatten() {
-        let file = format!("hugetlb.{}.max", l.page_size());
-        if !exists(dir, &file) {
-            bail!(
-                "linux.resources.hugepageLimits: page size {:?} is not available in {}",
-                l.page_size(),
-                dir.display()
-            );
-        }
-        write(dir, &file, &max_or(l.limit()))?;
+        fs::write_hugetlb(dir, l.page_size(), l.limit(), "max")?;
     }
     if let Some(n) = r.network()
         && (n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty()))
@@ -417,6 +409,8 @@ mod tests {
             "io.weight",
             "io.max",
             "memory.high",
+            "hugetlb.2MB.max",
+            "hugetlb.2MB.rsvd.max",
         ] {
             std::fs::write(dir.join(f), "").unwrap();
         }
@@ -454,6 +448,13 @@ mod tests {
                     .build()
                     .unwrap(),
             )
+            .hugepage_limits(vec![
+                LinuxHugepageLimitBuilder::default()
+                    .page_size("2MB")
+                    .limit(4 << 20)
+                    .build()
+                    .unwrap(),
+            ])
             .unified(
                 [("memory.high".to_string(), "5000".to_string())]
                     .into_iter()
@@ -472,6 +473,8 @@ mod tests {
         assert_eq!(rd("io.weight"), "default 4950");
         assert_eq!(rd("io.max"), "8:0 rbps=1000");
         assert_eq!(rd("memory.high"), "5000");
+        assert_eq!(rd("hugetlb.2MB.max"), "4194304");
+        assert_eq!(rd("hugetlb.2MB.rsvd.max"), "4194304");
         let bad = LinuxResourcesBuilder::default()
             .unified(
                 [("../x".to_string(), "1".to_string())]
