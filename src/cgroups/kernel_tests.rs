@@ -453,3 +453,21 @@ fn hybrid_without_devices_controller_uses_bpf() {
     assert!(!t.wait(denied, Duration::from_secs(5)).unwrap().success());
     assert!(t.wait(allowed, Duration::from_secs(5)).unwrap().success());
 }
+
+#[test]
+fn populated_cgroup_is_not_adopted_and_caller_is_never_killed() {
+    let mut t = TestCg::new("guard");
+    let i = t.spawn("sleep 20");
+    let pid = t.pid(i);
+    // A second container given the same cgroup must not take it over.
+    let other = Manager::new(None, &test_id("guard")).unwrap();
+    assert!(other.create().is_err());
+    // If the caller were inside, destroy must refuse rather than kill everything there.
+    assert!(t.m.kill_all_but(pid).is_err());
+    assert!(
+        t.wait(i, Duration::from_millis(200)).is_none(),
+        "the process was killed"
+    );
+    t.m.destroy().unwrap();
+    assert!(t.wait(i, Duration::from_secs(5)).is_some());
+}

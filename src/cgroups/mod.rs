@@ -140,6 +140,16 @@ impl Manager {
 
     /// Create the directories (before any process joins).
     pub fn create(&self) -> Result<()> {
+        // destroy kills everything inside: never adopt a cgroup that already holds processes
+        // (a cgroupsPath naming someone else's cgroup, or our own).
+        for dir in self.paths() {
+            if dir.exists() && !fs::procs(dir, true)?.is_empty() {
+                bail!(
+                    "cgroup {} already exists and has processes: refusing to take it over",
+                    dir.display()
+                );
+            }
+        }
         for d in &self.v1 {
             let created = match fs::mkdir_all(&d.path) {
                 Ok(c) => c,
@@ -264,17 +274,33 @@ impl Manager {
 
     /// SIGKILL every process in the container's cgroups and wait until they are gone.
     pub fn kill_all(&self) -> Result<()> {
+        self.kill_all_but(std::process::id() as i32)
+    }
+
+    /// `kill_all`, refusing to act if `me` is inside: then these are not a container's own
+    /// cgroups (a cgroupsPath naming one of ours) and "everything inside" includes us.
+    fn kill_all_but(&self, me: i32) -> Result<()> {
+        let refuse = |pids: &[i32]| -> Result<()> {
+            if pids.contains(&me) {
+                bail!(
+                    "process {me} (lrun) is inside {}: refusing to kill every process there",
+                    self.describe()
+                );
+            }
+            Ok(())
+        };
+        refuse(&self.all_pids()?)?;
         if let Some(u) = &self.unified
             && fs::exists(u, "cgroup.kill")
         {
             // One write kills the whole subtree, forks in flight included (Linux 5.14+).
             let _ = fs::write(u, "cgroup.kill", "1");
         }
-        let me = std::process::id() as i32;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut delay = Duration::from_micros(200);
         loop {
-            let pids: Vec<i32> = self.all_pids()?.into_iter().filter(|&p| p != me).collect();
+            let pids = self.all_pids()?;
+            refuse(&pids)?;
             // Frozen tasks only die once thawed.
             if self.is_frozen().unwrap_or(false) {
                 self.thaw()?;
