@@ -216,6 +216,27 @@ pub fn write_hugetlb(dir: &Path, page_size: &str, limit: i64, suffix: &str) -> R
     Ok(())
 }
 
+/// A scratch directory for tests, removed on drop (also when an assertion fails).
+#[cfg(test)]
+pub(crate) struct TempDir(pub PathBuf);
+
+#[cfg(test)]
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("lrun-cg-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        TempDir(p)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,9 +253,8 @@ mod tests {
 
     #[test]
     fn mkdir_all_reports_only_new_dirs_and_remove_tree_is_idempotent() {
-        let base = std::env::temp_dir().join(format!("lrun-cg-fs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&base);
-        fs::create_dir(&base).unwrap();
+        let tmp = TempDir::new("fs");
+        let base = tmp.0.clone();
         let created = mkdir_all(&base.join("a/b")).unwrap();
         assert_eq!(created, vec![base.join("a"), base.join("a/b")]);
         assert!(mkdir_all(&base.join("a/b")).unwrap().is_empty());
@@ -242,6 +262,5 @@ mod tests {
         remove_tree(&base.join("a")).unwrap();
         assert!(!base.join("a").exists());
         remove_tree(&base.join("a")).unwrap();
-        fs::remove_dir(&base).unwrap();
     }
 }

@@ -395,9 +395,8 @@ mod tests {
     #[test]
     fn resources_land_in_v2_files() {
         use oci_spec::runtime::*;
-        let dir = std::env::temp_dir().join(format!("lrun-cg-v2-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
+        let tmp = fs::TempDir::new("v2");
+        let dir = tmp.0.clone();
         for f in [
             "memory.max",
             "memory.low",
@@ -498,13 +497,12 @@ mod tests {
             .unwrap();
         assert!(set(&dir, &low, None).is_err());
         assert_eq!(rd("memory.max"), "1048576");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn controllers_are_enabled_down_to_the_parent_only() {
-        let root = std::env::temp_dir().join(format!("lrun-cg-v2e-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let tmp = fs::TempDir::new("v2e");
+        let root = tmp.0.clone();
         std::fs::create_dir_all(root.join("a")).unwrap();
         for d in [root.clone(), root.join("a")] {
             std::fs::write(d.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
@@ -514,6 +512,5 @@ mod tests {
         let rd = |p: &Path| std::fs::read_to_string(p.join("cgroup.subtree_control")).unwrap();
         assert_eq!(rd(&root), "+cpu +pids");
         assert_eq!(rd(&root.join("a")), "+cpu +pids");
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }
