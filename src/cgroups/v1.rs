@@ -1,0 +1,407 @@
+//! Resource limits, freezing and statistics on cgroup v1 hierarchies.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
+
+use super::devices::Rule;
+use super::fs::{self, exists, read_opt, read_u64, read_u64_opt, write};
+use super::stats::{self, Stats};
+use super::{Manager, rdma_lines};
+use crate::logging;
+
+/// The directory of `controller`, or an error naming the config field that needed it.
+fn need<'a>(m: &'a Manager, controller: &str, field: &str) -> Result<&'a Path> {
+    m.v1_dir(controller).with_context(|| {
+        format!("linux.resources.{field} needs the cgroup v1 {controller} controller, which is not mounted")
+    })
+}
+
+pub fn set(m: &Manager, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<()> {
+    if let Some(mem) = r.memory() {
+        memory(need(m, "memory", "memory")?, mem)?;
+    }
+    if let Some(cpu) = r.cpu() {
+        cpu_limits(m, cpu)?;
+    }
+    if let Some(p) = r.pids()
+        && p.limit() != 0
+    {
+        let v = if p.limit() > 0 {
+            p.limit().to_string()
+        } else {
+            "max".to_string()
+        };
+        write(need(m, "pids", "pids")?, "pids.max", &v)?;
+    }
+    if let Some(b) = r.block_io() {
+        blkio(need(m, "blkio", "blockIO")?, b)?;
+    }
+    if let Some(h) = r.hugepage_limits()
+        && !h.is_empty()
+    {
+        // Hybrid layouts may give hugetlb to cgroup2 only (as on this machine): use it there
+        // when the controller reached the container's cgroup2 directory.
+        let (dir, suffix) = match (m.v1_dir("hugetlb"), m.unified.as_deref()) {
+            (Some(d), _) => (d, "limit_in_bytes"),
+            (None, Some(u)) if fs::hugetlb_sizes(u).is_ok_and(|s| !s.is_empty()) => (u, "max"),
+            _ => (need(m, "hugetlb", "hugepageLimits")?, "limit_in_bytes"),
+        };
+        for l in h {
+            fs::write_hugetlb(dir, l.page_size(), l.limit(), suffix)?;
+        }
+    }
+    if let Some(n) = r.network() {
+        if let Some(id) = n.class_id() {
+            write(
+                need(m, "net_cls", "network.classID")?,
+                "net_cls.classid",
+                &id.to_string(),
+            )?;
+        }
+        if let Some(prios) = n.priorities() {
+            let dir = need(m, "net_prio", "network.priorities")?;
+            for p in prios {
+                write(
+                    dir,
+                    "net_prio.ifpriomap",
+                    &format!("{} {}", p.name(), p.priority()),
+                )?;
+            }
+        }
+    }
+    if let Some(rdma) = r.rdma() {
+        let dir = need(m, "rdma", "rdma")?;
+        for line in rdma_lines(rdma) {
+            write(dir, "rdma.max", &line)?;
+        }
+    }
+    if let Some(rules) = devices {
+        match m.v1_dir("devices") {
+            Some(dir) => {
+                for rule in rules {
+                    let file = if rule.allow {
+                        "devices.allow"
+                    } else {
+                        "devices.deny"
+                    };
+                    write(dir, file, &rule.v1_line())?;
+                }
+            }
+            // A hybrid layout without the v1 devices controller: cgroup2's BPF hook still
+            // applies to the container's cgroup2 directory.
+            None => match m.unified.as_deref() {
+                Some(u) if u.exists() => super::bpf::apply(u, rules)?,
+                _ => logging::warn(
+                    "the devices cgroup is not mounted: device access is not restricted",
+                ),
+            },
+        }
+    }
+    Ok(())
+}
+
+fn memory(dir: &Path, mem: &LinuxMemory) -> Result<()> {
+    let limit = mem.limit().filter(|&l| l != 0);
+    let swap = mem.swap().filter(|&s| s != 0);
+    if mem.check_before_update() == Some(true)
+        && let Some(l) = limit
+        && l > 0
+    {
+        let usage = read_u64(dir, "memory.usage_in_bytes")?;
+        if (l as u64) < usage {
+            bail!("linux.resources.memory.limit {l} is below the current usage {usage}");
+        }
+    }
+    let write_limit = || -> Result<()> {
+        if let Some(l) = limit {
+            write(dir, "memory.limit_in_bytes", &l.to_string())?;
+        }
+        Ok(())
+    };
+    match swap {
+        Some(s) if exists(dir, "memory.memsw.limit_in_bytes") => {
+            // memory.limit must stay <= memsw.limit at every step: raise memsw first when it
+            // grows, lower the memory limit first when it shrinks.
+            let current = read_u64(dir, "memory.memsw.limit_in_bytes")?;
+            let memsw = || write(dir, "memory.memsw.limit_in_bytes", &s.to_string());
+            if s < 0 || s as u64 > current {
+                memsw()?;
+                write_limit()?;
+            } else {
+                write_limit()?;
+                memsw()?;
+            }
+        }
+        Some(_) => {
+            logging::warn(
+                "swap accounting is off in this kernel: linux.resources.memory.swap ignored",
+            );
+            write_limit()?;
+        }
+        None => write_limit()?,
+    }
+    if let Some(res) = mem.reservation().filter(|&r| r != 0) {
+        write(dir, "memory.soft_limit_in_bytes", &res.to_string())?;
+    }
+    if let Some(sw) = mem.swappiness() {
+        if sw > 100 {
+            bail!("linux.resources.memory.swappiness {sw} is above 100");
+        }
+        write(dir, "memory.swappiness", &sw.to_string())?;
+    }
+    if let Some(d) = mem.disable_oom_killer() {
+        write(dir, "memory.oom_control", if d { "1" } else { "0" })?;
+    }
+    #[allow(deprecated)]
+    if mem.kernel().is_some() {
+        logging::warn("linux.resources.memory.kernel is obsolete since Linux 5.4 and ignored");
+    }
+    if let Some(t) = mem.kernel_tcp().filter(|&t| t != 0) {
+        write(dir, "memory.kmem.tcp.limit_in_bytes", &t.to_string())?;
+    }
+    Ok(())
+}
+
+fn cpu_limits(m: &Manager, cpu: &LinuxCpu) -> Result<()> {
+    let wants_cpu = cpu.shares().is_some_and(|s| s != 0)
+        || cpu.quota().is_some_and(|q| q != 0)
+        || cpu.period().is_some_and(|p| p != 0)
+        || cpu.burst().is_some()
+        || cpu.idle().is_some()
+        || cpu.realtime_period().is_some_and(|p| p != 0)
+        || cpu.realtime_runtime().is_some_and(|r| r != 0);
+    if wants_cpu {
+        let dir = need(m, "cpu", "cpu")?;
+        if let Some(s) = cpu.shares().filter(|&s| s != 0) {
+            write(dir, "cpu.shares", &s.to_string())?;
+        }
+        let quota = cpu.quota().filter(|&q| q != 0);
+        if let Some(p) = cpu.period().filter(|&p| p != 0) {
+            // The kernel checks period against the quota in force; if the old quota makes the
+            // new period invalid, set the quota first and try again.
+            if let Err(e) = write(dir, "cpu.cfs_period_us", &p.to_string()) {
+                let Some(q) = quota else { return Err(e) };
+                write(dir, "cpu.cfs_quota_us", &q.to_string())?;
+                write(dir, "cpu.cfs_period_us", &p.to_string())?;
+            }
+        }
+        if let Some(q) = quota {
+            write(dir, "cpu.cfs_quota_us", &q.to_string())?;
+        }
+        if let Some(b) = cpu.burst() {
+            write(dir, "cpu.cfs_burst_us", &b.to_string())?;
+        }
+        if let Some(p) = cpu.realtime_period().filter(|&p| p != 0) {
+            write(dir, "cpu.rt_period_us", &p.to_string())?;
+        }
+        if let Some(r) = cpu.realtime_runtime().filter(|&r| r != 0) {
+            write(dir, "cpu.rt_runtime_us", &r.to_string())?;
+        }
+        if let Some(i) = cpu.idle() {
+            write(dir, "cpu.idle", &i.to_string())?;
+        }
+    }
+    let cpus = cpu.cpus().as_deref().filter(|s| !s.is_empty());
+    let mems = cpu.mems().as_deref().filter(|s| !s.is_empty());
+    if cpus.is_some() || mems.is_some() {
+        let dir = need(m, "cpuset", "cpu.cpus/mems")?;
+        if let Some(c) = cpus {
+            write(dir, "cpuset.cpus", c)?;
+        }
+        if let Some(mm) = mems {
+            write(dir, "cpuset.mems", mm)?;
+        }
+    }
+    Ok(())
+}
+
+fn blkio(dir: &Path, b: &LinuxBlockIo) -> Result<()> {
+    // Without CFQ (gone since 5.0) only BFQ provides weights.
+    let weight_file = if exists(dir, "blkio.weight") {
+        "blkio.weight"
+    } else {
+        "blkio.bfq.weight"
+    };
+    if let Some(w) = b.weight().filter(|&w| w != 0) {
+        if !exists(dir, weight_file) {
+            bail!(
+                "linux.resources.blockIO.weight: no blkio weight file (BFQ scheduler not in use)"
+            );
+        }
+        write(dir, weight_file, &w.to_string())?;
+    }
+    if let Some(w) = b.leaf_weight().filter(|&w| w != 0) {
+        if !exists(dir, "blkio.leaf_weight") {
+            bail!("linux.resources.blockIO.leafWeight needs the CFQ scheduler, absent here");
+        }
+        write(dir, "blkio.leaf_weight", &w.to_string())?;
+    }
+    for d in b.weight_device().iter().flatten() {
+        if let Some(w) = d.weight() {
+            let file = format!("{weight_file}_device");
+            write(dir, &file, &format!("{}:{} {w}", d.major(), d.minor()))?;
+        }
+        if let Some(w) = d.leaf_weight() {
+            write(
+                dir,
+                "blkio.leaf_weight_device",
+                &format!("{}:{} {w}", d.major(), d.minor()),
+            )?;
+        }
+    }
+    let throttles = [
+        (
+            b.throttle_read_bps_device(),
+            "blkio.throttle.read_bps_device",
+        ),
+        (
+            b.throttle_write_bps_device(),
+            "blkio.throttle.write_bps_device",
+        ),
+        (
+            b.throttle_read_iops_device(),
+            "blkio.throttle.read_iops_device",
+        ),
+        (
+            b.throttle_write_iops_device(),
+            "blkio.throttle.write_iops_device",
+        ),
+    ];
+    for (list, file) in throttles {
+        for d in list.iter().flatten() {
+            write(
+                dir,
+                file,
+                &format!("{}:{} {}", d.major(), d.minor(), d.rate()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn freeze(dir: &Path) -> Result<()> {
+    // FREEZING can linger while a task sleeps uninterruptibly: re-request and wait a bounded
+    // time, then give up and thaw rather than leave the container half frozen.
+    for i in 0..2000u32 {
+        if i % 50 == 0 {
+            write(dir, "freezer.state", "FROZEN")?;
+        }
+        if fs::read(dir, "freezer.state")?.trim() == "FROZEN" {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(if i < 10 { 100 } else { 1000 }));
+    }
+    let _ = write(dir, "freezer.state", "THAWED");
+    bail!("{}: processes did not freeze within 2 s", dir.display())
+}
+
+pub fn thaw(dir: &Path) -> Result<()> {
+    write(dir, "freezer.state", "THAWED")
+}
+
+pub fn is_frozen(dir: &Path) -> Result<bool> {
+    Ok(read_opt(dir, "freezer.state")?.is_some_and(|s| s.trim() == "FROZEN"))
+}
+
+/// USER_HZ: cpuacct.stat counts in these ticks.
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+fn numbers(text: &str) -> Vec<u64> {
+    text.split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+pub fn stats(m: &Manager) -> Result<Stats> {
+    let mut s = Stats::default();
+    if let Some(dir) = m.v1_dir("cpuacct") {
+        s.cpu.usage.total = read_u64_opt(dir, "cpuacct.usage")?.unwrap_or(0);
+        if let Some(t) = read_opt(dir, "cpuacct.usage_percpu")? {
+            s.cpu.usage.percpu = numbers(&t);
+        }
+        if let Some(t) = read_opt(dir, "cpuacct.usage_percpu_sys")? {
+            s.cpu.usage.percpu_kernel = numbers(&t);
+        }
+        if let Some(t) = read_opt(dir, "cpuacct.usage_percpu_user")? {
+            s.cpu.usage.percpu_user = numbers(&t);
+        }
+        if let Some(t) = read_opt(dir, "cpuacct.stat")? {
+            let kv = fs::parse_flat_keyed(&t);
+            let ns = 1_000_000_000 / clock_ticks();
+            s.cpu.usage.user = kv.get("user").copied().unwrap_or(0) * ns;
+            s.cpu.usage.kernel = kv.get("system").copied().unwrap_or(0) * ns;
+        }
+    }
+    if let Some(dir) = m.v1_dir("cpu")
+        && let Some(t) = read_opt(dir, "cpu.stat")?
+    {
+        let kv = fs::parse_flat_keyed(&t);
+        s.cpu.throttling.periods = kv.get("nr_periods").copied().unwrap_or(0);
+        s.cpu.throttling.throttled_periods = kv.get("nr_throttled").copied().unwrap_or(0);
+        s.cpu.throttling.throttled_time = kv.get("throttled_time").copied().unwrap_or(0);
+    }
+    if let Some(dir) = m.v1_dir("memory") {
+        let entry = |prefix: &str| -> Result<stats::MemoryEntry> {
+            Ok(stats::MemoryEntry {
+                limit: read_u64_opt(dir, &format!("{prefix}.limit_in_bytes"))?.unwrap_or(0),
+                usage: read_u64_opt(dir, &format!("{prefix}.usage_in_bytes"))?.unwrap_or(0),
+                max: read_u64_opt(dir, &format!("{prefix}.max_usage_in_bytes"))?.unwrap_or(0),
+                failcnt: read_u64_opt(dir, &format!("{prefix}.failcnt"))?.unwrap_or(0),
+            })
+        };
+        s.memory.usage = entry("memory")?;
+        s.memory.swap = entry("memory.memsw")?;
+        s.memory.kernel = entry("memory.kmem")?;
+        s.memory.kernel_tcp = entry("memory.kmem.tcp")?;
+        if let Some(t) = read_opt(dir, "memory.stat")? {
+            s.memory.raw = fs::parse_flat_keyed(&t);
+            s.memory.cache = s.memory.raw.get("cache").copied().unwrap_or(0);
+        }
+        if let Some(t) = read_opt(dir, "memory.oom_control")? {
+            let kv = fs::parse_flat_keyed(&t);
+            s.memory
+                .raw
+                .insert("oom_kill".into(), kv.get("oom_kill").copied().unwrap_or(0));
+        }
+    }
+    if let Some(dir) = m.v1_dir("pids") {
+        s.pids.current = read_u64_opt(dir, "pids.current")?.unwrap_or(0);
+        s.pids.limit = match read_u64_opt(dir, "pids.max")? {
+            Some(u64::MAX) | None => 0,
+            Some(v) => v,
+        };
+    }
+    if let Some(dir) = m.v1_dir("blkio") {
+        // Throttle counters exist whatever the IO scheduler; bfq's only with BFQ.
+        for prefix in ["blkio.throttle.", "blkio.bfq.", "blkio."] {
+            if let Some(t) = read_opt(dir, &format!("{prefix}io_service_bytes_recursive"))? {
+                s.blkio.io_service_bytes_recursive = stats::parse_blkio_v1(&t);
+                if let Some(t) = read_opt(dir, &format!("{prefix}io_serviced_recursive"))? {
+                    s.blkio.io_serviced_recursive = stats::parse_blkio_v1(&t);
+                }
+                break;
+            }
+        }
+    }
+    if let Some(dir) = m.v1_dir("hugetlb") {
+        for size in fs::hugetlb_sizes(dir)? {
+            let f = |n: &str| read_u64_opt(dir, &format!("hugetlb.{size}.{n}"));
+            s.hugetlb.insert(
+                size.clone(),
+                stats::Hugetlb {
+                    usage: f("usage_in_bytes")?.unwrap_or(0),
+                    max: f("max_usage_in_bytes")?.unwrap_or(0),
+                    failcnt: f("failcnt")?.unwrap_or(0),
+                },
+            );
+        }
+    }
+    Ok(s)
+}
