@@ -155,9 +155,15 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     // 4. cgroups, before any container process exists.
     guard.cgroup = Some(cgroup.clone());
     cgroup.create()?;
-    if let Some(res) = linux.and_then(|l| l.resources().as_ref()) {
-        cgroup.set(res)?;
-    }
+    // Always applied: even without resources the device list has defaults to enforce.
+    let no_resources = oci_spec::runtime::LinuxResources::default();
+    let resources = linux
+        .and_then(|l| l.resources().as_ref())
+        .unwrap_or(&no_resources);
+    let devices = linux
+        .and_then(|l| l.devices().as_deref())
+        .unwrap_or_default();
+    cgroup.set_with_devices(resources, &cgroups::devices::allow_listed(devices)?)?;
 
     // 5. The exec fifo that holds the init until `start`.
     if !opts.foreground {
@@ -388,6 +394,7 @@ pub fn start(rt: &Runtime, id: &str) -> Result<()> {
     let mut byte = [0u8; 1];
     let _ = nix::unistd::read(&fifo, &mut byte);
     utils::remove_file_if_exists(&fifo_path)?;
+    wait_for_exec(&fifo)?;
     run_poststart(&st);
     if let Some(relay) = relay {
         relay_until_ready(&relay, st.pid, st.pid_start_time)?;
@@ -423,6 +430,22 @@ pub fn run_poststart(st: &ContainerState) {
         // The spec: a failing poststart hook is logged; the container keeps running.
         if let Err(e) = hooks::run_all("poststart", h.poststart().as_ref(), &json) {
             logging::warn(&format!("{e:#}"));
+        }
+    }
+}
+
+/// The init keeps the fifo open (close-on-exec) until it execs: EOF means the program runs.
+fn wait_for_exec(fifo: &OwnedFd) -> Result<()> {
+    let flags =
+        nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_GETFL).context("fcntl exec fifo")?;
+    let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_SETFL(blocking)).context("fcntl exec fifo")?;
+    let mut buf = [0u8; 16];
+    loop {
+        match nix::unistd::read(fifo, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("read exec fifo"),
         }
     }
 }

@@ -47,7 +47,10 @@ pub fn run(rt: &Runtime, opts: &CreateOptions, keep: bool) -> Result<i32> {
         .channel
         .as_ref()
         .context("foreground run without a channel")
-        .and_then(|c| c.send(&Message::Start));
+        .and_then(|c| {
+            c.send(&Message::Start)?;
+            c.wait_closed()
+        });
     let result = started.and_then(|()| {
         container::run_poststart(&created.state);
         supervise(pid, &mask, created.pty, created.relay.as_ref())

@@ -179,14 +179,19 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     chan.send(&Message::Ready)?;
-    if let Err(e) = wait_for_start(a, chan) {
-        // `delete` killed us, or the parent of `run` died: nothing to report.
-        let _ = e;
+    // Held open (close-on-exec) until exec: its closing tells `start` or `run` that the
+    // program now runs, so poststart hooks come after it, as the spec asks.
+    let _started = match wait_for_start(a, chan) {
+        Ok(fd) => fd,
+        // `delete` killed us, or the parent of `run` died: nobody to report to.
         // SAFETY: as above.
-        unsafe { libc::_exit(1) }
-    }
+        Err(_) => unsafe { libc::_exit(1) },
+    };
     let Err(e) = finish(a, process, &state_json("running"), &exe_c, &argv, &envp);
-    eprintln!("lrun: container init: {e:#}");
+    let msg = format!("{e:#}");
+    if !a.foreground || chan.send(&Message::Error(msg.clone())).is_err() {
+        eprintln!("lrun: container init: {msg}");
+    }
     // SAFETY: as above.
     unsafe { libc::_exit(127) }
 }
@@ -200,9 +205,9 @@ pub fn setup_terminal(chan: &Channel) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<()> {
+fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<Option<OwnedFd>> {
     if a.foreground {
-        return chan.expect(Message::Start);
+        return chan.expect(Message::Start).map(|()| None);
     }
     // Opening a fifo for writing blocks until `lrun start` opens it for reading.
     let fifo = openat(
@@ -213,7 +218,7 @@ fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<()> {
     )
     .context("open exec fifo")?;
     nix::unistd::write(&fifo, b"0").context("write exec fifo")?;
-    Ok(())
+    Ok(Some(fifo))
 }
 
 fn finish(

@@ -120,6 +120,18 @@ impl Channel {
         }
     }
 
+    /// Wait until the peer closes its end (it exec'd or exited); an Error message on the way
+    /// becomes an error.
+    pub fn wait_closed(&self) -> Result<()> {
+        loop {
+            match self.recv_with_fd() {
+                Ok((Message::Error(e), _)) => bail!("{e}"),
+                Ok(_) => continue,
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
