@@ -5,9 +5,14 @@
 //! processes are forked ([`prepare`]); the init then only calls seccomp(2) ([`Filter::load`]).
 //! Syscall names this libseccomp does not know are skipped, as runc does.
 
+mod agent;
 mod cache;
+mod features;
 mod load;
 mod profile;
+
+pub use agent::send_listener;
+pub use features::features;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -329,39 +329,31 @@ fn filter_flags_are_accepted_by_the_kernel() {
 }
 
 #[test]
-fn notify_returns_a_listener_that_receives_the_syscall() {
+fn notify_listener_reaches_the_agent_and_receives_the_syscall() {
     let filter = compile(
         r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/run/agent.sock",
             "flags":["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV","SECCOMP_FILTER_FLAG_TSYNC"],
             "syscalls":[{"names":["getppid"],"action":"SCMP_ACT_NOTIFY"}]}"#,
     );
     assert!(filter.has_listener());
-    let (parent_end, child_end) = match nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::Stream,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    ) {
-        Ok(p) => p,
-        Err(e) => panic!("socketpair: {e}"),
+    let dir = TempDir::new("agent");
+    let sock_path = dir.0.join("agent.sock");
+    let agent = match std::os::unix::net::UnixListener::bind(&sock_path) {
+        Ok(l) => l,
+        Err(e) => panic!("bind {}: {e}", sock_path.display()),
     };
-    // SAFETY: the child makes only raw syscalls and leaves with _exit.
+    let state = br#"{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":0,"bundle":"/b"}"#;
+    // SAFETY: the child loads the filter, sends the fd and leaves with _exit (glibc's malloc
+    // is usable after fork, which send_listener needs).
     let child = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             let code = match filter.load() {
                 Ok(Some(listener)) => {
-                    let fds = [listener.as_raw_fd()];
-                    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-                    let iov = [std::io::IoSlice::new(b"x")];
-                    match nix::sys::socket::sendmsg::<()>(
-                        child_end.as_raw_fd(),
-                        &iov,
-                        &cmsg,
-                        nix::sys::socket::MsgFlags::empty(),
-                        None,
-                    ) {
+                    // SAFETY: plain syscall.
+                    let pid = unsafe { libc::getpid() };
+                    match send_listener(&sock_path, listener.as_fd(), pid, Some("meta"), state) {
                         // The agent answers EXDEV for us.
-                        Ok(_) => getppid_with(0, 0),
+                        Ok(()) => getppid_with(0, 0),
                         Err(_) => 3,
                     }
                 }
@@ -374,8 +366,20 @@ fn notify_returns_a_listener_that_receives_the_syscall() {
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => panic!("fork: {e}"),
     };
-    drop(child_end);
-    let listener = receive_fd(&parent_end);
+    let (conn, _) = match agent.accept() {
+        Ok(c) => c,
+        Err(e) => panic!("accept: {e}"),
+    };
+    let (listener, payload) = receive_fd(&OwnedFd::from(conn));
+    let msg: serde_json::Value = match serde_json::from_slice(&payload) {
+        Ok(v) => v,
+        Err(e) => panic!("agent message {:?}: {e}", String::from_utf8_lossy(&payload)),
+    };
+    assert_eq!(msg["fds"], serde_json::json!(["seccompFd"]), "{msg}");
+    assert_eq!(msg["pid"], child.as_raw(), "{msg}");
+    assert_eq!(msg["metadata"], "meta", "{msg}");
+    assert_eq!(msg["state"]["id"], "c1", "{msg}");
+    assert_eq!(msg["ociVersion"], "1.2.0", "{msg}");
     let req = match libseccomp::ScmpNotifReq::receive(listener.as_raw_fd()) {
         Ok(r) => r,
         Err(e) => panic!("notify receive: {e}"),
@@ -393,11 +397,12 @@ fn notify_returns_a_listener_that_receives_the_syscall() {
     assert_eq!(wait(child), Outcome::Exited(libc::EXDEV));
 }
 
-fn receive_fd(sock: &OwnedFd) -> OwnedFd {
+/// Read one agent connection to its end: the fd from the first message, and all the bytes.
+fn receive_fd(sock: &OwnedFd) -> (OwnedFd, Vec<u8>) {
     use std::os::fd::FromRawFd;
-    let mut buf = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut buf = vec![0u8; 64 * 1024];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let msg = match nix::sys::socket::recvmsg::<()>(
         sock.as_raw_fd(),
         &mut iov,
@@ -407,19 +412,28 @@ fn receive_fd(sock: &OwnedFd) -> OwnedFd {
         Ok(m) => m,
         Err(e) => panic!("recvmsg: {e}"),
     };
-    let cmsgs = match msg.cmsgs() {
-        Ok(c) => c,
-        Err(e) => panic!("cmsgs: {e}"),
-    };
-    for c in cmsgs {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
-            && let Some(&fd) = fds.first()
-        {
-            // SAFETY: SCM_RIGHTS gave this process a new fd nothing else owns.
-            return unsafe { OwnedFd::from_raw_fd(fd) };
+    let n = msg.bytes;
+    let mut fd = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
+                && let Some(&raw) = fds.first()
+            {
+                // SAFETY: SCM_RIGHTS gave this process a new fd nothing else owns.
+                fd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
         }
     }
-    panic!("no listener fd received");
+    let mut payload = buf[..n].to_vec();
+    let mut rest = std::fs::File::from(match sock.try_clone() {
+        Ok(s) => s,
+        Err(e) => panic!("dup: {e}"),
+    });
+    let _ = rest.read_to_end(&mut payload);
+    match fd {
+        Some(fd) => (fd, payload),
+        None => panic!("no listener fd received"),
+    }
 }
 
 /// Runs `busybox sh -c script` in a child with its own mount namespace (so that a mount that
