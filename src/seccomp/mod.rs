@@ -7,6 +7,7 @@
 
 mod agent;
 mod cache;
+mod enosys;
 mod features;
 mod load;
 mod profile;
@@ -157,8 +158,23 @@ fn build(s: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     Ok(ctx)
 }
 
+/// The BPF program for `s`: the ENOSYS prologue, then libseccomp's program (which starts by
+/// loading the architecture itself, so it does not depend on what the prologue left loaded).
 fn compile(s: &LinuxSeccomp) -> Result<Vec<u8>> {
-    export(&build(s)?)
+    let mut bytes = encode(&enosys::prologue(s));
+    bytes.extend(export(&build(s)?)?);
+    Ok(bytes)
+}
+
+fn encode(program: &[libc::sock_filter]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(program.len() * 8);
+    for i in program {
+        out.extend_from_slice(&i.code.to_ne_bytes());
+        out.push(i.jt);
+        out.push(i.jf);
+        out.extend_from_slice(&i.k.to_ne_bytes());
+    }
+    out
 }
 
 /// libseccomp 2.5 exports only to a file descriptor: a memfd keeps it off any filesystem.

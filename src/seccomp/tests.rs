@@ -621,3 +621,43 @@ fn measure_prepare() {
         );
     }
 }
+
+#[test]
+fn libseccomp_program_starts_by_loading_the_architecture() {
+    let bytes = match build(&parse(DEFAULT_PROFILE)).and_then(|c| export(&c)) {
+        Ok(b) => b,
+        Err(e) => panic!("{e:#}"),
+    };
+    let first = decode(&bytes)
+        .ok()
+        .and_then(|p| p.first().map(|i| (i.code, i.k)));
+    // BPF_LD | BPF_W | BPF_ABS of seccomp_data.arch
+    assert_eq!(first, Some((0x20, 4)));
+}
+
+#[test]
+fn syscalls_newer_than_the_profile_get_enosys() {
+    let filter = compile(DEFAULT_PROFILE);
+    let got = in_child(&filter, |_| {
+        // SAFETY: syscalls that either do not exist or fail on their arguments.
+        let new = unsafe { libc::syscall(1000, 0, 0, 0) };
+        let new_errno = errno();
+        // io_uring_setup (425) is older than clone3 (435) and not allowed: the default errno.
+        let old = unsafe { libc::syscall(libc::SYS_io_uring_setup, 0, 0) };
+        let old_errno = errno();
+        match (new, new_errno, old, old_errno) {
+            (-1, libc::ENOSYS, -1, libc::EPERM) => 0,
+            (_, libc::ENOSYS, ..) => 2,
+            _ => 1,
+        }
+    });
+    assert_eq!(
+        got,
+        Outcome::Exited(0),
+        "1: new syscall not ENOSYS, 2: old not EPERM"
+    );
+    assert_eq!(
+        encode(&decode(&encode(&enosys::prologue(&parse(DEFAULT_PROFILE)))).unwrap_or_default()),
+        encode(&enosys::prologue(&parse(DEFAULT_PROFILE)))
+    );
+}
