@@ -26,16 +26,17 @@ fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The architectures a filter for `s` contains, with libseccomp's token (which is the kernel's
-/// AUDIT_ARCH value, except for x32, which shares x86-64's and is left out: its numbers start
-/// at 512 | X32_SYSCALL_BIT, so "above the largest" cannot tell new from old there).
-fn archs(s: &LinuxSeccomp) -> Vec<Arch> {
+/// The native architecture and `listed` (those libseccomp put in the filter), as libseccomp's
+/// tokens, which are the kernel's AUDIT_ARCH values except for x32. x32 shares x86-64's value
+/// and is left out: its numbers start at 512 | X32_SYSCALL_BIT, so "above the largest" cannot
+/// tell new from old there; the MIPS n32 variants likewise.
+fn archs(listed: &[Arch]) -> Vec<Arch> {
     let mut out = Vec::new();
     #[cfg(target_arch = "x86_64")]
     out.push(Arch::ScmpArchX86_64);
     #[cfg(target_arch = "aarch64")]
     out.push(Arch::ScmpArchAarch64);
-    for a in s.architectures().iter().flatten() {
+    for a in listed {
         let skip = matches!(
             a,
             Arch::ScmpArchNative
@@ -50,8 +51,9 @@ fn archs(s: &LinuxSeccomp) -> Vec<Arch> {
     out
 }
 
-/// The prologue for `s`, or nothing when the default action is not an errno other than ENOSYS.
-pub(super) fn prologue(s: &LinuxSeccomp) -> Vec<libc::sock_filter> {
+/// The prologue for `s` over the architectures `archs` of its filter, or nothing when the
+/// default action is not an errno other than ENOSYS.
+pub(super) fn prologue(s: &LinuxSeccomp, archs_in_filter: &[Arch]) -> Vec<libc::sock_filter> {
     let errno = s.default_errno_ret().unwrap_or(libc::EPERM as u32);
     if s.default_action() != LinuxSeccompAction::ScmpActErrno || errno == libc::ENOSYS as u32 {
         return Vec::new();
@@ -63,7 +65,7 @@ pub(super) fn prologue(s: &LinuxSeccomp) -> Vec<libc::sock_filter> {
         .flat_map(|sc| sc.names())
         .collect();
     let mut blocks: Vec<(u32, u32, bool)> = Vec::new();
-    for arch in archs(s) {
+    for arch in archs(archs_in_filter) {
         let scmp = super::profile::arch(arch);
         let max = names
             .iter()
@@ -127,11 +129,11 @@ mod tests {
         let allow = parse(
             r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO"}]}"#,
         );
-        assert!(prologue(&allow).is_empty());
+        assert!(prologue(&allow, &[]).is_empty());
         let enosys = parse(
             r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,"syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
         );
-        assert!(prologue(&enosys).is_empty());
+        assert!(prologue(&enosys, &[]).is_empty());
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -141,7 +143,7 @@ mod tests {
             r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"],
                 "syscalls":[{"names":["read","clone3","lrun_unknown"],"action":"SCMP_ACT_ALLOW"}]}"#,
         );
-        let p = prologue(&s);
+        let p = prologue(&s, s.architectures().as_deref().unwrap_or_default());
         // ld arch; x86_64: jeq, ld nr, jset, jgt; x86: jeq, ld nr, jgt; ja; ret
         assert_eq!(p.len(), 1 + 4 + 3 + 2);
         assert_eq!((p[1].code, p[1].k), (JEQ_K, 0xc000_003e));

@@ -23,7 +23,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use libseccomp::{ScmpFilterContext, ScmpSyscall};
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag};
+use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag};
 
 /// The kernel refuses longer programs (BPF_MAXINSNS).
 const MAX_INSTRUCTIONS: usize = 4096;
@@ -110,7 +110,8 @@ pub fn install(seccomp: &LinuxSeccomp) -> Result<Option<OwnedFd>> {
     prepare(seccomp)?.load()
 }
 
-fn build(s: &LinuxSeccomp) -> Result<ScmpFilterContext> {
+/// libseccomp's filter for `s`, and the architectures of `architectures` it contains.
+fn build(s: &LinuxSeccomp) -> Result<(ScmpFilterContext, Vec<Arch>)> {
     let default = profile::action(
         s.default_action(),
         s.default_errno_ret(),
@@ -118,15 +119,23 @@ fn build(s: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     )?;
     let mut ctx = ScmpFilterContext::new(default)
         .with_context(|| format!("libseccomp: new filter with default action {default:?}"))?;
+    let mut archs = Vec::new();
     for (i, arch) in s.architectures().iter().flatten().enumerate() {
         let a = profile::arch(*arch);
         // The native architecture is always in a new filter; adding it again is an error.
         if ctx.is_arch_present(a).unwrap_or(false) {
+            archs.push(*arch);
             continue;
         }
-        ctx.add_arch(a).with_context(|| {
-            format!("field linux.seccomp.architectures[{i}]: {arch} is not supported by libseccomp")
-        })?;
+        // libseccomp refuses architectures of the other endianness, and ones it was built
+        // without. This kernel cannot run syscalls of either kind, so their rules could never
+        // match: profiles list every architecture an engine supports, and that must not fail.
+        match ctx.add_arch(a) {
+            Ok(_) => archs.push(*arch),
+            Err(e) => crate::logging::debug(&format!(
+                "seccomp: linux.seccomp.architectures[{i}]: {arch} skipped on this host: {e}"
+            )),
+        }
     }
     // A binary tree of syscall numbers instead of a linear list: a default profile allows
     // ~300 syscalls, and every syscall the container makes walks this program.
@@ -155,14 +164,15 @@ fn build(s: &LinuxSeccomp) -> Result<ScmpFilterContext> {
             }
         }
     }
-    Ok(ctx)
+    Ok((ctx, archs))
 }
 
 /// The BPF program for `s`: the ENOSYS prologue, then libseccomp's program (which starts by
 /// loading the architecture itself, so it does not depend on what the prologue left loaded).
 fn compile(s: &LinuxSeccomp) -> Result<Vec<u8>> {
-    let mut bytes = encode(&enosys::prologue(s));
-    bytes.extend(export(&build(s)?)?);
+    let (ctx, archs) = build(s)?;
+    let mut bytes = encode(&enosys::prologue(s, &archs));
+    bytes.extend(export(&ctx)?);
     Ok(bytes)
 }
 

@@ -524,14 +524,17 @@ fn default_profile_compiles_within_the_kernel_limit_and_fast() {
 }
 
 #[test]
-fn unsupported_architecture_names_the_field() {
-    let e = match prepare(&parse(
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_SHEB"]}"#,
-    )) {
-        Ok(_) => return, // a newer libseccomp knows SuperH: nothing to check then
-        Err(e) => format!("{e:#}"),
-    };
-    assert!(e.contains("linux.seccomp.architectures[1]"), "{e}");
+fn architectures_this_host_cannot_run_are_skipped() {
+    // s390x is big-endian (libseccomp will not mix it with x86-64), SuperH unknown to 2.5.
+    let foreign = compile(
+        r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_S390X","SCMP_ARCH_SHEB"],
+            "syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
+    );
+    let native = compile(
+        r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+            "syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
+    );
+    assert_eq!(foreign.program_words(), native.program_words());
 }
 
 #[test]
@@ -624,7 +627,7 @@ fn measure_prepare() {
 
 #[test]
 fn libseccomp_program_starts_by_loading_the_architecture() {
-    let bytes = match build(&parse(DEFAULT_PROFILE)).and_then(|c| export(&c)) {
+    let bytes = match build(&parse(DEFAULT_PROFILE)).and_then(|(c, _)| export(&c)) {
         Ok(b) => b,
         Err(e) => panic!("{e:#}"),
     };
@@ -656,8 +659,6 @@ fn syscalls_newer_than_the_profile_get_enosys() {
         Outcome::Exited(0),
         "1: new syscall not ENOSYS, 2: old not EPERM"
     );
-    assert_eq!(
-        encode(&decode(&encode(&enosys::prologue(&parse(DEFAULT_PROFILE)))).unwrap_or_default()),
-        encode(&enosys::prologue(&parse(DEFAULT_PROFILE)))
-    );
+    let prologue = encode(&enosys::prologue(&parse(DEFAULT_PROFILE), &[]));
+    assert_eq!(encode(&decode(&prologue).unwrap_or_default()), prologue);
 }
