@@ -100,6 +100,12 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         bail!("hostname: setting a hostname needs a uts namespace in linux.namespaces");
     }
     let plan = Plan::new(linux)?;
+    // Compiled once here (cached across containers): the filter is checked before anything
+    // exists, and the init only loads it.
+    let seccomp = linux
+        .and_then(|l| l.seccomp().as_ref())
+        .map(|s| crate::seccomp::prepare_cached(s, &rt.root.join(".seccomp-cache")))
+        .transpose()?;
     let cgroup = cgroups::Manager::new(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
 
     // 2. Claim the id: from here on, every failure goes through the guard.
@@ -200,6 +206,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         preserve_fds: opts.preserve_fds.max(listen_fds),
         listen_fds,
         notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
+        seccomp: seccomp.as_ref(),
     };
     // SAFETY: lrun is single-threaded; the child only runs init code and then execs or exits.
     let first = unsafe { utils::clone_fork(plan.clone_flags) }?;

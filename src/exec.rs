@@ -53,6 +53,12 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     let terminal = opts.process.terminal() == Some(true);
     terminal::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
     let joins = namespaces_of(st.pid)?;
+    let filter = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .map(|s| crate::seccomp::prepare_cached(s, &rt.root.join(".seccomp-cache")))
+        .transpose()?;
 
     let mask = if opts.detach {
         None
@@ -67,7 +73,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         let Err(e) = joiner(
             &st.cgroups,
             &joins,
-            &spec,
+            filter.as_ref(),
             &opts.process,
             &child_chan,
             opts.preserve_fds,
@@ -150,7 +156,7 @@ fn namespaces_of(pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>> {
 fn joiner(
     cgroups: &crate::cgroups::Manager,
     joins: &[(LinuxNamespaceType, OwnedFd)],
-    spec: &Spec,
+    filter: Option<&crate::seccomp::Filter>,
     process: &Process,
     chan: &Channel,
     preserve_fds: i32,
@@ -165,14 +171,14 @@ fn joiner(
     sync::fork_reported(chan)?;
     // SAFETY: as above; the exec'd process must not outlive a dying `lrun exec` half-way.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    match exec_process(spec, process, chan, preserve_fds) {
+    match exec_process(filter, process, chan, preserve_fds) {
         Ok(never) => match never {},
         Err(e) => Err(e),
     }
 }
 
 fn exec_process(
-    spec: &Spec,
+    filter: Option<&crate::seccomp::Filter>,
     process: &Process,
     chan: &Channel,
     preserve_fds: i32,
@@ -195,8 +201,7 @@ fn exec_process(
     // SAFETY: prctl with integer arguments; from here the process belongs to the container.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     chan.send(&Message::Ready)?;
-    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    let Err(e) = process::secure_and_exec(process, seccomp, preserve_fds, &exe_c, &argv, &envp);
+    let Err(e) = process::secure_and_exec(process, filter, preserve_fds, &exe_c, &argv, &envp);
     // `lrun exec` no longer listens on the channel: report on the process's stderr.
     eprintln!("lrun: exec: {e:#}");
     // SAFETY: leave without running destructors.

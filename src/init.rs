@@ -28,7 +28,7 @@ use crate::process;
 use crate::rootfs;
 use crate::state::FIFO_FILE;
 use crate::sync::{Channel, Message};
-use crate::{hooks, seccomp, terminal};
+use crate::{hooks, terminal};
 
 /// What the parent hands to the child (the child has a copy of the parent's memory).
 pub struct InitArgs<'a> {
@@ -49,6 +49,8 @@ pub struct InitArgs<'a> {
     pub listen_fds: i32,
     /// Host directory holding lrun's notify socket, bind-mounted into the container.
     pub notify_dir: Option<&'a Path>,
+    /// linux.seccomp, compiled by the parent.
+    pub seccomp: Option<&'a crate::seccomp::Filter>,
 }
 
 /// Entry point of the first child. Never returns.
@@ -171,9 +173,6 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     let exe_c = process::path_cstring(&exe)?;
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(&env)?;
-    if let Some(s) = linux.and_then(|l| l.seccomp().as_ref()) {
-        seccomp::validate(s)?;
-    }
 
     // Set-up is done. From here on the parent may be gone: errors go to stderr.
     // SAFETY: prctl with integer arguments.
@@ -232,8 +231,7 @@ fn finish(
     if let Some(h) = a.spec.hooks().as_ref() {
         hooks::run_all("startContainer", h.start_container().as_ref(), state_json)?;
     }
-    let seccomp = a.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
-    process::secure_and_exec(process, seccomp, a.preserve_fds, exe, argv, envp)
+    process::secure_and_exec(process, a.seccomp, a.preserve_fds, exe, argv, envp)
 }
 
 fn enter_cwd(process: &Process) -> Result<()> {

@@ -223,21 +223,21 @@ pub fn close_fds_on_exec(preserve: i32) {
 /// CAP_SYS_ADMIN, so it happens before capabilities are dropped; with it, as late as possible.
 pub fn secure_and_exec(
     process: &Process,
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    seccomp: Option<&crate::seccomp::Filter>,
     preserve_fds: i32,
     exe: &CString,
     argv: &[CString],
     envp: &[CString],
 ) -> Result<std::convert::Infallible> {
     let nnp = process.no_new_privileges() == Some(true);
-    if let (Some(s), false) = (seccomp, nnp) {
-        crate::seccomp::install(s)?;
+    if let (Some(f), false) = (seccomp, nnp) {
+        f.load()?;
     }
     set_identity(process)?;
     if nnp {
         set_no_new_privs()?;
-        if let Some(s) = seccomp {
-            crate::seccomp::install(s)?;
+        if let Some(f) = seccomp {
+            f.load()?;
         }
     }
     reset_signals();

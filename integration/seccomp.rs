@@ -1,0 +1,102 @@
+//! linux.seccomp enforced in real containers: the default profile runs a shell, errnoRet and
+//! kill actions reach the container's program, bad profiles fail `create` with one line.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn default_profile() -> Value {
+    serde_json::from_str(include_str!("fixtures/seccomp-default.json")).unwrap()
+}
+
+#[test]
+fn a_shell_runs_under_the_default_profile_which_denies_unshare() {
+    let mut env = Env::new();
+    // Creating a user namespace needs no capability, so only the profile can stop it.
+    let script = "echo ok; ls / >/dev/null; grep -c '^Seccomp:.2' /proc/self/status; \
+                  unshare -U true 2>/dev/null && echo unshare-allowed; echo done";
+    let out = sh(
+        &mut env,
+        |b| b.config["linux"]["seccomp"] = default_profile(),
+        script,
+    );
+    assert_eq!(out, "ok\n1\ndone\n");
+    let out = sh(&mut env, |_| {}, script);
+    assert_eq!(
+        out, "ok\n0\nunshare-allowed\ndone\n",
+        "control without seccomp"
+    );
+}
+
+#[test]
+fn errno_ret_reaches_the_program_and_unknown_names_are_skipped() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{
+                    "names": ["lrun_no_such_syscall", "mkdir", "mkdirat"],
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": 28
+                }]
+            })
+        },
+        "mkdir /tmp/x 2>&1; test -d /tmp/x && echo created; true",
+    );
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(!out.contains("created"), "{out}");
+}
+
+#[test]
+fn kill_process_ends_the_container_with_sigsys() {
+    let mut env = Env::new();
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_KILL_PROCESS"}]
+    });
+    // The container's process itself is killed.
+    let mut b = env.bundle("kill", &["mkdir", "/tmp/x"]);
+    b.config["linux"]["seccomp"] = profile.clone();
+    let (code, out, err) = run(&mut env, &b);
+    assert_eq!(code, 128 + libc::SIGSYS, "stdout: {out} stderr: {err}");
+    // A shell's forked child is killed, and the shell sees it.
+    let mut b = env.bundle("kill", &["sh", "-c", "mkdir /tmp/x 2>/dev/null; echo $?"]);
+    b.config["linux"]["seccomp"] = profile;
+    let (code, out, _) = run(&mut env, &b);
+    assert_eq!((code, out.as_str()), (0, "159\n"));
+}
+
+#[test]
+fn a_bad_profile_fails_create_with_one_line_naming_the_field() {
+    let mut env = Env::new();
+    let mut b = env.bundle("badseccomp", &["true"]);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1}]
+    });
+    b.write();
+    let id = env.id("badseccomp");
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(!ok, "create succeeded with a bad profile");
+    assert!(
+        !env.root.join(&id).exists(),
+        "state left after failed create"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("linux.seccomp.syscalls[0].errnoRet"), "{err}");
+}
+
+#[test]
+fn an_unknown_action_fails_create_naming_the_field() {
+    let mut env = Env::new();
+    let mut b = env.bundle("badaction", &["true"]);
+    b.config["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_FROB"});
+    b.write();
+    let id = env.id("badaction");
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(!ok, "create succeeded with an unknown action");
+    assert!(err.contains("linux.seccomp.defaultAction"), "{err}");
+}
