@@ -260,3 +260,45 @@ fn delete_force_cleans_up_after_a_killed_create() {
     assert!(ok, "{err}");
     assert!(!env.root.join(&id).exists());
 }
+
+#[test]
+fn gc_removes_what_a_killed_create_left_and_keeps_live_containers() {
+    let mut env = Env::new();
+    let live = env.id("live");
+    let b = env.bundle("live", &["sleep", "1000"]);
+    b.write();
+    assert!(env.quiet(&["run", "-d", "--bundle", b.path(), &live]).0);
+
+    let crashed = env.id("crashed");
+    let mut b = env.bundle("crashed", &["true"]);
+    let marker = env.scratch.join("hook-started");
+    b.config["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!("touch {}; sleep 30", marker.display())]}]});
+    b.write();
+    let mut child = env
+        .lrun()
+        .args(["create", "--bundle", b.path(), &crashed])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| marker.exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = env.out(&["gc"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("removed {crashed}\n")
+    );
+    assert!(!env.root.join(&crashed).exists());
+    assert_eq!(env.status(&live), "running");
+    assert!(env.quiet(&["kill", &live, "KILL"]).0);
+    wait_status(&env, &live, "stopped");
+    let out = env.out(&["gc", "--stopped"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("removed {live}\n")
+    );
+}

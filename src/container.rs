@@ -590,3 +590,28 @@ fn wait_gone(pid: i32, start_time: u64) {
         nap = (nap * 2).min(Duration::from_millis(10));
     }
 }
+
+/// `gc`: recover after crashes. A container whose `create` died half-way (never marked
+/// created, and no process holds its lock) is deleted; with `stopped`, stopped containers
+/// too. Returns the ids removed.
+pub fn gc(rt: &Runtime, stopped: bool) -> Result<Vec<String>> {
+    let states = rt.states();
+    let mut removed = Vec::new();
+    for id in states.list()? {
+        let dir = states.container_dir(&id)?;
+        let Some(lock) = state::try_lock(&dir)? else {
+            continue;
+        };
+        let stale = match states.load(&id) {
+            Ok((_, st)) => !st.created_ok || (stopped && st.status(&dir) == Status::Stopped),
+            // No state.json and nobody creating: the creator died before writing it.
+            Err(_) => !dir.join(state::STATE_FILE).exists(),
+        };
+        drop(lock);
+        if stale {
+            delete(rt, &id, true).with_context(|| format!("gc {id}"))?;
+            removed.push(id);
+        }
+    }
+    Ok(removed)
+}

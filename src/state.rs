@@ -252,6 +252,21 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
     Ok(DirLock { _file: file })
 }
 
+/// `lock` without waiting: None when another process holds it (a create or delete under way).
+pub fn try_lock(dir: &Path) -> Result<Option<DirLock>> {
+    let file = File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    // SAFETY: flock on a valid fd we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("flock {}", dir.display()));
+    }
+    Ok(Some(DirLock { _file: file }))
+}
+
 impl DirLock {
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         self._file.as_raw_fd()

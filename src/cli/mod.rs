@@ -4,6 +4,7 @@ mod create;
 mod delete;
 mod exec;
 mod features;
+mod gc;
 mod kill;
 pub mod layer;
 mod list;
@@ -92,6 +93,8 @@ pub enum Command {
     Events(update::EventsArgs),
     /// Change the resource limits of a running container.
     Update(update::Args),
+    /// Remove what crashed creates left behind (and stopped containers with --stopped).
+    Gc(gc::Args),
     /// Build, inspect, store and garbage-collect layer images.
     #[command(subcommand)]
     Layer(layer::LayerCommand),
@@ -144,6 +147,7 @@ pub fn main() -> i32 {
         Command::Ps(a) => ps::run(&globals, a),
         Command::Events(a) => update::events(&globals, a),
         Command::Update(a) => update::run(&globals, a),
+        Command::Gc(a) => gc::run(&globals, a),
         Command::Layer(c) => layer::run(&globals, c),
     };
     match result {
