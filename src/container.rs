@@ -5,7 +5,7 @@
 //! the same list, so a crash at any point is recovered by `delete --force`.
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -252,17 +252,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         }
         chan.send(&Message::RuntimeHooksDone(pid))?;
     }
-    let mut pty = None;
-    if terminal {
-        match chan.recv_with_fd()? {
-            (Message::Pty, Some(master)) => match opts.console_socket {
-                Some(sock) => terminal::send_to_console_socket(sock, master.as_fd())?,
-                None => pty = Some(master),
-            },
-            (Message::Error(e), _) => bail!("{e}"),
-            (m, _) => bail!("sync protocol: expected the pty, got {m:?}"),
-        }
-    }
+    let pty = match terminal {
+        true => terminal::receive_pty(&chan, opts.console_socket)?,
+        false => None,
+    };
     chan.expect(Message::Ready)?;
 
     // 7. Done: record it, and only then let go of the guard.

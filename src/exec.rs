@@ -109,17 +109,10 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
 }
 
 fn finish_parent(chan: &Channel, terminal: bool, opts: &ExecOptions) -> Result<Option<OwnedFd>> {
-    let mut pty = None;
-    if terminal {
-        match chan.recv_with_fd()? {
-            (Message::Pty, Some(master)) => match opts.console_socket {
-                Some(sock) => terminal::send_to_console_socket(sock, master.as_fd())?,
-                None => pty = Some(master),
-            },
-            (Message::Error(e), _) => bail!("{e}"),
-            (m, _) => bail!("sync protocol: expected the pty, got {m:?}"),
-        }
-    }
+    let pty = match terminal {
+        true => terminal::receive_pty(chan, opts.console_socket)?,
+        false => None,
+    };
     chan.expect(Message::Ready)?;
     Ok(pty)
 }
