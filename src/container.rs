@@ -217,7 +217,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     drop(child_chan);
     guard.pids.push(first);
 
-    chan.expect(Message::NeedParentSetup)?;
+    // With one direct clone the namespaces exist already: no need to wait for the child,
+    // which meanwhile starts on the mounts that do not depend on its cgroup.
+    if !plan.direct {
+        chan.expect(Message::NeedParentSetup)?;
+    }
     if plan.new_user {
         namespaces::write_id_maps(
             first,
@@ -225,7 +229,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         )?;
     }
     cgroup.add_pid(first)?;
-    chan.send(&Message::ParentSetupDone)?;
+    // A child that failed meanwhile closed its end: its error is the next message read.
+    let _ = chan.send(&Message::ParentSetupDone);
     let pid = if plan.fork_init {
         let pid = match chan.recv()? {
             Message::InitPid(p) => p,
@@ -238,10 +243,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     } else {
         first
     };
+    // Recorded with the final state only: until then the init dies with this process
+    // (pdeathsig), so a crash leaves no process for `delete --force` to find.
     st.pid = pid;
-    st.pid_start_time =
-        process_start_time(pid).context("the container process exited during create")?;
-    state::save(&dir, &st)?;
 
     if needs_runtime_hooks(spec) {
         chan.expect(Message::RunRuntimeHooks)?;
@@ -259,6 +263,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     chan.expect(Message::Ready)?;
 
     // 7. Done: record it, and only then let go of the guard.
+    st.pid_start_time =
+        process_start_time(pid).context("the container process exited during create")?;
     st.created_ok = true;
     state::save(&dir, &st)?;
     if let Some(p) = opts.pid_file {

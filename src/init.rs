@@ -77,9 +77,20 @@ fn die_with_parent() {
 
 fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     die_with_parent();
-    a.plan.enter_early()?;
-    chan.send(&Message::NeedParentSetup)?;
-    chan.expect(Message::ParentSetupDone)?;
+    // Whether the parent has written id maps and joined us to the cgroups yet. In the direct
+    // case the child only waits for that where it matters (see `ParentSetup`).
+    let mut parent = ParentSetup {
+        done: false,
+        direct: a.plan.direct,
+    };
+    if !a.plan.direct {
+        a.plan.enter_early()?;
+        chan.send(&Message::NeedParentSetup)?;
+        parent.wait(a, chan)?;
+    } else if a.plan.new_user {
+        // Nothing can be done as root of the new namespace before the maps exist.
+        parent.wait(a, chan)?;
+    }
     if a.plan.new_user {
         // Become the namespace's root so files we create have a mapped owner.
         setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
@@ -87,20 +98,45 @@ fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
         setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
             .context("setuid 0 in the user namespace")?;
     }
-    let offsets = a
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(crate::namespaces::time_offsets_text);
-    a.plan.enter_late(offsets.as_deref())?;
-    if a.plan.fork_init {
-        crate::sync::fork_reported(chan)?;
-        die_with_parent();
+    if !a.plan.direct {
+        let offsets = a
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(crate::namespaces::time_offsets_text);
+        a.plan.enter_late(offsets.as_deref())?;
+        if a.plan.fork_init {
+            crate::sync::fork_reported(chan)?;
+            die_with_parent();
+        }
     }
-    init_steps(a, chan)
+    init_steps(a, chan, &mut parent)
 }
 
-fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
+/// The parent's part of set-up (id maps, cgroups). In the direct case the child mounts what it
+/// can meanwhile (moving a process between cgroup v1 hierarchies waits for RCU grace periods)
+/// and waits only before the cgroup namespace and cgroup mounts, which need the final cgroup.
+struct ParentSetup {
+    done: bool,
+    direct: bool,
+}
+
+impl ParentSetup {
+    fn wait(&mut self, a: &InitArgs, chan: &Channel) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        chan.expect(Message::ParentSetupDone)?;
+        self.done = true;
+        if self.direct {
+            // Only the cgroup namespace is left to create (see namespaces::Plan).
+            a.plan.enter_late(None)?;
+        }
+        Ok(())
+    }
+}
+
+fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<Infallible> {
     let spec = a.spec;
     let process = spec
         .process()
@@ -113,7 +149,15 @@ fn init_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
-    rootfs::prepare(spec, a.bundle, a.rootfs, a.plan.new_user, a.notify_dir)?;
+    rootfs::prepare(
+        spec,
+        a.bundle,
+        a.rootfs,
+        a.plan.new_user,
+        a.notify_dir,
+        &mut || parent.wait(a, chan),
+    )?;
+    parent.wait(a, chan)?;
 
     let mut host_pid = 0;
     if crate::container::needs_runtime_hooks(spec) {

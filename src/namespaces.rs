@@ -15,6 +15,9 @@ use oci_spec::runtime::{Linux, LinuxIdMapping, LinuxNamespaceType};
 
 /// The namespace part of a container's creation, worked out by the parent before cloning.
 pub struct Plan {
+    /// One clone call creates every namespace (but the cgroup one): no joining, no time
+    /// namespace, no intermediate process.
+    pub direct: bool,
     /// Created by the clone(2) call that makes the first child.
     pub clone_flags: CloneFlags,
     /// Entered by the first child, in this order.
@@ -84,6 +87,7 @@ impl Plan {
         let direct = join.is_empty() && !new_time;
         let plan = if direct {
             Plan {
+                direct,
                 clone_flags: new - late,
                 join,
                 unshare_flags: new & late,
@@ -96,6 +100,7 @@ impl Plan {
             }
         } else {
             Plan {
+                direct,
                 clone_flags: CloneFlags::empty(),
                 join,
                 unshare_flags: new - CloneFlags::CLONE_NEWUSER,

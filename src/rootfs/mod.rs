@@ -26,6 +26,7 @@ pub fn prepare(
     rootfs: &Path,
     in_userns: bool,
     notify_dir: Option<&Path>,
+    before_cgroup_mounts: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let linux = spec.linux().as_ref();
     // Mounts made below must not propagate back to the host: make everything a slave (or what
@@ -62,10 +63,17 @@ pub fn prepare(
             v.iter()
                 .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
         });
-    let cgroups = CgroupMounter::from_host(cgroupns);
+    let mut cgroups = None;
     let mut has_dev_pts = false;
     for m in spec.mounts().iter().flatten() {
-        mount_entry(root.as_fd(), bundle, m, &cgroups)?;
+        let mut cgroup_mounter = None;
+        if m.typ().as_deref() == Some("cgroup") {
+            // Needs the container's final cgroup (and cgroup namespace).
+            before_cgroup_mounts()?;
+            cgroup_mounter =
+                Some(&*cgroups.get_or_insert_with(|| CgroupMounter::from_host(cgroupns)));
+        }
+        mount_entry(root.as_fd(), bundle, m, cgroup_mounter)?;
         has_dev_pts |= m.destination() == Path::new("/dev/pts");
     }
 

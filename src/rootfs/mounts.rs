@@ -104,7 +104,7 @@ pub fn mount_entry(
     root: BorrowedFd,
     bundle: &Path,
     m: &Mount,
-    cgroup: &CgroupMounter,
+    cgroup: Option<&CgroupMounter>,
 ) -> Result<()> {
     let dest = m.destination();
     let typ = m.typ().as_deref().unwrap_or("");
@@ -113,6 +113,7 @@ pub fn mount_entry(
     let what = || format!("mount {} on {}", typ, dest.display());
 
     if typ == "cgroup" && !bind {
+        let cgroup = cgroup.context("internal: cgroup mount without the host's cgroup layout")?;
         return cgroup.mount(root, dest, &opts).with_context(what);
     }
     let source = m.source().clone().map(|s| {
@@ -226,35 +227,23 @@ pub struct CgroupMounter {
 }
 
 impl CgroupMounter {
-    /// Read the host's cgroup mounts and our cgroups (call before pivot_root).
+    /// Read the host's cgroup mounts and our cgroups (call before pivot_root). Mounts that a
+    /// later mount covers are ignored (cgroup-sandbox.sh leaves such copies behind).
     pub fn from_host(cgroupns: bool) -> Self {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut v1 = Vec::new();
         let mut unified = None;
-        for line in text.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mut post = post.split(' ');
-            let (fstype, _src, sopts) = (post.next(), post.next(), post.next().unwrap_or(""));
-            let mountpoint = PathBuf::from(pre.split(' ').nth(4).unwrap_or(""));
-            match fstype {
-                Some("cgroup2") if mountpoint == Path::new("/sys/fs/cgroup") => {
-                    unified = Some(mountpoint)
+        for m in crate::cgroups::layout::parse_mountinfo(&text) {
+            if m.v2 {
+                if m.mount_point == Path::new("/sys/fs/cgroup") {
+                    unified = Some(m.mount_point);
                 }
-                Some("cgroup") => {
-                    let keep: Vec<&str> = sopts
-                        .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro"))
-                        .collect();
-                    if let Some(name) = mountpoint
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                    {
-                        v1.push((name, keep.join(","), mountpoint));
-                    }
-                }
-                _ => {}
+            } else if let Some(name) = m
+                .mount_point
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+            {
+                v1.push((name, m.controllers.join(","), m.mount_point.clone()));
             }
         }
         let own = std::fs::read_to_string("/proc/self/cgroup")
