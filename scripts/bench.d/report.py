@@ -132,6 +132,11 @@ def item_rss(work):
     }
 
 
+def cgroups_created(work):
+    """Cgroup directories each runtime made for one container (0: none, e.g. a stub)."""
+    return {name: int(n) for name, n in read_rows(os.path.join(work, "cgroups.tsv"))}
+
+
 def version(cmd):
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
@@ -250,6 +255,10 @@ def print_table(res):
             f"{fmt_ratio(d['ratio_median'], 'lrun/runc'):>11}"
         )
     print()
+    cg = res["cgroup_dirs_per_container"]
+    print("cgroup directories made per container: " + ", ".join(f"{k} {v}" for k, v in cg.items()))
+    if cg.get("lrun") == 0 and any(v > 0 for v in cg.values()):
+        print("  NOTE: lrun made no cgroup: its times leave out work crun and runc do")
     print(f"leaks: {'none' if not res['leaks'] else 'YES (see messages above)'}")
     print(f"elapsed: {res['elapsed_s']} s")
 
@@ -288,6 +297,7 @@ def main():
             "4_concurrent": item_concurrent(a.work),
             "6_rss": item_rss(a.work),
         },
+        "cgroup_dirs_per_container": cgroups_created(a.work),
         "leaks": leaks,
         "elapsed_s": a.elapsed,
     }
