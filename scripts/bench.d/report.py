@@ -15,6 +15,8 @@ import subprocess
 import time
 
 RUNTIMES = ["lrun", "crun", "runc"]
+# crun with --cgroup-manager=disabled: like for like while lrun creates no cgroups.
+PEERS = ["crun", "runc", "crun-nocg"]
 
 
 def stats(xs):
@@ -32,7 +34,7 @@ def stats(xs):
 def ratios(by_rt, key):
     out = {}
     lrun = by_rt.get("lrun")
-    for other in ("crun", "runc"):
+    for other in PEERS:
         o = by_rt.get(other)
         if lrun and o and o[key] > 0:
             out[f"lrun/{other}"] = lrun[key] / o[key]
@@ -74,7 +76,7 @@ def item_lifecycle(work):
     shell = by.get("shell")
     net = {}
     if shell:
-        for name in RUNTIMES:
+        for name in RUNTIMES + ["crun-nocg"]:
             if name in by:
                 net[name] = {
                     "mean_ms": by[name]["mean_ms"] - shell["mean_ms"],
@@ -181,11 +183,16 @@ def print_table(res):
     r1 = res["items"]["1_run"]
     print("1. run /bin/true (hyperfine -N), ms")
     print(hdr)
-    for name in RUNTIMES + ["unshare", "true"]:
+    labels = {
+        "unshare": "unshare -pfmuni /bin/true",
+        "true": "/bin/true",
+        "crun-nocg": "crun --cgroup-manager=disabled",
+    }
+    for name in RUNTIMES + ["crun-nocg", "unshare", "true"]:
         s = r1["results"].get(name)
         if not s:
             continue
-        label = {"unshare": "unshare -pfmuni /bin/true", "true": "/bin/true"}.get(name, name)
+        label = labels.get(name, name)
         line = f"  {label:42}{s['mean_ms']:9.2f}{s['median_ms']:9.2f}{s['min_ms']:9.2f}"
         print(line)
     print(
@@ -194,16 +201,22 @@ def print_table(res):
         f" {fmt_ratio(r1['ratio_min'], 'lrun/crun')}   runc {fmt_ratio(r1['ratio_mean'], 'lrun/runc')}"
         f" {fmt_ratio(r1['ratio_median'], 'lrun/runc')} {fmt_ratio(r1['ratio_min'], 'lrun/runc')}"
     )
+    if "lrun/crun-nocg" in r1["ratio_mean"]:
+        print(
+            f"  {'ratio lrun/crun-without-cgroups':42}  mean {fmt_ratio(r1['ratio_mean'], 'lrun/crun-nocg')}"
+            f" median {fmt_ratio(r1['ratio_median'], 'lrun/crun-nocg')}"
+            f" min {fmt_ratio(r1['ratio_min'], 'lrun/crun-nocg')}"
+        )
     print()
 
     r2 = res["items"]["2_lifecycle"]
     print("2. create + start + state..stopped + delete (separate commands), ms per cycle")
     print(hdr + f"{'polls':>7}")
-    for name in RUNTIMES + ["shell"]:
+    for name in RUNTIMES + ["crun-nocg", "shell"]:
         s = r2["results"].get(name)
         if not s:
             continue
-        label = name if name != "shell" else "shell loop alone (subtract)"
+        label = {"shell": "shell loop alone (subtract)", "crun-nocg": "crun --cgroup-manager=disabled"}.get(name, name)
         ratio = ""
         if name == "lrun":
             ratio = f"{fmt_ratio(r2['ratio_mean'], 'lrun/crun'):>11}{fmt_ratio(r2['ratio_mean'], 'lrun/runc'):>11}"
@@ -219,7 +232,8 @@ def print_table(res):
             "  net of shell, mean: "
             + ", ".join(f"{k} {v['mean_ms']:.2f}" for k, v in n.items())
             + f"  (lrun/crun {fmt_ratio(r2['ratio_net_mean'], 'lrun/crun').strip()},"
-            f" lrun/runc {fmt_ratio(r2['ratio_net_mean'], 'lrun/runc').strip()})"
+            f" lrun/runc {fmt_ratio(r2['ratio_net_mean'], 'lrun/runc').strip()},"
+            f" lrun/crun-nocg {fmt_ratio(r2['ratio_net_mean'], 'lrun/crun-nocg').strip()})"
         )
     print()
 
