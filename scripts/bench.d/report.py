@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Turn the raw data of scripts/bench.d/measure into a table and a JSON results file.
+
+usage: report.py WORKDIR OUT.json [--wrap W] [--wrap-note N] [--load-before L] [--load-after L]
+                 [--elapsed S] [--lrun-version V]
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+RUNTIMES = ["lrun", "crun", "runc"]
+# crun with --cgroup-manager=disabled: like for like while lrun creates no cgroups.
+PEERS = ["crun", "runc", "crun-nocg"]
+
+
+def stats(xs):
+    """Summary in milliseconds of samples given in seconds."""
+    ms = [x * 1000.0 for x in xs]
+    return {
+        "n": len(ms),
+        "mean_ms": statistics.fmean(ms),
+        "median_ms": statistics.median(ms),
+        "min_ms": min(ms),
+        "stddev_ms": statistics.stdev(ms) if len(ms) > 1 else 0.0,
+    }
+
+
+def ratios(by_rt, key):
+    out = {}
+    lrun = by_rt.get("lrun")
+    for other in PEERS:
+        o = by_rt.get(other)
+        if lrun and o and o[key] > 0:
+            out[f"lrun/{other}"] = lrun[key] / o[key]
+    return out
+
+
+def read_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split() for line in f if line.strip()]
+
+
+def item_run(work):
+    times = {}
+    for path in sorted(glob.glob(os.path.join(work, "run-*.json"))):
+        with open(path) as f:
+            for r in json.load(f)["results"]:
+                times.setdefault(r["command"], []).extend(r["times"])
+    by = {name: stats(t) for name, t in times.items()}
+    return {
+        "what": "hyperfine -N: `RUNTIME --root DIR run --bundle B ID` of /bin/true",
+        "results": by,
+        "ratio_mean": ratios(by, "mean_ms"),
+        "ratio_median": ratios(by, "median_ms"),
+        "ratio_min": ratios(by, "min_ms"),
+    }
+
+
+def item_lifecycle(work):
+    rows = read_rows(os.path.join(work, "lifecycle.tsv"))
+    us, polls = {}, {}
+    for name, _i, t, p in rows:
+        us.setdefault(name, []).append(int(t) / 1e6)
+        polls.setdefault(name, []).append(int(p))
+    by = {name: stats(t) for name, t in us.items()}
+    for name in by:
+        by[name]["state_polls_mean"] = statistics.fmean(polls[name])
+    shell = by.get("shell")
+    net = {}
+    if shell:
+        for name in RUNTIMES + ["crun-nocg"]:
+            if name in by:
+                net[name] = {
+                    "mean_ms": by[name]["mean_ms"] - shell["mean_ms"],
+                    "median_ms": by[name]["median_ms"] - shell["median_ms"],
+                    "min_ms": by[name]["min_ms"] - shell["min_ms"],
+                }
+    return {
+        "what": "bash loop per cycle: create, start, state until stopped, delete "
+        "(separate processes); 'shell' is the same loop around /bin/true and /bin/echo",
+        "results": by,
+        "net_of_shell": net,
+        "ratio_mean": ratios(by, "mean_ms"),
+        "ratio_median": ratios(by, "median_ms"),
+        "ratio_net_mean": ratios(net, "mean_ms"),
+    }
+
+
+def item_concurrent(work):
+    rows = read_rows(os.path.join(work, "concurrent.tsv"))
+    start, delete, fails = {}, {}, {}
+    for name, _r, t_start, t_delete, f in rows:
+        start.setdefault(name, []).append(int(t_start) / 1e6)
+        delete.setdefault(name, []).append(int(t_delete) / 1e6)
+        fails[name] = fails.get(name, 0) + int(f)
+    by = {}
+    for name in start:
+        s, d = stats(start[name]), stats(delete[name])
+        by[name] = {"start": s, "delete": d, "failures": fails[name]}
+    return {
+        "what": "wall time of N `run -d` launched at once (then N `delete --force` at once)",
+        "containers": int(os.environ.get("LRUN_BENCH_CONC", "50")),
+        "results": by,
+        "ratio_start_mean": ratios({k: v["start"] for k, v in by.items()}, "mean_ms"),
+        "ratio_delete_mean": ratios({k: v["delete"] for k, v in by.items()}, "mean_ms"),
+    }
+
+
+def item_rss(work):
+    rows = read_rows(os.path.join(work, "rss.tsv"))
+    kb = {}
+    for name, cmd, v in rows:
+        kb.setdefault(cmd, {}).setdefault(name, []).append(int(v))
+    out = {}
+    for cmd, per in kb.items():
+        out[cmd] = {
+            name: {"max_kib": max(v), "median_kib": statistics.median(v)}
+            for name, v in per.items()
+        }
+        out[cmd]["ratio_median"] = ratios(
+            {n: {"m": d["median_kib"]} for n, d in out[cmd].items()}, "m"
+        )
+    return {
+        "what": "/usr/bin/time %M: peak RSS of the runtime process and the children it reaped",
+        "results": out,
+    }
+
+
+def cgroups_created(work):
+    """Cgroup directories each runtime made for one container (0: none, e.g. a stub)."""
+    return {name: int(n) for name, n in read_rows(os.path.join(work, "cgroups.tsv"))}
+
+
+def version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        return out.splitlines()[0].strip() if out else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def fmt_ratio(r, key):
+    v = r.get(key)
+    return f"{v:5.2f}x" if v is not None else "    - "
+
+
+def print_table(res):
+    m = res["machine"]
+    print()
+    print(f"lrun bench {res['date']}  {m['cpus']} x {m['cpu_model']}, kernel {m['kernel']}")
+    print(f"load average before/after: {res['load_before']} / {res['load_after']}")
+    print(f"versions: {res['versions']}")
+    print(f"wrapper: {res['wrapper'] or 'none'} {res['wrapper_note']}")
+    print()
+    hdr = f"{'':44}{'mean':>9}{'median':>9}{'min':>9}{'lrun/crun':>11}{'lrun/runc':>11}"
+
+    r1 = res["items"]["1_run"]
+    print("1. run /bin/true (hyperfine -N), ms")
+    print(hdr)
+    labels = {
+        "unshare": "unshare -pfmuni /bin/true",
+        "true": "/bin/true",
+        "crun-nocg": "crun --cgroup-manager=disabled",
+    }
+    for name in RUNTIMES + ["crun-nocg", "unshare", "true"]:
+        s = r1["results"].get(name)
+        if not s:
+            continue
+        label = labels.get(name, name)
+        line = f"  {label:42}{s['mean_ms']:9.2f}{s['median_ms']:9.2f}{s['min_ms']:9.2f}"
+        print(line)
+    print(
+        f"  {'ratio lrun/X (mean, median, min)':42}"
+        f"  crun {fmt_ratio(r1['ratio_mean'], 'lrun/crun')} {fmt_ratio(r1['ratio_median'], 'lrun/crun')}"
+        f" {fmt_ratio(r1['ratio_min'], 'lrun/crun')}   runc {fmt_ratio(r1['ratio_mean'], 'lrun/runc')}"
+        f" {fmt_ratio(r1['ratio_median'], 'lrun/runc')} {fmt_ratio(r1['ratio_min'], 'lrun/runc')}"
+    )
+    if "lrun/crun-nocg" in r1["ratio_mean"]:
+        print(
+            f"  {'ratio lrun/crun-without-cgroups':42}  mean {fmt_ratio(r1['ratio_mean'], 'lrun/crun-nocg')}"
+            f" median {fmt_ratio(r1['ratio_median'], 'lrun/crun-nocg')}"
+            f" min {fmt_ratio(r1['ratio_min'], 'lrun/crun-nocg')}"
+        )
+    print()
+
+    r2 = res["items"]["2_lifecycle"]
+    print("2. create + start + state..stopped + delete (separate commands), ms per cycle")
+    print(hdr + f"{'polls':>7}")
+    for name in RUNTIMES + ["crun-nocg", "shell"]:
+        s = r2["results"].get(name)
+        if not s:
+            continue
+        label = {"shell": "shell loop alone (subtract)", "crun-nocg": "crun --cgroup-manager=disabled"}.get(name, name)
+        ratio = ""
+        if name == "lrun":
+            ratio = f"{fmt_ratio(r2['ratio_mean'], 'lrun/crun'):>11}{fmt_ratio(r2['ratio_mean'], 'lrun/runc'):>11}"
+        else:
+            ratio = " " * 22
+        print(
+            f"  {label:42}{s['mean_ms']:9.2f}{s['median_ms']:9.2f}{s['min_ms']:9.2f}"
+            f"{ratio}{s['state_polls_mean']:7.2f}"
+        )
+    if r2["net_of_shell"]:
+        n = r2["net_of_shell"]
+        print(
+            "  net of shell, mean: "
+            + ", ".join(f"{k} {v['mean_ms']:.2f}" for k, v in n.items())
+            + f"  (lrun/crun {fmt_ratio(r2['ratio_net_mean'], 'lrun/crun').strip()},"
+            f" lrun/runc {fmt_ratio(r2['ratio_net_mean'], 'lrun/runc').strip()},"
+            f" lrun/crun-nocg {fmt_ratio(r2['ratio_net_mean'], 'lrun/crun-nocg').strip()})"
+        )
+    print()
+
+    print("3. layered packages: pending: layered packages")
+    print()
+
+    r4 = res["items"]["4_concurrent"]
+    print(f"4. {r4['containers']} x `run -d` at once, then {r4['containers']} x `delete --force`, ms wall")
+    print(f"{'':44}{'start mean':>11}{'start min':>11}{'delete mean':>13}{'failures':>10}")
+    for name in RUNTIMES:
+        s = r4["results"].get(name)
+        if s:
+            print(
+                f"  {name:42}{s['start']['mean_ms']:11.1f}{s['start']['min_ms']:11.1f}"
+                f"{s['delete']['mean_ms']:13.1f}{s['failures']:10d}"
+            )
+    print(
+        f"  {'ratio lrun/X, start mean':42}  crun {fmt_ratio(r4['ratio_start_mean'], 'lrun/crun')}"
+        f"   runc {fmt_ratio(r4['ratio_start_mean'], 'lrun/runc')}"
+    )
+    print()
+
+    r6 = res["items"]["6_rss"]["results"]
+    print("6. peak RSS (KiB, /usr/bin/time %M), median of runs")
+    print(f"{'':44}{'lrun':>9}{'crun':>9}{'runc':>9}{'lrun/crun':>11}{'lrun/runc':>11}")
+    for cmd in ("create", "run"):
+        d = r6.get(cmd)
+        if not d:
+            continue
+        vals = "".join(f"{d[n]['median_kib']:9.0f}" if n in d else f"{'-':>9}" for n in RUNTIMES)
+        print(
+            f"  {cmd:42}{vals}{fmt_ratio(d['ratio_median'], 'lrun/crun'):>11}"
+            f"{fmt_ratio(d['ratio_median'], 'lrun/runc'):>11}"
+        )
+    print()
+    cg = res["cgroup_dirs_per_container"]
+    print("cgroup directories made per container: " + ", ".join(f"{k} {v}" for k, v in cg.items()))
+    if cg.get("lrun") == 0 and any(v > 0 for v in cg.values()):
+        print("  NOTE: lrun made no cgroup: its times leave out work crun and runc do")
+    print(f"leaks: {'none' if not res['leaks'] else 'YES (see messages above)'}")
+    print(f"elapsed: {res['elapsed_s']} s")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("work")
+    ap.add_argument("out")
+    ap.add_argument("--wrap", default="")
+    ap.add_argument("--wrap-note", default="")
+    ap.add_argument("--load-before", default="")
+    ap.add_argument("--load-after", default="")
+    ap.add_argument("--elapsed", type=int, default=0)
+    ap.add_argument("--lrun-version", default="unknown")
+    a = ap.parse_args()
+
+    leaks_file = os.path.join(a.work, "leaks")
+    leaks = os.path.exists(leaks_file) and open(leaks_file).read().strip() != "0"
+    res = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "load_before": a.load_before,
+        "load_after": a.load_after,
+        "versions": {
+            "lrun": a.lrun_version,
+            "crun": version(["crun", "--version"]),
+            "runc": version(["runc", "--version"]),
+            "hyperfine": version(["hyperfine", "--version"]),
+        },
+        "wrapper": a.wrap,
+        "wrapper_note": a.wrap_note,
+        "items": {
+            "1_run": item_run(a.work),
+            "2_lifecycle": item_lifecycle(a.work),
+            "3_layers": "pending: layered packages",
+            "4_concurrent": item_concurrent(a.work),
+            "6_rss": item_rss(a.work),
+        },
+        "cgroup_dirs_per_container": cgroups_created(a.work),
+        "leaks": leaks,
+        "elapsed_s": a.elapsed,
+    }
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    print_table(res)
+    print(f"results: {a.out}")
+
+
+if __name__ == "__main__":
+    main()
