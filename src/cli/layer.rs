@@ -115,8 +115,8 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
             print_header(&h, &d, json);
         }
         LayerCommand::Verify { file } => {
-            let (h, d) = store::verify(&file)
-                .with_context(|| format!("layer image {}", file.display()))?;
+            let (h, d) =
+                store::verify(&file).with_context(|| format!("layer image {}", file.display()))?;
             println!("{} {d}: ok", h.label());
         }
         LayerCommand::Add { files } => {
@@ -161,12 +161,19 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                         e.header.fs.name(),
                         e.size,
                         e.header.deps.len(),
-                        if used.contains(&e.digest) { "yes" } else { "no" }
+                        if used.contains(&e.digest) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
                     );
                 }
             }
         }
-        LayerCommand::Rm { layers: refs, force } => {
+        LayerCommand::Rm {
+            layers: refs,
+            force,
+        } => {
             let refs = refs
                 .iter()
                 .map(|r| LayerRef::parse(r))

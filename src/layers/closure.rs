@@ -56,7 +56,10 @@ pub fn resolve(
             match marks.get(&dep.digest) {
                 Some(Mark::Done) => continue,
                 Some(Mark::Visiting) => {
-                    let start = stack.iter().position(|(d, _)| *d == dep.digest).unwrap_or(0);
+                    let start = stack
+                        .iter()
+                        .position(|(d, _)| *d == dep.digest)
+                        .unwrap_or(0);
                     let path: Vec<String> = stack[start..]
                         .iter()
                         .map(|(d, _)| headers[d].label())
@@ -202,8 +205,14 @@ mod tests {
         let g = Graph::new(&[("app", &["x", "lib"]), ("lib", &["y"])]);
         let err = format!("{:#}", g.resolve(&["app", "nope"]).unwrap_err());
         assert!(err.starts_with("3 missing layers"), "{err}");
-        assert!(err.contains("x@1") && err.contains("needed by app@1"), "{err}");
-        assert!(err.contains("y@1") && err.contains("needed by lib@1"), "{err}");
+        assert!(
+            err.contains("x@1") && err.contains("needed by app@1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("y@1") && err.contains("needed by lib@1"),
+            "{err}"
+        );
         assert!(err.contains("named by the bundle"), "{err}");
     }
 
@@ -211,7 +220,13 @@ mod tests {
     fn deep_chain_does_not_overflow_and_limit_is_enforced() {
         let names: Vec<String> = (0..=MAX_LAYERS).map(|i| format!("l{i}")).collect();
         let deps: Vec<Vec<&str>> = (0..=MAX_LAYERS)
-            .map(|i| if i == 0 { vec![] } else { vec![names[i - 1].as_str()] })
+            .map(|i| {
+                if i == 0 {
+                    vec![]
+                } else {
+                    vec![names[i - 1].as_str()]
+                }
+            })
             .collect();
         let edges: Vec<(&str, &[&str])> = names
             .iter()

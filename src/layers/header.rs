@@ -147,7 +147,10 @@ impl FsType {
             FsType::Erofs => first.get(1024..1028) == Some(&0xE0F5_E1E2u32.to_le_bytes()),
         };
         if !ok {
-            bail!("payload is not a {} filesystem (no superblock magic)", self.name());
+            bail!(
+                "payload is not a {} filesystem (no superblock magic)",
+                self.name()
+            );
         }
         Ok(())
     }
@@ -243,7 +246,7 @@ impl Header {
             );
         }
         let len = header_len_for(self.deps.len());
-        if self.payload_offset < len || self.payload_offset % ALIGN != 0 {
+        if self.payload_offset < len || !self.payload_offset.is_multiple_of(ALIGN) {
             bail!(
                 "payload offset {} must be a multiple of {ALIGN} and at least the header length {len}",
                 self.payload_offset
@@ -259,7 +262,10 @@ impl Header {
         b[OFF_PAYLOAD_LEN..OFF_PAYLOAD_LEN + 8].copy_from_slice(&self.payload_len.to_le_bytes());
         b[OFF_PAYLOAD_DIGEST..OFF_PAYLOAD_DIGEST + 32].copy_from_slice(&self.payload_digest.0);
         put_label(&mut b[OFF_NAME..OFF_NAME + NAME_MAX], &self.name);
-        put_label(&mut b[OFF_LVERSION..OFF_LVERSION + VERSION_MAX], &self.version);
+        put_label(
+            &mut b[OFF_LVERSION..OFF_LVERSION + VERSION_MAX],
+            &self.version,
+        );
         for (i, d) in self.deps.iter().enumerate() {
             check_label("dependency name", &d.name, NAME_MAX)?;
             check_label("dependency version", &d.version, VERSION_MAX)?;
@@ -297,7 +303,9 @@ impl Header {
         }
         let version = u32_at(first, OFF_VERSION);
         if version != FORMAT_VERSION {
-            bail!("layer format version {version} is not supported (this lrun reads {FORMAT_VERSION})");
+            bail!(
+                "layer format version {version} is not supported (this lrun reads {FORMAT_VERSION})"
+            );
         }
         let hlen = u64::from(u32_at(first, OFF_HEADER_LEN));
         let ndeps = u32_at(first, OFF_NDEPS) as usize;
@@ -335,7 +343,7 @@ impl Header {
         let fs = FsType::from_code(b[OFF_FS])?;
         let payload_offset = u64_at(b, OFF_PAYLOAD_OFF);
         let payload_len = u64_at(b, OFF_PAYLOAD_LEN);
-        if payload_offset % ALIGN != 0 || payload_offset < hlen {
+        if !payload_offset.is_multiple_of(ALIGN) || payload_offset < hlen {
             bail!(
                 "payload offset {payload_offset} must be a multiple of {ALIGN} and not inside the {hlen}-byte header"
             );
@@ -502,9 +510,15 @@ mod tests {
     fn payload_outside_file_is_rejected() {
         let h = sample(0);
         let (bytes, _) = h.encode().unwrap();
-        let err = format!("{:#}", Header::decode(&bytes, file_len(&h) - 1).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Header::decode(&bytes, file_len(&h) - 1).unwrap_err()
+        );
         assert!(err.contains("past the end"), "{err}");
-        let err = format!("{:#}", Header::decode(&bytes, file_len(&h) + 5).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Header::decode(&bytes, file_len(&h) + 5).unwrap_err()
+        );
         assert!(err.contains("after the payload"), "{err}");
         let mut h2 = sample(0);
         h2.payload_len = u64::MAX - 10;

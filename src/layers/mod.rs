@@ -112,7 +112,9 @@ pub fn layer_spec(spec: &Spec) -> Result<Option<LayerSpec>> {
             Some(v) => {
                 let (mode, opts) = v.split_once(',').unwrap_or((v, ""));
                 if mode != "tmpfs" {
-                    bail!("annotation {ANNOTATION_UPPER}: {v:?}: use \"state\" or \"tmpfs[,OPTIONS]\"");
+                    bail!(
+                        "annotation {ANNOTATION_UPPER}: {v:?}: use \"state\" or \"tmpfs[,OPTIONS]\""
+                    );
                 }
                 if opts.contains(['\0', '\n']) {
                     bail!("annotation {ANNOTATION_UPPER}: bad tmpfs options {opts:?}");
@@ -247,7 +249,9 @@ fn mount_stack(
     };
     let merged = container_dir.join(MERGED_DIR);
     fs::create_dir(&merged).with_context(|| format!("create {}", merged.display()))?;
-    let up = upper_dirs.as_ref().map(|(u, w)| overlay::Upper { upper: u, work: w });
+    let up = upper_dirs
+        .as_ref()
+        .map(|(u, w)| overlay::Upper { upper: u, work: w });
     overlay::mount(&lowers, up, &merged)?;
     Ok(merged)
 }
@@ -436,7 +440,9 @@ pub fn remove(ctx: &LayerContext, refs: &[LayerRef], force: bool) -> Result<Vec<
     let mut targets = Vec::new();
     for r in refs {
         let d = match r {
-            LayerRef::Path(_) => bail!("layer rm {r}: name a stored layer by name@version or digest"),
+            LayerRef::Path(_) => {
+                bail!("layer rm {r}: name a stored layer by name@version or digest")
+            }
             _ => store.resolve(r, Path::new("/"))?,
         };
         match d {

@@ -79,7 +79,11 @@ fn mount_new_api(
         }
     };
     let fail = |what: String, e: Errno| {
-        NewApiError::Failed(anyhow!("{what}: {}{}", std::io::Error::from(e), kernel_log(&fs)))
+        NewApiError::Failed(anyhow!(
+            "{what}: {}{}",
+            std::io::Error::from(e),
+            kernel_log(&fs)
+        ))
     };
     for (i, l) in lowers.iter().enumerate() {
         if let Err(e) = fsconfig_set_string(fs.as_fd(), "lowerdir+", l.as_path()) {

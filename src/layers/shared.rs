@@ -88,7 +88,9 @@ impl Shared {
                 return Err(std::io::Error::last_os_error())
                     .with_context(|| format!("flock {}", path.display()));
             }
-            let held = f.metadata().with_context(|| format!("fstat {}", path.display()))?;
+            let held = f
+                .metadata()
+                .with_context(|| format!("fstat {}", path.display()))?;
             match fs::metadata(&path) {
                 Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
                     return Ok(LayerLock { _f: f });
@@ -118,11 +120,11 @@ impl Shared {
             .with_context(|| format!("write {}", uf.display()))?;
         let mnt = ldir.join("mnt");
         mkdir_ok_if_exists(&mnt)?;
-        if !is_mount_point(&mnt, &ldir)? {
-            if let Err(e) = mount_layer(h, image, &mnt) {
-                let _ = fs::remove_file(&uf);
-                return Err(e).with_context(|| format!("mount layer {} ({d})", h.label()));
-            }
+        if !is_mount_point(&mnt, &ldir)?
+            && let Err(e) = mount_layer(h, image, &mnt)
+        {
+            let _ = fs::remove_file(&uf);
+            return Err(e).with_context(|| format!("mount layer {} ({d})", h.label()));
         }
         Ok(mnt)
     }
@@ -292,7 +294,11 @@ fn mount_layer(h: &Header, image: &Path, mnt: &Path) -> Result<Backing> {
             Err(nix::errno::Errno::ENOTBLK) | Err(nix::errno::Errno::EINVAL) => {}
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("mount erofs {} ({data}) on {}", image.display(), mnt.display())
+                    format!(
+                        "mount erofs {} ({data}) on {}",
+                        image.display(),
+                        mnt.display()
+                    )
                 });
             }
         }

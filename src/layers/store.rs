@@ -187,7 +187,9 @@ impl Store {
                 if self.image_path(&d).exists() {
                     return Ok(Some(d));
                 }
-                let (d2, _, _) = self.add(&p).with_context(|| format!("import {}", h.label()))?;
+                let (d2, _, _) = self
+                    .add(&p)
+                    .with_context(|| format!("import {}", h.label()))?;
                 Ok(Some(d2))
             }
         }
@@ -213,13 +215,13 @@ impl Store {
                     copy_synced(src, &tmp)?;
                 }
                 Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("link {} to {}", src.display(), tmp.display())
-                    });
+                    return Err(e)
+                        .with_context(|| format!("link {} to {}", src.display(), tmp.display()));
                 }
             }
             // Check what will be stored, not the source: it is the copy that gets mounted.
-            let (h2, d2) = verify(&tmp).with_context(|| format!("layer image {}", src.display()))?;
+            let (h2, d2) =
+                verify(&tmp).with_context(|| format!("layer image {}", src.display()))?;
             if d2 != d || h2 != h {
                 bail!("{} changed while it was imported", src.display());
             }
@@ -236,7 +238,11 @@ impl Store {
 
     fn set_label(&self, h: &Header, d: &Digest) -> Result<()> {
         let link = self.names_dir().join(h.label());
-        let target = PathBuf::from(format!("../layers/sha256/{}.{}", d.hex(), header::EXTENSION));
+        let target = PathBuf::from(format!(
+            "../layers/sha256/{}.{}",
+            d.hex(),
+            header::EXTENSION
+        ));
         if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
             return Ok(());
         }
@@ -284,9 +290,7 @@ impl Store {
                 });
             }
         }
-        out.sort_by(|a, b| {
-            (a.header.label(), a.digest).cmp(&(b.header.label(), b.digest))
-        });
+        out.sort_by_key(|e| (e.header.label(), e.digest));
         Ok(out)
     }
 
@@ -396,7 +400,10 @@ mod tests {
     #[test]
     fn references_parse_by_shape() {
         let d = Digest::of(b"x");
-        assert_eq!(LayerRef::parse(&d.to_string()).unwrap(), LayerRef::Digest(d));
+        assert_eq!(
+            LayerRef::parse(&d.to_string()).unwrap(),
+            LayerRef::Digest(d)
+        );
         assert_eq!(
             LayerRef::parse("base@953bc").unwrap(),
             LayerRef::Label {

@@ -1,0 +1,644 @@
+//! The layers module against the real kernel: loop devices, erofs/squashfs mounts, overlayfs.
+//! Needs root. Every test uses its own state root and store under /tmp/lrun-test-XXXXXX and
+//! checks that nothing (mount, loop device, reference) is left behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use lrun::layers::header::{self, Dep, FsType};
+use lrun::layers::{self, LayerContext, Store, loopdev, pack};
+
+struct Env {
+    dir: PathBuf,
+    ctx: LayerContext,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = nix::unistd::mkdtemp("/tmp/lrun-test-XXXXXX").expect("mkdtemp");
+        let ctx = LayerContext {
+            store: dir.join("store"),
+            state_root: dir.join("run"),
+        };
+        fs::create_dir_all(&ctx.state_root).unwrap();
+        // The state root is a tmpfs in production (/run/lrun); on this machine's busy ext4
+        // /tmp, mkdir and create alone cost milliseconds each.
+        nix::mount::mount(
+            Some("tmpfs"),
+            &ctx.state_root,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0711"),
+        )
+        .expect("mount tmpfs state root");
+        Env { dir, ctx }
+    }
+
+    fn store(&self) -> Store {
+        Store::new(&self.ctx.store)
+    }
+
+    /// Build a layer from `files` (path, content) and return the image path.
+    fn pack(
+        &self,
+        name: &str,
+        version: &str,
+        files: &[(&str, &str)],
+        deps: &[&Path],
+        fs: FsType,
+    ) -> PathBuf {
+        let tree = self.dir.join(format!("tree-{name}-{version}"));
+        for (p, c) in files {
+            let f = tree.join(p);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, c).unwrap();
+        }
+        fs::create_dir_all(&tree).unwrap();
+        let deps = deps
+            .iter()
+            .map(|p| {
+                let (h, d) = header::read_header(p).unwrap();
+                Dep {
+                    name: h.name,
+                    version: h.version,
+                    digest: d,
+                }
+            })
+            .collect();
+        let out = self.dir.join(format!("{name}-{version}.lrl"));
+        pack::pack(&pack::PackOptions {
+            dir: &tree,
+            name,
+            version,
+            deps,
+            fs,
+            compression: None,
+            keep_owners: false,
+            out: &out,
+        })
+        .unwrap();
+        out
+    }
+
+    fn add(&self, p: &Path) {
+        self.store().add(p).unwrap();
+    }
+
+    fn container(&self, id: &str) -> PathBuf {
+        let d = self.ctx.state_root.join(id);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn prepare(&self, id: &str, layers: &str) -> anyhow::Result<Option<PathBuf>> {
+        self.prepare_with(id, layers, false, None)
+    }
+
+    fn prepare_with(
+        &self,
+        id: &str,
+        layers: &str,
+        readonly: bool,
+        upper: Option<&str>,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        let cdir = self.container(id);
+        let spec = spec(layers, readonly, upper);
+        layers::prepare_root(&self.ctx, &self.dir, &spec, &cdir)
+    }
+
+    fn release(&self, id: &str) {
+        layers::release_root(&self.ctx, &self.ctx.state_root.join(id)).unwrap();
+    }
+
+    /// Mounts under the test directory, except the state root's own tmpfs.
+    fn mounts(&self) -> Vec<String> {
+        let root = self.ctx.state_root.display().to_string();
+        mounts_under(&self.dir)
+            .into_iter()
+            .filter(|m| *m != root)
+            .collect()
+    }
+
+    fn loops(&self) -> usize {
+        wait_loops(&self.ctx.store, 0).len()
+    }
+
+    /// Assert nothing is left: no mounts, no loop devices, no layer directories.
+    fn assert_clean(&self) {
+        assert_eq!(self.mounts(), Vec::<String>::new(), "mounts left");
+        assert_eq!(self.loops(), 0, "loop devices left");
+        let shared = self.ctx.state_root.join("@layers");
+        if shared.exists() {
+            let left: Vec<_> = fs::read_dir(&shared).unwrap().flatten().collect();
+            assert!(left.is_empty(), "layer dirs left: {left:?}");
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Best effort so a failed test does not leak into the next: release every container,
+        // then detach anything still mounted under our directory, deepest first.
+        if let Ok(rd) = fs::read_dir(&self.ctx.state_root) {
+            for e in rd.flatten() {
+                let _ = layers::release_root(&self.ctx, &e.path());
+            }
+        }
+        let mut m = mounts_under(&self.dir);
+        m.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in m {
+            let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spec(layers: &str, readonly: bool, upper: Option<&str>) -> oci_spec::runtime::Spec {
+    let mut ann = serde_json::Map::new();
+    if !layers.is_empty() {
+        ann.insert("org.lrun.layers".into(), layers.into());
+    }
+    if let Some(u) = upper {
+        ann.insert("org.lrun.layers.upper".into(), u.into());
+    }
+    let v = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": readonly},
+        "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "annotations": ann,
+    });
+    lrun::bundle::parse_config(v.to_string().as_bytes()).unwrap()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = format!("{}/", dir.display());
+    mi.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Loop devices backed by files under `dir`, waiting up to 2 s for the count to reach `want`
+/// (AUTOCLEAR detaches asynchronously after the last unmount).
+fn wait_loops(dir: &Path, want: usize) -> Vec<(String, PathBuf)> {
+    let start = Instant::now();
+    loop {
+        let l = loopdev::devices_backed_by(dir).unwrap();
+        if l.len() == want || start.elapsed() > Duration::from_secs(2) {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// base <- mid <- top, each adding a file and top overriding one of base's.
+fn three_layers(env: &Env, fs: FsType) -> (PathBuf, PathBuf, PathBuf) {
+    let base = env.pack(
+        "base",
+        "1",
+        &[
+            ("etc/base", "base"),
+            ("etc/shared", "from base"),
+            ("etc/gone", "x"),
+        ],
+        &[],
+        fs,
+    );
+    let mid = env.pack("mid", "1", &[("etc/mid", "mid")], &[&base], fs);
+    let top = env.pack(
+        "top",
+        "1",
+        &[("etc/top", "top"), ("etc/shared", "from top")],
+        &[&mid],
+        fs,
+    );
+    for p in [&base, &mid, &top] {
+        env.add(p);
+    }
+    (base, mid, top)
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+#[test]
+fn plain_bundle_gets_no_root() {
+    let env = Env::new();
+    assert!(env.prepare("plain", "").unwrap().is_none());
+    env.release("plain");
+    env.assert_clean();
+}
+
+#[test]
+fn three_layers_merge_top_wins_and_release_leaves_nothing() {
+    for fs in [FsType::Erofs, FsType::Squashfs] {
+        let env = Env::new();
+        three_layers(&env, fs);
+        let merged = env.prepare("c1", "top@1").unwrap().unwrap();
+        assert_eq!(read(&merged.join("etc/base")), "base");
+        assert_eq!(read(&merged.join("etc/mid")), "mid");
+        assert_eq!(read(&merged.join("etc/top")), "top");
+        assert_eq!(read(&merged.join("etc/shared")), "from top");
+        // erofs is mounted straight from the file; squashfs needs one loop device per layer.
+        let want = if fs == FsType::Erofs { 0 } else { 3 };
+        assert_eq!(wait_loops(&env.ctx.store, want).len(), want, "{fs:?}");
+        assert_eq!(env.mounts().len(), 4, "3 layers + overlay");
+        env.release("c1");
+        env.release("c1"); // idempotent
+        env.assert_clean();
+        assert!(!env.ctx.state_root.join("c1/layers.json").exists());
+    }
+}
+
+#[test]
+fn file_deleted_in_upper_does_not_come_back() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    let merged = env.prepare("c1", "top@1").unwrap().unwrap();
+    fs::remove_file(merged.join("etc/gone")).unwrap();
+    fs::write(merged.join("etc/new"), "n").unwrap();
+    assert!(!merged.join("etc/gone").exists());
+    // Still in the shared read-only layer, hidden by a whiteout in this container's upper.
+    let base_d = env
+        .store()
+        .lookup_label("base", "1")
+        .unwrap()
+        .unwrap()
+        .hex();
+    let shared = env.ctx.state_root.join("@layers").join(base_d).join("mnt");
+    assert!(shared.join("etc/gone").exists());
+    assert!(merged.join("etc/new").exists());
+    env.release("c1");
+    env.assert_clean();
+}
+
+#[test]
+fn containers_sharing_layers_do_not_see_each_others_writes() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    let m1 = env.prepare("c1", "top@1").unwrap().unwrap();
+    let m2 = env.prepare("c2", "top@1").unwrap().unwrap();
+    fs::write(m1.join("etc/mine"), "c1").unwrap();
+    fs::remove_file(m1.join("etc/base")).unwrap();
+    assert!(!m2.join("etc/mine").exists());
+    assert_eq!(read(&m2.join("etc/base")), "base");
+    // One mount per layer, shared: 3 layer mounts + 2 overlays.
+    assert_eq!(env.mounts().len(), 5);
+    env.release("c1");
+    assert_eq!(read(&m2.join("etc/mid")), "mid");
+    assert_eq!(env.mounts().len(), 4);
+    env.release("c2");
+    env.assert_clean();
+}
+
+#[test]
+fn thirty_two_concurrent_creates_share_five_loop_devices() {
+    let env = Arc::new(Env::new());
+    let mut prev: Vec<PathBuf> = Vec::new();
+    for i in 0..5 {
+        let deps: Vec<&Path> = prev.last().map(|p| p.as_path()).into_iter().collect();
+        let img = env.pack(
+            &format!("l{i}"),
+            "1",
+            &[(&format!("l/{i}"), "x")],
+            &deps,
+            FsType::Squashfs,
+        );
+        env.add(&img);
+        prev.push(img);
+    }
+    let barrier = Arc::new(Barrier::new(32));
+    let handles: Vec<_> = (0..32)
+        .map(|i| {
+            let env = env.clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                let m = env.prepare(&format!("c{i}"), "l4@1").unwrap().unwrap();
+                assert!(m.join("l/0").exists() && m.join("l/4").exists());
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(wait_loops(&env.ctx.store, 5).len(), 5);
+    assert_eq!(env.mounts().len(), 5 + 32);
+    let handles: Vec<_> = (0..32)
+        .map(|i| {
+            let env = env.clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                env.release(&format!("c{i}"));
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn changing_only_the_top_layer_reuses_the_other_mounts() {
+    let env = Env::new();
+    let (_, mid, _) = three_layers(&env, FsType::Squashfs);
+    let top2 = env.pack(
+        "top",
+        "2",
+        &[("etc/top", "top2")],
+        &[&mid],
+        FsType::Squashfs,
+    );
+    env.add(&top2);
+    let m1 = env.prepare("c1", "top@1").unwrap().unwrap();
+    let loops_before = wait_loops(&env.ctx.store, 3);
+    let m2 = env.prepare("c2", "top@2").unwrap().unwrap();
+    assert_eq!(read(&m1.join("etc/top")), "top");
+    assert_eq!(read(&m2.join("etc/top")), "top2");
+    let loops_after = wait_loops(&env.ctx.store, 4);
+    assert_eq!(loops_after.len(), 4, "only the new top layer is attached");
+    for l in &loops_before {
+        assert!(loops_after.contains(l), "{l:?} was re-attached");
+    }
+    let s = env.store();
+    for n in ["base", "mid"] {
+        let d = s.lookup_label(n, "1").unwrap().unwrap();
+        let users = env
+            .ctx
+            .state_root
+            .join("@layers")
+            .join(d.hex())
+            .join("users");
+        let mut u: Vec<_> = fs::read_dir(users)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        u.sort();
+        assert_eq!(u, ["c1", "c2"], "{n}");
+    }
+    env.release("c1");
+    env.release("c2");
+    env.assert_clean();
+}
+
+#[test]
+fn hundred_layer_stack_works() {
+    let env = Env::new();
+    let mut imgs: Vec<PathBuf> = Vec::new();
+    for i in 0..99 {
+        let deps: Vec<&Path> = imgs.last().map(|p| p.as_path()).into_iter().collect();
+        let img = env.pack(
+            &format!("layer-with-a-long-name-{i:03}"),
+            "0123456789abcdef0123456789abcdef01234567",
+            &[(&format!("l/{i}"), "x"), ("which", &i.to_string())],
+            &deps,
+            FsType::Erofs,
+        );
+        env.add(&img);
+        imgs.push(img);
+    }
+    // The top depends on all 99 directly: a header longer than one page.
+    let all: Vec<&Path> = imgs.iter().map(|p| p.as_path()).collect();
+    let top = env.pack("top", "1", &[("which", "top")], &all, FsType::Erofs);
+    assert_eq!(
+        header::read_header(&top).unwrap().0.payload_offset,
+        4 * 4096
+    );
+    env.add(&top);
+    let t = Instant::now();
+    let m = env.prepare("c1", "top@1").unwrap().unwrap();
+    eprintln!("100-layer prepare_root: {:?}", t.elapsed());
+    assert_eq!(read(&m.join("which")), "top");
+    for i in [0, 50, 98] {
+        assert!(m.join(format!("l/{i}")).exists(), "l/{i}");
+    }
+    assert_eq!(env.mounts().len(), 101);
+    env.release("c1");
+    env.assert_clean();
+}
+
+#[test]
+fn readonly_root_has_no_upper() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    let m = env
+        .prepare_with("c1", "top@1", true, None)
+        .unwrap()
+        .unwrap();
+    let err = fs::write(m.join("etc/x"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert!(!env.ctx.state_root.join("c1/rw").exists());
+    env.release("c1");
+    env.assert_clean();
+}
+
+#[test]
+fn tmpfs_upper_is_a_mount_of_its_own() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    let m = env
+        .prepare_with("c1", "top@1", false, Some("tmpfs,size=1m"))
+        .unwrap()
+        .unwrap();
+    fs::write(m.join("etc/x"), "x").unwrap();
+    let rw = env.ctx.state_root.join("c1/rw");
+    assert!(env.mounts().contains(&rw.display().to_string()));
+    // The size limit applies to the container's writes.
+    let big = vec![0u8; 2 << 20];
+    assert!(fs::write(m.join("big"), big).is_err());
+    env.release("c1");
+    env.assert_clean();
+}
+
+#[test]
+fn layers_by_path_and_digest_are_imported_and_resolved() {
+    let env = Env::new();
+    let base = env.pack("base", "1", &[("a", "a")], &[], FsType::Erofs);
+    let top = env.pack("top", "1", &[("b", "b")], &[&base], FsType::Erofs);
+    env.add(&base);
+    // The bundle names the top by a path relative to the bundle dir: imported on first use.
+    let rel = top.file_name().unwrap().to_str().unwrap().to_string();
+    let m = env.prepare("c1", &rel).unwrap().unwrap();
+    assert!(m.join("a").exists() && m.join("b").exists());
+    let (_, d) = header::read_header(&top).unwrap();
+    assert!(env.store().image_path(&d).exists());
+    let m2 = env.prepare("c2", &format!("[\"{d}\"]")).unwrap().unwrap();
+    assert!(m2.join("b").exists());
+    env.release("c1");
+    env.release("c2");
+    env.assert_clean();
+}
+
+/// Each bad input: one clear error, nothing mounted, nothing referenced.
+#[test]
+fn bad_images_are_rejected_with_one_clear_error() {
+    let env = Env::new();
+    let good = env.pack("good", "1", &[("a", "a")], &[], FsType::Erofs);
+    let bytes = fs::read(&good).unwrap();
+    let bad = |name: &str, data: &[u8]| {
+        let p = env.dir.join(name);
+        fs::write(&p, data).unwrap();
+        p
+    };
+    let mut cases: Vec<(PathBuf, &str)> = Vec::new();
+    cases.push((bad("trunc-header.lrl", &bytes[..100]), "truncated"));
+    cases.push((
+        bad("trunc-payload.lrl", &bytes[..bytes.len() - 4096]),
+        "past the end",
+    ));
+    let mut b = bytes.clone();
+    b[0] = b'Z';
+    cases.push((bad("magic.lrl", &b), "wrong magic"));
+    let mut b = bytes.clone();
+    b[110] ^= 0x20; // inside the name
+    cases.push((bad("hdrsum.lrl", &b), "header checksum"));
+    let mut b = bytes.clone();
+    let last = b.len() - 1;
+    b[last] ^= 0xff;
+    cases.push((bad("payload.lrl", &b), "payload digest mismatch"));
+    // A consistent header that claims squashfs for an erofs payload.
+    let (mut h, _) = header::read_header(&good).unwrap();
+    h.fs = FsType::Squashfs;
+    let (hb, _) = h.encode().unwrap();
+    let mut b = bytes.clone();
+    b[..hb.len()].copy_from_slice(&hb);
+    cases.push((bad("notsquash.lrl", &b), "not a squashfs"));
+    // Payload length pointing past the end of the file.
+    let (mut h, _) = header::read_header(&good).unwrap();
+    h.payload_len += 4096;
+    let (hb, _) = h.encode().unwrap();
+    let mut b = bytes.clone();
+    b[..hb.len()].copy_from_slice(&hb);
+    cases.push((bad("offlen.lrl", &b), "past the end"));
+
+    let store = env.store();
+    for (p, want) in &cases {
+        let e = format!("{:#}", store.add(p).unwrap_err());
+        assert!(e.contains(want), "{}: {e}", p.display());
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // The same through a bundle that names the file.
+        let id = p.file_stem().unwrap().to_str().unwrap();
+        let e = format!("{:#}", env.prepare(id, p.to_str().unwrap()).unwrap_err());
+        assert!(e.contains(want), "{}: {e}", p.display());
+        assert!(!env.ctx.state_root.join(id).join("layers.json").exists());
+    }
+    assert!(
+        store.list().unwrap().is_empty(),
+        "a bad image entered the store"
+    );
+    let tmp_left: Vec<_> = fs::read_dir(env.ctx.store.join("tmp")).unwrap().collect();
+    assert!(tmp_left.is_empty());
+
+    // A dependency that is not in the store: named, with who needs it.
+    let dep = env.pack("dep", "7", &[("d", "d")], &[], FsType::Erofs);
+    let app = env.pack("app", "1", &[("x", "x")], &[&dep], FsType::Erofs);
+    env.add(&app);
+    let e = format!("{:#}", env.prepare("c-missing", "app@1").unwrap_err());
+    assert!(
+        e.contains("1 missing layer: dep@7") && e.contains("needed by app@1"),
+        "{e}"
+    );
+    let e = format!("{:#}", env.prepare("c-none", "nope@1").unwrap_err());
+    assert!(e.contains("nope@1"), "{e}");
+    env.assert_clean();
+}
+
+#[test]
+fn a_failing_mount_midway_leaves_nothing() {
+    let env = Env::new();
+    let (_, _, _) = three_layers(&env, FsType::Squashfs);
+    // Corrupt the bottom layer's payload in the store after import: its mount fails after the
+    // layers above were already mounted and referenced.
+    let d = env.store().lookup_label("base", "1").unwrap().unwrap();
+    let img = env.store().image_path(&d);
+    let mut b = fs::read(&img).unwrap();
+    let (h, _) = header::read_header(&img).unwrap();
+    let off = h.payload_offset as usize;
+    b[off..off + 4].copy_from_slice(b"XXXX");
+    fs::remove_file(&img).unwrap();
+    fs::write(&img, &b).unwrap();
+    let e = format!("{:#}", env.prepare("c1", "top@1").unwrap_err());
+    assert!(e.contains("mount layer base@1"), "{e}");
+    assert!(!env.ctx.state_root.join("c1/layers.json").exists());
+    env.assert_clean();
+}
+
+#[test]
+fn crash_leftovers_are_cleaned_by_release_and_gc() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    // A creator that died after taking its references but before mounting the overlay:
+    // layers.json and users/<id> files exist, the overlay does not.
+    env.prepare("c1", "top@1").unwrap().unwrap();
+    nix::mount::umount2(
+        &env.ctx.state_root.join("c1/merged"),
+        nix::mount::MntFlags::MNT_DETACH,
+    )
+    .unwrap();
+    env.release("c1");
+    env.assert_clean();
+
+    // A container whose state dir vanished without release (e.g. removed by hand): its
+    // references are stale; gc drops them and unmounts the layers.
+    let m = env.prepare("c2", "top@1").unwrap().unwrap();
+    nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    fs::remove_dir_all(env.ctx.state_root.join("c2")).unwrap();
+    assert_eq!(env.mounts().len(), 3);
+    let r = layers::gc_with(&env.ctx, true).unwrap();
+    assert_eq!(r.stale_references, 0, "dry run changes nothing");
+    let r = layers::gc(&env.ctx).unwrap();
+    assert_eq!(r.stale_references, 3);
+    assert_eq!(r.unmounted, 3);
+    // Nothing in use any more: gc also empties the store.
+    assert_eq!(r.removed.len(), 3);
+    env.assert_clean();
+}
+
+#[test]
+fn gc_keeps_layers_in_use_and_their_dependencies() {
+    let env = Env::new();
+    let (_, mid, _) = three_layers(&env, FsType::Erofs);
+    let other = env.pack("other", "1", &[("o", "o")], &[&mid], FsType::Erofs);
+    let lone = env.pack("lone", "1", &[("o", "o")], &[], FsType::Erofs);
+    env.add(&other);
+    env.add(&lone);
+    env.prepare("c1", "top@1").unwrap().unwrap();
+    // rm refuses what is in use or needed.
+    let base = layers::LayerRef::parse("base@1").unwrap();
+    let e = format!(
+        "{:#}",
+        layers::remove(&env.ctx, &[base], false).unwrap_err()
+    );
+    assert!(e.contains("used by a container"), "{e}");
+    let r = layers::gc(&env.ctx).unwrap();
+    let mut removed: Vec<_> = r
+        .removed
+        .iter()
+        .map(|s| s.split(' ').next().unwrap().to_string())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["lone@1", "other@1"]);
+    assert_eq!(env.store().list().unwrap().len(), 3);
+    env.release("c1");
+    env.assert_clean();
+}
+
+#[test]
+fn stack_above_the_kernel_limit_is_refused_before_mounting() {
+    // A pure check: mounting 501 layers would need 501 images; the limit is enforced by the
+    // closure and overlay code before any mount.
+    let lowers: Vec<PathBuf> = (0..501).map(|i| PathBuf::from(format!("/x/{i}"))).collect();
+    let e = format!(
+        "{:#}",
+        lrun::layers::overlay::mount(&lowers, None, Path::new("/nonexistent")).unwrap_err()
+    );
+    assert!(e.contains("at most 500"), "{e}");
+}
