@@ -642,3 +642,154 @@ fn stack_above_the_kernel_limit_is_refused_before_mounting() {
     );
     assert!(e.contains("at most 500"), "{e}");
 }
+
+/// Walk a tree reading every regular file; returns bytes read.
+fn read_tree(p: &Path) -> u64 {
+    let mut n = 0;
+    let Ok(rd) = fs::read_dir(p) else { return 0 };
+    for e in rd.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            n += read_tree(&e.path());
+        } else if t.is_file() {
+            n += fs::read(e.path()).map(|b| b.len() as u64).unwrap_or(0);
+        }
+    }
+    n
+}
+
+/// Drop one file's page cache only (not the machine's): a fresh mount then reads cold.
+fn evict(p: &Path) {
+    let f = fs::File::open(p).unwrap();
+    nix::fcntl::posix_fadvise(
+        &f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+}
+
+/// Measures what the default filesystem is chosen on: mount (prepare_root of one layer)
+/// and cold/warm reads of a real tree. Run with
+/// `LRUN_BENCH_TREE=/usr/lib/python3.11 cargo test --release --test layers bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_filesystems() {
+    let Some(tree) = std::env::var_os("LRUN_BENCH_TREE") else {
+        eprintln!("set LRUN_BENCH_TREE");
+        return;
+    };
+    let tree = PathBuf::from(tree);
+    let env = Env::new();
+    let variants: [(&str, FsType, &str, bool, bool); 7] = [
+        (
+            "erofs none, file-backed",
+            FsType::Erofs,
+            "none",
+            false,
+            true,
+        ),
+        (
+            "erofs lz4hc, file-backed",
+            FsType::Erofs,
+            "lz4hc",
+            false,
+            true,
+        ),
+        ("erofs lz4hc, loop dio", FsType::Erofs, "lz4hc", true, true),
+        ("erofs lz4hc, loop", FsType::Erofs, "lz4hc", true, false),
+        (
+            "squashfs zstd,3, loop dio",
+            FsType::Squashfs,
+            "zstd,3",
+            false,
+            true,
+        ),
+        (
+            "squashfs zstd,3, loop",
+            FsType::Squashfs,
+            "zstd,3",
+            false,
+            false,
+        ),
+        ("squashfs lz4, loop", FsType::Squashfs, "lz4", false, false),
+    ];
+    eprintln!(
+        "| image | build s | size MB | prepare_root cold ms | prepare_root warm ms | cold read s | warm read s |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|");
+    for (i, (label, fs, comp, force_loop, dio)) in variants.into_iter().enumerate() {
+        let out = env.dir.join(format!("bench{i}.lrl"));
+        let t = Instant::now();
+        pack::pack(&pack::PackOptions {
+            dir: &tree,
+            name: "bench",
+            version: &i.to_string(),
+            deps: vec![],
+            fs,
+            compression: Some(comp),
+            keep_owners: false,
+            out: &out,
+        })
+        .unwrap();
+        let build = t.elapsed();
+        let size = fs::metadata(&out).unwrap().len();
+        let (d, _, _) = env.store().add(&out).unwrap();
+        let img = env.store().image_path(&d);
+        // SAFETY (set_var): this ignored benchmark runs alone, single-threaded.
+        unsafe {
+            std::env::set_var("LRUN_LOOP_DIRECT_IO", if dio { "1" } else { "0" });
+            if force_loop {
+                std::env::set_var("LRUN_EROFS_BACKING", "loop");
+            } else {
+                std::env::remove_var("LRUN_EROFS_BACKING");
+            }
+        }
+        let mut mounts = Vec::new();
+        let mut remounts = Vec::new();
+        let (mut cold, mut warm) = (Duration::MAX, Duration::MAX);
+        for run in 0..5 {
+            // Mount with the image's page cache warm (as for a node's second container after
+            // the first was deleted), then cold.
+            let id = format!("w{i}-{run}");
+            let t = Instant::now();
+            env.prepare_with(&id, &d.to_string(), true, None)
+                .unwrap()
+                .unwrap();
+            remounts.push(t.elapsed());
+            env.release(&id);
+            evict(&img);
+            let id = format!("b{i}-{run}");
+            let t = Instant::now();
+            let m = env
+                .prepare_with(&id, &d.to_string(), true, None)
+                .unwrap()
+                .unwrap();
+            mounts.push(t.elapsed());
+            let t = Instant::now();
+            let n = read_tree(&m);
+            cold = cold.min(t.elapsed());
+            let t = Instant::now();
+            assert_eq!(read_tree(&m), n);
+            warm = warm.min(t.elapsed());
+            env.release(&id);
+        }
+        mounts.sort();
+        remounts.sort();
+        eprintln!(
+            "| {label} | {:.2} | {:.1} | {:.2} | {:.2} | {:.3} | {:.3} |",
+            build.as_secs_f64(),
+            size as f64 / 1e6,
+            mounts[mounts.len() / 2].as_secs_f64() * 1e3,
+            remounts[remounts.len() / 2].as_secs_f64() * 1e3,
+            cold.as_secs_f64(),
+            warm.as_secs_f64()
+        );
+    }
+    unsafe {
+        std::env::remove_var("LRUN_EROFS_BACKING");
+        std::env::remove_var("LRUN_LOOP_DIRECT_IO");
+    }
+    env.assert_clean();
+}

@@ -28,7 +28,7 @@ pub enum LayerCommand {
         /// Filesystem of the payload.
         #[arg(long, default_value = pack::DEFAULT_FS.name())]
         fs: String,
-        /// Compression: erofs none|lz4|lz4hc[,LEVEL] (default lz4hc); squashfs
+        /// Compression: erofs none|lz4|lz4hc[,LEVEL] (default none); squashfs
         /// none|gzip|lzo|lz4|xz|zstd[,LEVEL] (default zstd,3).
         #[arg(long)]
         compression: Option<String>,

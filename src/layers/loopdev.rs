@@ -127,8 +127,7 @@ fn is_retryable(e: &io::Error) -> bool {
 }
 
 /// Attach `backing[offset .. offset+size]` read-only with AUTOCLEAR. `backing` should be
-/// opened read-only; with `direct_io` the loop driver reads it with O_DIRECT so compressed
-/// image pages are not cached twice (once as the file, once decompressed).
+/// opened read-only. See `want_direct_io` for LO_FLAGS_DIRECT_IO.
 pub fn attach(backing: &OwnedFd, path: &Path, offset: u64, size: u64) -> Result<LoopDevice> {
     let lock = CtlLock::take()?;
     let mut last_err: Option<io::Error> = None;
@@ -180,12 +179,25 @@ fn backoff(attempt: u32) {
     }
 }
 
+/// LRUN_LOOP_DIRECT_IO=1 turns direct I/O on. It saves the second cached copy of the
+/// image, but every read then goes to the disk without readahead: measured here, a cold read
+/// of a 54 MB tree took 0.74 s instead of 0.24 s (squashfs) and 1.6 s instead of 0.18 s
+/// (erofs), and a squashfs mount 18 ms instead of 2 ms. So it is off unless asked for.
+fn want_direct_io() -> bool {
+    std::env::var_os("LRUN_LOOP_DIRECT_IO").is_some_and(|v| v == "1")
+}
+
 fn configure(dev: &File, backing: &OwnedFd, path: &Path, offset: u64, size: u64) -> io::Result<()> {
     let base = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+    let dio = if want_direct_io() {
+        LO_FLAGS_DIRECT_IO
+    } else {
+        0
+    };
     let mut cfg = LoopConfig {
         fd: backing.as_raw_fd() as u32,
         block_size: 0,
-        info: info_for(offset, size, base | LO_FLAGS_DIRECT_IO, path),
+        info: info_for(offset, size, base | dio, path),
         reserved: [0; 8],
     };
     match loop_configure(dev, &cfg) {

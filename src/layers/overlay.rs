@@ -28,6 +28,11 @@ pub fn mount(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Res
     if lowers.is_empty() {
         bail!("no layers to stack");
     }
+    // overlayfs wants two lower layers when there is no upper; one read-only layer needs no
+    // overlay at all.
+    if upper.is_none() && lowers.len() == 1 {
+        return bind_readonly(&lowers[0], target);
+    }
     match mount_new_api(lowers, upper.as_ref(), target) {
         Ok(()) => Ok(()),
         Err(NewApiError::Unsupported) => mount_legacy(lowers, upper.as_ref(), target),
@@ -122,6 +127,24 @@ fn mount_new_api(
                 .context(format!("move_mount overlay to {}", target.display())),
         )
     })
+}
+
+fn bind_readonly(src: &Path, target: &Path) -> Result<()> {
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind {} on {}", src.display(), target.display()))?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        return Err(e).with_context(|| format!("remount {} read-only", target.display()));
+    }
+    Ok(())
 }
 
 fn legacy_options(lowers: &[PathBuf], upper: Option<&Upper<'_>>) -> Result<String> {

@@ -43,7 +43,9 @@ fn split_compression(c: &str) -> Result<(&str, Option<u32>)> {
 
 fn mkfs_command(o: &PackOptions<'_>, payload: &Path) -> Result<Command> {
     let comp = o.compression.unwrap_or(match o.fs {
-        FsType::Erofs => "lz4hc",
+        // Uncompressed erofs read a cold 54 MB tree 3x faster than lz4hc (0.07 s vs 0.22 s)
+        // for twice the size: start latency first.
+        FsType::Erofs => "none",
         FsType::Squashfs => "zstd,3",
     });
     let (alg, level) = split_compression(comp)?;
