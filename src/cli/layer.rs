@@ -187,12 +187,16 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                let verb = if dry_run { "would remove" } else { "removed" };
+                let (verb, pp) = if dry_run {
+                    ("would remove", "would be removed")
+                } else {
+                    ("removed", "removed")
+                };
                 for l in &r.removed {
                     println!("{verb} {l}");
                 }
                 println!(
-                    "{} stale reference(s), {} mount(s) released, {} image(s) {verb} ({} bytes), {} temp file(s)",
+                    "{} stale reference(s), {} mount(s) released, {} image(s) {pp} ({} bytes), {} temp file(s)",
                     r.stale_references,
                     r.unmounted,
                     r.removed.len(),

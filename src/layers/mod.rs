@@ -208,9 +208,12 @@ fn mount_stack(
 ) -> Result<PathBuf> {
     let shared = Shared::new(&ctx.state_root);
     let id = container_id(container_dir)?;
+    // gc judges a reference by the state dir it names, from any working directory.
+    let owner = std::path::absolute(container_dir)
+        .with_context(|| format!("absolute path of {}", container_dir.display()))?;
     let mut lowers = Vec::with_capacity(stack.len());
     for (d, h) in stack {
-        lowers.push(shared.acquire(d, h, &store.image_path(d), &id, container_dir)?);
+        lowers.push(shared.acquire(d, h, &store.image_path(d), &id, &owner)?);
     }
     let rw = container_dir.join(RW_DIR);
     let upper_dirs = match upper {
