@@ -793,3 +793,74 @@ fn bench_filesystems() {
     }
     env.assert_clean();
 }
+
+/// Helper process for `sigkill_at_any_point_is_recovered_by_release`: prepares and releases
+/// one container in a loop until killed. Does nothing unless LRUN_TEST_CHILD_DIR is set.
+#[test]
+#[ignore]
+fn child_prepare_release_loop() {
+    let Some(dir) = std::env::var_os("LRUN_TEST_CHILD_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let ctx = LayerContext {
+        store: dir.join("store"),
+        state_root: dir.join("run"),
+    };
+    let cdir = ctx.state_root.join("victim");
+    fs::create_dir_all(&cdir).unwrap();
+    let spec = spec("top@1", false, None);
+    loop {
+        layers::prepare_root(&ctx, &dir, &spec, &cdir).unwrap();
+        layers::release_root(&ctx, &cdir).unwrap();
+    }
+}
+
+#[test]
+fn sigkill_at_any_point_is_recovered_by_release() {
+    let env = Env::new();
+    let (_, mid, _) = three_layers(&env, FsType::Squashfs);
+    // More layers, so kills land inside the acquire loop too.
+    let mut prev = mid;
+    for i in 0..8 {
+        let img = env.pack(
+            &format!("x{i}"),
+            "1",
+            &[("x", "x")],
+            &[&prev],
+            FsType::Squashfs,
+        );
+        env.add(&img);
+        prev = img;
+    }
+    let top = env.pack("top", "1", &[("t", "t")], &[&prev], FsType::Erofs);
+    env.add(&top);
+    let exe = std::env::current_exe().unwrap();
+    let cdir = env.ctx.state_root.join("victim");
+    for delay_ms in [2u64, 5, 9, 13, 17, 23, 29, 37, 45, 60, 75, 95, 130] {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "child_prepare_release_loop",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("LRUN_TEST_CHILD_DIR", &env.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!(
+            "killed after {delay_ms} ms: layers.json {}, {} mounts",
+            cdir.join("layers.json").exists(),
+            env.mounts().len()
+        );
+        // What `delete --force` does, then nothing may remain.
+        layers::release_root(&env.ctx, &cdir).unwrap();
+        assert!(!cdir.join("layers.json").exists());
+        env.assert_clean();
+    }
+}

@@ -476,3 +476,91 @@ pub fn remove(ctx: &LayerContext, refs: &[LayerRef], force: bool) -> Result<Vec<
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ann: &[(&str, &str)], readonly: bool) -> Spec {
+        let ann: serde_json::Map<String, serde_json::Value> = ann
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        let v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": readonly},
+            "annotations": ann,
+        });
+        crate::bundle::parse_config(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn plain_bundle_has_no_layer_spec() {
+        assert_eq!(layer_spec(&spec(&[], false)).unwrap(), None);
+        assert_eq!(layer_spec(&spec(&[("other", "x")], false)).unwrap(), None);
+    }
+
+    #[test]
+    fn comma_list_and_json_array_give_the_same_tops() {
+        let a = layer_spec(&spec(&[(ANNOTATION_LAYERS, "app@1, lib/x.lrl")], false)).unwrap();
+        let b = layer_spec(&spec(
+            &[(ANNOTATION_LAYERS, r#"["app@1","lib/x.lrl"]"#)],
+            false,
+        ))
+        .unwrap();
+        assert_eq!(a, b);
+        let a = a.unwrap();
+        assert_eq!(a.upper, UpperMode::State);
+        assert_eq!(a.tops[1], LayerRef::Path("lib/x.lrl".into()));
+    }
+
+    #[test]
+    fn upper_mode_follows_annotation_and_readonly() {
+        let tmpfs = layer_spec(&spec(
+            &[
+                (ANNOTATION_LAYERS, "a@1"),
+                (ANNOTATION_UPPER, "tmpfs,size=1m"),
+            ],
+            false,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(tmpfs.upper, UpperMode::Tmpfs("size=1m".into()));
+        let ro = layer_spec(&spec(
+            &[(ANNOTATION_LAYERS, "a@1"), (ANNOTATION_UPPER, "tmpfs")],
+            true,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(ro.upper, UpperMode::None);
+        let bad = layer_spec(&spec(
+            &[(ANNOTATION_LAYERS, "a@1"), (ANNOTATION_UPPER, "disk")],
+            false,
+        ));
+        assert!(format!("{:#}", bad.unwrap_err()).contains(ANNOTATION_UPPER));
+    }
+
+    #[test]
+    fn bad_references_name_the_annotation() {
+        for v in ["", " , ", "noversion", "[1,2]"] {
+            let e = layer_spec(&spec(&[(ANNOTATION_LAYERS, v)], false)).unwrap_err();
+            assert!(format!("{e:#}").contains(ANNOTATION_LAYERS), "{v:?}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn root_owner_maps_through_user_namespace() {
+        let v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {
+                "namespaces": [{"type": "user"}],
+                "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]
+            }
+        });
+        let s = crate::bundle::parse_config(v.to_string().as_bytes()).unwrap();
+        assert_eq!(root_owner(&s, 0, 5), (100000, 200005));
+        assert_eq!(root_owner(&spec(&[], false), 0, 0), (0, 0));
+    }
+}
