@@ -15,6 +15,7 @@ use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use nix::mount::{MntFlags, MsFlags};
@@ -272,10 +273,15 @@ pub fn is_mount_point(p: &Path, parent: &Path) -> Result<bool> {
     Ok(a.dev() != b.dev())
 }
 
+/// Set once the kernel refused a file-backed erofs mount, so a process mounting many layers
+/// pays for the failed attempt once.
+static NO_FILE_BACKED: AtomicBool = AtomicBool::new(false);
+
 /// Whether file-backed erofs mounts should be tried (env LRUN_EROFS_BACKING=loop turns them
 /// off, for measurement and for kernels whose file-backed erofs misbehaves).
 fn prefer_file_backed() -> bool {
-    std::env::var_os("LRUN_EROFS_BACKING").is_none_or(|v| v != "loop")
+    !NO_FILE_BACKED.load(Ordering::Relaxed)
+        && std::env::var_os("LRUN_EROFS_BACKING").is_none_or(|v| v != "loop")
 }
 
 fn mount_layer(h: &Header, image: &Path, mnt: &Path) -> Result<Backing> {
@@ -291,7 +297,10 @@ fn mount_layer(h: &Header, image: &Path, mnt: &Path) -> Result<Backing> {
             Ok(()) => return Ok(Backing::File),
             // ENOTBLK: kernel without file-backed erofs (< 6.12); EINVAL: no fsoffset
             // (< 6.16). Both are served by a loop device with an offset.
-            Err(nix::errno::Errno::ENOTBLK) | Err(nix::errno::Errno::EINVAL) => {}
+            // Only ENOTBLK is cached: EINVAL may also mean a corrupt image, which must not
+            // turn file-backed mounts off for the other layers.
+            Err(nix::errno::Errno::ENOTBLK) => NO_FILE_BACKED.store(true, Ordering::Relaxed),
+            Err(nix::errno::Errno::EINVAL) => {}
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!(
