@@ -248,10 +248,18 @@ fn three_layers_merge_top_wins_and_release_leaves_nothing() {
         let want = if fs == FsType::Erofs { 0 } else { 3 };
         assert_eq!(wait_loops(&env.ctx.store, want).len(), want, "{fs:?}");
         assert_eq!(env.mounts().len(), 4, "3 layers + overlay");
+        // Host users must not reach the container's setuid files through the state dir.
+        let private = env.ctx.state_root.join("c1/root");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         env.release("c1");
         env.release("c1"); // idempotent
         env.assert_clean();
         assert!(!env.ctx.state_root.join("c1/layers.json").exists());
+        assert!(!private.exists());
     }
 }
 
@@ -435,7 +443,7 @@ fn readonly_root_has_no_upper() {
         .unwrap();
     let err = fs::write(m.join("etc/x"), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    assert!(!env.ctx.state_root.join("c1/rw").exists());
+    assert!(!env.ctx.state_root.join("c1/root/rw").exists());
     env.release("c1");
     env.assert_clean();
 }
@@ -449,7 +457,7 @@ fn tmpfs_upper_is_a_mount_of_its_own() {
         .unwrap()
         .unwrap();
     fs::write(m.join("etc/x"), "x").unwrap();
-    let rw = env.ctx.state_root.join("c1/rw");
+    let rw = env.ctx.state_root.join("c1/root/rw");
     assert!(env.mounts().contains(&rw.display().to_string()));
     // The size limit applies to the container's writes.
     let big = vec![0u8; 2 << 20];
@@ -579,7 +587,7 @@ fn crash_leftovers_are_cleaned_by_release_and_gc() {
     // layers.json and users/<id> files exist, the overlay does not.
     env.prepare("c1", "top@1").unwrap().unwrap();
     nix::mount::umount2(
-        &env.ctx.state_root.join("c1/merged"),
+        &env.ctx.state_root.join("c1/root/merged"),
         nix::mount::MntFlags::MNT_DETACH,
     )
     .unwrap();

@@ -16,7 +16,7 @@ pub mod store;
 use std::collections::HashSet;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -38,8 +38,11 @@ pub const ANNOTATION_UPPER: &str = "org.lrun.layers.upper";
 
 /// Files lrun keeps in a layered container's state directory.
 const RECORD: &str = "layers.json";
-const RW_DIR: &str = "rw";
-const MERGED_DIR: &str = "merged";
+/// Mode 0700: the merged root holds the image's setuid programs, which host users must not
+/// be able to reach through the state directory (mode 0711).
+const PRIVATE_DIR: &str = "root";
+const RW_DIR: &str = "root/rw";
+const MERGED_DIR: &str = "root/merged";
 
 /// Where layer state lives on the node.
 #[derive(Debug, Clone)]
@@ -215,6 +218,11 @@ fn mount_stack(
     for (d, h) in stack {
         lowers.push(shared.acquire(d, h, &store.image_path(d), &id, &owner)?);
     }
+    let private = container_dir.join(PRIVATE_DIR);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("create {}", private.display()))?;
     let rw = container_dir.join(RW_DIR);
     let upper_dirs = match upper {
         UpperMode::None => None,
@@ -288,16 +296,18 @@ pub fn release_root(ctx: &LayerContext, container_dir: &Path) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("read {}", record_path.display())),
     };
+    let private = container_dir.join(PRIVATE_DIR);
     let merged = container_dir.join(MERGED_DIR);
-    unmount_all(&merged, container_dir)?;
+    unmount_all(&merged, &private)?;
     remove_dir_if_exists(&merged)?;
     let rw = container_dir.join(RW_DIR);
-    unmount_all(&rw, container_dir)?;
+    unmount_all(&rw, &private)?;
     match fs::remove_dir_all(&rw) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("remove {}", rw.display())),
     }
+    remove_dir_if_exists(&private)?;
     let shared = Shared::new(&ctx.state_root);
     let id = container_id(container_dir)?;
     for hex in &record.layers {
