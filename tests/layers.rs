@@ -872,3 +872,160 @@ fn sigkill_at_any_point_is_recovered_by_release() {
         env.assert_clean();
     }
 }
+
+#[test]
+fn legacy_overlay_fallback_stacks_and_refuses_options_over_a_page() {
+    let env = Env::new();
+    let base = env.ctx.state_root.join("legacy");
+    let mut lowers = Vec::new();
+    for i in 0..3 {
+        let d = base.join(format!("l{i}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("which"), i.to_string()).unwrap();
+        fs::write(d.join(format!("only{i}")), "x").unwrap();
+        lowers.push(d);
+    }
+    let (u, w, m) = (base.join("u"), base.join("w"), base.join("m"));
+    for d in [&u, &w, &m] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let up = layers::overlay::Upper {
+        upper: &u,
+        work: &w,
+    };
+    layers::overlay::mount_legacy_api(&lowers, Some(up), &m).unwrap();
+    assert_eq!(read(&m.join("which")), "0", "first lower is the top-most");
+    assert!(m.join("only2").exists());
+    fs::write(m.join("new"), "n").unwrap();
+    assert!(u.join("new").exists());
+    nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).unwrap();
+
+    let long: Vec<PathBuf> = (0..60)
+        .map(|i| base.join(format!("{}{i}", "x".repeat(80))))
+        .collect();
+    for d in &long {
+        fs::create_dir_all(d).unwrap();
+    }
+    let e = format!(
+        "{:#}",
+        layers::overlay::mount_legacy_api(&long, None, &m).unwrap_err()
+    );
+    assert!(e.contains("over the 4095") && e.contains("6.8"), "{e}");
+    // The new API takes the same stack.
+    layers::overlay::mount(&long, None, &m).unwrap();
+    nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    env.assert_clean();
+}
+
+#[test]
+fn legacy_loop_attach_serves_the_payload_range() {
+    let env = Env::new();
+    let img = env.pack("sq", "1", &[("f", "payload")], &[], FsType::Squashfs);
+    let (h, _) = header::read_header(&img).unwrap();
+    for legacy in [false, true] {
+        let backing: std::os::fd::OwnedFd = fs::File::open(&img).unwrap().into();
+        let dev =
+            loopdev::attach_with(&backing, &img, h.payload_offset, h.payload_len, legacy).unwrap();
+        let name = dev.path.file_name().unwrap().to_str().unwrap().to_string();
+        let sys = |f: &str| {
+            fs::read_to_string(format!("/sys/block/{name}/loop/{f}"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(sys("offset"), h.payload_offset.to_string());
+        assert_eq!(sys("sizelimit"), h.payload_len.to_string());
+        assert_eq!(sys("autoclear"), "1");
+        assert_eq!(
+            fs::read_to_string(format!("/sys/block/{name}/ro"))
+                .unwrap()
+                .trim(),
+            "1"
+        );
+        let m = env.ctx.state_root.join(format!("m{legacy}"));
+        fs::create_dir_all(&m).unwrap();
+        nix::mount::mount(
+            Some(&dev.path),
+            &m,
+            Some("squashfs"),
+            nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .unwrap();
+        drop(dev);
+        assert_eq!(read(&m.join("f")), "payload");
+        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        // AUTOCLEAR: the device goes with its last mount.
+        assert_eq!(wait_loops(&env.dir, 0).len(), 0, "legacy={legacy}");
+    }
+    env.assert_clean();
+}
+
+/// The `lrun layer` commands end to end through the binary.
+#[test]
+fn layer_cli_pack_inspect_add_ls_rm_gc() {
+    let env = Env::new();
+    let lrun = env!("CARGO_BIN_EXE_lrun");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(lrun)
+            .arg("--store")
+            .arg(&env.ctx.store)
+            .arg("--root")
+            .arg(&env.ctx.state_root)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tree = env.dir.join("t");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/x"), "x").unwrap();
+    let out = env.dir.join("x.lrl");
+    let (rc, o, e) = run(&[
+        "layer",
+        "pack",
+        tree.to_str().unwrap(),
+        "--name",
+        "x",
+        "--version",
+        "953bc",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{e}");
+    assert!(o.starts_with("x@953bc sha256:"), "{o}");
+    let (rc, o, _) = run(&["layer", "inspect", "--json", out.to_str().unwrap()]);
+    assert_eq!(rc, 0);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v["fs"], "erofs");
+    assert_eq!(v["payloadOffset"], 4096);
+    let (rc, o, _) = run(&["layer", "verify", out.to_str().unwrap()]);
+    assert!(rc == 0 && o.ends_with(": ok\n"), "{o}");
+    let (rc, o, _) = run(&["layer", "add", out.to_str().unwrap()]);
+    assert!(rc == 0 && o.contains("added"), "{o}");
+    let (rc, o, _) = run(&["layer", "add", out.to_str().unwrap()]);
+    assert!(rc == 0 && o.contains("already present"), "{o}");
+    let (_, o, _) = run(&["layer", "ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v[0]["name"], "x");
+    assert_eq!(v[0]["inUse"], false);
+    // A bad file: exit status 1 and one line on stderr naming the file and the fault.
+    let bad = env.dir.join("bad.lrl");
+    fs::write(&bad, &fs::read(&out).unwrap()[..5000]).unwrap();
+    let (rc, _, e) = run(&["layer", "add", bad.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("bad.lrl") && e.contains("past the end"), "{e}");
+    let (rc, o, _) = run(&["layer", "gc", "--dry-run"]);
+    assert!(rc == 0 && o.contains("would remove x@953bc"), "{o}");
+    assert_eq!(env.store().list().unwrap().len(), 1);
+    let (rc, o, _) = run(&["layer", "rm", "x@953bc"]);
+    assert!(rc == 0 && o.starts_with("removed sha256:"), "{o}");
+    assert!(env.store().list().unwrap().is_empty());
+    assert!(!env.ctx.store.join("names/x@953bc").exists());
+    env.assert_clean();
+}

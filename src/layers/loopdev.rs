@@ -129,6 +129,18 @@ fn is_retryable(e: &io::Error) -> bool {
 /// Attach `backing[offset .. offset+size]` read-only with AUTOCLEAR. `backing` should be
 /// opened read-only. See `want_direct_io` for LO_FLAGS_DIRECT_IO.
 pub fn attach(backing: &OwnedFd, path: &Path, offset: u64, size: u64) -> Result<LoopDevice> {
+    attach_with(backing, path, offset, size, false)
+}
+
+/// `attach`, optionally forcing the pre-5.8 LOOP_SET_FD + LOOP_SET_STATUS64 path (for tests
+/// of the fallback on new kernels).
+pub fn attach_with(
+    backing: &OwnedFd,
+    path: &Path,
+    offset: u64,
+    size: u64,
+    force_legacy: bool,
+) -> Result<LoopDevice> {
     let lock = CtlLock::take()?;
     let mut last_err: Option<io::Error> = None;
     for attempt in 0..64u32 {
@@ -147,7 +159,16 @@ pub fn attach(backing: &OwnedFd, path: &Path, offset: u64, size: u64) -> Result<
             }
             Err(e) => return Err(e).with_context(|| format!("open {}", dev_path.display())),
         };
-        match configure(&dev, backing, path, offset, size) {
+        let res = if force_legacy {
+            legacy_attach(
+                &dev,
+                backing,
+                &info_for(offset, size, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR, path),
+            )
+        } else {
+            configure(&dev, backing, path, offset, size)
+        };
+        match res {
             Ok(()) => {
                 return Ok(LoopDevice {
                     path: dev_path,

@@ -40,6 +40,12 @@ pub fn mount(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Res
     }
 }
 
+/// The fallback for kernels before 6.8, callable directly so it can be tested on newer ones.
+pub fn mount_legacy_api(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Result<()> {
+    super::shared::check_stack_depth(lowers.len())?;
+    mount_legacy(lowers, upper.as_ref(), target)
+}
+
 enum NewApiError {
     /// fsopen or `lowerdir+` unknown: an older kernel.
     Unsupported,
