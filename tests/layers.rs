@@ -815,13 +815,50 @@ fn child_prepare_release_loop() {
         store: dir.join("store"),
         state_root: dir.join("run"),
     };
-    let cdir = ctx.state_root.join("victim");
+    let id = std::env::var("LRUN_TEST_CHILD_ID").unwrap_or_else(|_| "victim".into());
+    let iterations: u64 = std::env::var("LRUN_TEST_CHILD_ITER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let cdir = ctx.state_root.join(id);
     fs::create_dir_all(&cdir).unwrap();
     let spec = spec("top@1", false, None);
-    loop {
-        layers::prepare_root(&ctx, &dir, &spec, &cdir).unwrap();
+    for _ in 0..iterations {
+        let m = layers::prepare_root(&ctx, &dir, &spec, &cdir)
+            .unwrap()
+            .unwrap();
+        assert!(m.join("etc/base").exists());
         layers::release_root(&ctx, &cdir).unwrap();
     }
+}
+
+#[test]
+fn concurrent_processes_keep_reference_counts_right() {
+    let env = Env::new();
+    three_layers(&env, FsType::Squashfs);
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "child_prepare_release_loop", "--ignored"])
+                .env("LRUN_TEST_CHILD_DIR", &env.dir)
+                .env("LRUN_TEST_CHILD_ID", format!("p{i}"))
+                .env("LRUN_TEST_CHILD_ITER", "25")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    env.assert_clean();
 }
 
 #[test]
