@@ -1066,3 +1066,46 @@ fn layer_cli_pack_inspect_add_ls_rm_gc() {
     assert!(!env.ctx.store.join("names/x@953bc").exists());
     env.assert_clean();
 }
+
+/// Same names, contents and modes give the same bytes, whatever the creation order, times
+/// and owners of the source tree.
+#[test]
+fn pack_is_reproducible() {
+    let env = Env::new();
+    let files = ["a", "dir/b", "dir/sub/c", "z"];
+    let make = |name: &str, order: &[&str], uid: u32| {
+        let t = env.dir.join(name);
+        for f in order {
+            let p = t.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, format!("content of {f}")).unwrap();
+            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t
+    };
+    let rev: Vec<&str> = files.iter().rev().copied().collect();
+    let t1 = make("r1", &files, 0);
+    let t2 = make("r2", &rev, 1234);
+    for fs_type in [FsType::Erofs, FsType::Squashfs] {
+        let build = |tree: &Path, out: &str| {
+            let out = env.dir.join(out);
+            pack::pack(&pack::PackOptions {
+                dir: tree,
+                name: "r",
+                version: "1",
+                deps: vec![],
+                fs: fs_type,
+                compression: None,
+                keep_owners: false,
+                out: &out,
+            })
+            .unwrap();
+            fs::read(out).unwrap()
+        };
+        let a = build(&t1, "r1.lrl");
+        let b = build(&t2, "r2.lrl");
+        assert!(a == b, "{fs_type:?}: images differ");
+    }
+    env.assert_clean();
+}
