@@ -132,7 +132,7 @@ impl Env {
         let shared = self.ctx.state_root.join("@layers");
         if shared.exists() {
             let left: Vec<_> = fs::read_dir(&shared).unwrap().flatten().collect();
-            assert!(left.is_empty(), "layer dirs left: {left:?}");
+            panic!("{} left, holding {left:?}", shared.display());
         }
     }
 }

@@ -69,6 +69,8 @@ impl Shared {
             match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                // The last release removed @layers itself between our two mkdirs.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
             }
             let f = match OpenOptions::new()
@@ -173,7 +175,10 @@ impl Shared {
             }
         }
         crate::utils::remove_file_if_exists(&ldir.join("lock"))?;
+        // Both fail harmlessly (ENOTEMPTY) when another process is already back in: it
+        // recreates what it needs under its own lock.
         let _ = fs::remove_dir(&ldir);
+        let _ = fs::remove_dir(&self.dir);
         Ok(unmounted)
     }
 
