@@ -194,7 +194,7 @@ pub fn prepare_root(
         Ok(p) => Ok(Some(p)),
         Err(e) => {
             if let Err(e2) = release_root(ctx, container_dir) {
-                return Err(e.context(format!("and the undo failed too: {e2:#}")));
+                return Err(anyhow::anyhow!("{e:#} (and undoing it failed: {e2:#})"));
             }
             Err(e)
         }
