@@ -78,7 +78,12 @@ fn layers(env: &Env) {
     ));
     ok(&lrun(
         env,
-        &["layer", "add", base.to_str().unwrap(), app.to_str().unwrap()],
+        &[
+            "layer",
+            "add",
+            base.to_str().unwrap(),
+            app.to_str().unwrap(),
+        ],
     ));
 }
 
