@@ -1109,3 +1109,66 @@ fn pack_is_reproducible() {
     }
     env.assert_clean();
 }
+
+/// Cost of prepare_root/release_root for a 3-layer stack, when the layers must be mounted
+/// (first container on the node) and when another container already holds them. Run with
+/// `cargo test --release --test layers bench_prepare -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_prepare_release() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    for holder in [false, true] {
+        if holder {
+            env.prepare("holder", "top@1").unwrap().unwrap();
+        }
+        let (mut p, mut r) = (Vec::new(), Vec::new());
+        for i in 0..100 {
+            let id = format!("b{i}");
+            let t = Instant::now();
+            env.prepare(&id, "top@1").unwrap().unwrap();
+            p.push(t.elapsed());
+            let t = Instant::now();
+            env.release(&id);
+            r.push(t.elapsed());
+        }
+        eprintln!(
+            "layers already mounted: {holder}: prepare_root {:.3} ms, release_root {:.3} ms (median of 100)",
+            median(p),
+            median(r)
+        );
+    }
+    env.release("holder");
+    env.assert_clean();
+}
+
+/// Same filesystem: a hard link (no copy). Another filesystem: a copy, complete before it
+/// appears under its digest.
+#[test]
+fn add_links_on_the_same_filesystem_and_copies_across() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let img = env.pack("x", "1", &[("f", "x")], &[], FsType::Erofs);
+    let (d, _, new) = env.store().add(&img).unwrap();
+    assert!(new);
+    assert_eq!(fs::metadata(&img).unwrap().nlink(), 2, "hard-linked");
+    // A store on a tmpfs (the state root here) is another filesystem.
+    let other = Store::new(&env.ctx.state_root.join("store2"));
+    let (d2, _, _) = other.add(&img).unwrap();
+    assert_eq!(d, d2);
+    let copy = other.image_path(&d);
+    assert_eq!(fs::metadata(&copy).unwrap().nlink(), 1);
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&img).unwrap());
+    assert_eq!(
+        fs::read_dir(env.ctx.state_root.join("store2/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    fs::remove_dir_all(env.ctx.state_root.join("store2")).unwrap();
+    env.assert_clean();
+}
