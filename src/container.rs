@@ -612,5 +612,7 @@ pub fn gc(rt: &Runtime, stopped: bool) -> Result<Vec<String>> {
             removed.push(id);
         }
     }
+    // Shared layer mounts whose last user died without releasing them.
+    layers::gc_mounts(&rt.layers())?;
     Ok(removed)
 }

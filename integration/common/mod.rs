@@ -176,7 +176,7 @@ pub fn assert_no_leaks(root: &Path, ids: &[String]) {
         .unwrap_or_default();
     let left: Vec<_> = left
         .into_iter()
-        .filter(|n| n != "layers" && n != ".seccomp-cache")
+        .filter(|n| n != ".seccomp-cache")
         .collect();
     assert!(
         left.is_empty(),

@@ -1,0 +1,188 @@
+//! Containers on layered roots, through the lrun binary: what the container sees, where its
+//! writes go, and that delete leaves nothing. Needs root and mkfs.erofs.
+//! Wired in Cargo.toml as `[[test]] name = "layers_run", path = "integration/layers_run.rs"`.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{Env, LRUN};
+use serde_json::json;
+
+/// A store for one test, next to its state root (removed with it).
+fn store(env: &Env) -> PathBuf {
+    env.scratch.join("store")
+}
+
+fn lrun(env: &Env, args: &[&str]) -> Output {
+    Command::new(LRUN)
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--store")
+        .arg(store(env))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lrun")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "lrun failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// busybox@1 (the shared busybox rootfs) and app@1 above it, adding /etc/app and replacing
+/// /etc/group; both imported into the test's store.
+fn layers(env: &Env) {
+    let base = env.scratch.join("busybox.lrl");
+    ok(&lrun(
+        env,
+        &[
+            "layer",
+            "pack",
+            common::rootfs().to_str().unwrap(),
+            "--name",
+            "busybox",
+            "--version",
+            "1",
+            "-o",
+            base.to_str().unwrap(),
+        ],
+    ));
+    let tree = env.scratch.join("app-tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/app"), "from app\n").unwrap();
+    fs::write(tree.join("etc/group"), "app:x:7:\n").unwrap();
+    let app = env.scratch.join("app.lrl");
+    ok(&lrun(
+        env,
+        &[
+            "layer",
+            "pack",
+            tree.to_str().unwrap(),
+            "--name",
+            "app",
+            "--version",
+            "1",
+            "--dep",
+            base.to_str().unwrap(),
+            "-o",
+            app.to_str().unwrap(),
+        ],
+    ));
+    ok(&lrun(
+        env,
+        &[
+            "layer",
+            "add",
+            base.to_str().unwrap(),
+            app.to_str().unwrap(),
+        ],
+    ));
+}
+
+fn layered_bundle(env: &Env, name: &str, script: &str, readonly: bool) -> PathBuf {
+    let mut b = env.bundle(name, &["sh", "-c", script]);
+    b.config["root"] = json!({"path": "rootfs", "readonly": readonly});
+    b.config["annotations"] = json!({"org.lrun.layers": "app@1"});
+    b.write();
+    b.dir.clone()
+}
+
+fn run(env: &mut Env, name: &str, bundle: &Path) -> Output {
+    let id = env.id(name);
+    lrun(env, &["run", "--bundle", bundle.to_str().unwrap(), &id])
+}
+
+#[test]
+fn layered_root_shows_every_layer_and_keeps_writes_private() {
+    let mut env = Env::new();
+    layers(&env);
+    let script = "cat /etc/app /etc/group; echo mine > /etc/new; cat /etc/new; rm /bin/ls; \
+                  ls /bin/ls 2>/dev/null || echo ls-gone";
+    let b = layered_bundle(&env, "write", script, false);
+    let out = run(&mut env, "write", &b);
+    assert_eq!(ok(&out), "from app\napp:x:7:\nmine\nls-gone\n");
+    // A second container on the same layers sees none of that.
+    let b2 = layered_bundle(
+        &env,
+        "fresh",
+        "test -e /etc/new && echo leaked; test -e /bin/ls && echo ls-here",
+        false,
+    );
+    let out = run(&mut env, "fresh", &b2);
+    assert_eq!(ok(&out), "ls-here\n");
+    assert!(!env.root.join("@layers").exists(), "layer mounts left");
+}
+
+#[test]
+fn readonly_layered_root_refuses_writes() {
+    let mut env = Env::new();
+    layers(&env);
+    let b = layered_bundle(&env, "ro", "echo x > /etc/x || echo refused", true);
+    let out = run(&mut env, "ro", &b);
+    assert_eq!(ok(&out), "refused\n");
+}
+
+#[test]
+fn created_layered_containers_share_mounts_until_deleted() {
+    let mut env = Env::new();
+    layers(&env);
+    let b = layered_bundle(&env, "sleep", "sleep 100", false);
+    let ids = [env.id("a"), env.id("b")];
+    for id in &ids {
+        // create leaves the init holding its stdio: do not capture it.
+        let st = Command::new(LRUN)
+            .arg("--root")
+            .arg(&env.root)
+            .arg("--store")
+            .arg(store(&env))
+            .args(["create", "--bundle", b.to_str().unwrap(), id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "create {id}");
+    }
+    // Two layers mounted once each, shared by both containers.
+    let shared: Vec<_> = fs::read_dir(env.root.join("@layers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(shared.len(), 2);
+    for l in &shared {
+        assert_eq!(fs::read_dir(l.path().join("users")).unwrap().count(), 2);
+    }
+    let ls = ok(&lrun(&env, &["layer", "ls", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert!(v.as_array().unwrap().iter().all(|l| l["inUse"] == true));
+    for id in &ids {
+        ok(&lrun(&env, &["delete", "--force", id]));
+    }
+    assert!(!env.root.join("@layers").exists(), "layer mounts left");
+    // Nothing in use: gc empties the store.
+    let out = ok(&lrun(&env, &["layer", "gc"]));
+    assert!(out.contains("2 image(s) removed"), "{out}");
+}
+
+#[test]
+fn missing_layer_fails_create_with_one_line_and_leaves_nothing() {
+    let mut env = Env::new();
+    layers(&env);
+    let mut b = env.bundle("missing", &["true"]);
+    b.config["annotations"] = json!({"org.lrun.layers": "nope@1"});
+    b.write();
+    let id = env.id("missing");
+    let out = lrun(&env, &["run", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nope@1"), "{err}");
+}
