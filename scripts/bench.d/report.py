@@ -94,6 +94,122 @@ def item_lifecycle(work):
     }
 
 
+def hyperfine_rounds(work, prefix):
+    times = {}
+    for path in sorted(glob.glob(os.path.join(work, f"{prefix}-*.json"))):
+        with open(path) as f:
+            for r in json.load(f)["results"]:
+                times.setdefault(r["command"], []).extend(r["times"])
+    return {name: stats(t) for name, t in times.items()}
+
+
+def read_kv(path):
+    out = {}
+    for row in read_rows(path):
+        out[row[0]] = [int(x) for x in row[1:]]
+    return out
+
+
+def item_layers(work, item1):
+    by = hyperfine_rounds(work, "layers")
+    if not by:
+        return None
+    base = by.get("lrun")
+    item1_lrun = item1["results"].get("lrun")
+    layers = {"lrun-l5-warm": 5, "lrun-l5-cold": 5, "lrun-l100-cold": 100}
+    delta = {}
+    for name, n in layers.items():
+        s = by.get(name)
+        if not (s and base):
+            continue
+        d = {k: s[k] - base[k] for k in ("mean_ms", "median_ms", "min_ms")}
+        d["per_layer_median_ms"] = d["median_ms"] / n
+        d["per_layer_mean_ms"] = d["mean_ms"] / n
+        if item1_lrun:
+            d["median_vs_item1_ms"] = s["median_ms"] - item1_lrun["median_ms"]
+        delta[name] = d
+    return {
+        "what": "hyperfine -N: `lrun run` of /bin/true from a 5-layer package (warm: a created "
+        "container holds the layers; cold: nothing mounted, checked before each run) and a "
+        "100-layer package (cold), beside lrun/crun/runc from the plain directory bundle",
+        "results": by,
+        "delta_vs_lrun_plain": delta,
+        "checks": read_kv(os.path.join(work, "layers-check.txt")),
+        "targets": {"warm_delta_ms_max": 1.0, "cold_per_layer_ms_max": 1.0},
+    }
+
+
+def item_concurrent_layers(work):
+    rows = read_rows(os.path.join(work, "concurrent-layers.tsv"))
+    if not rows:
+        return None
+    start, delete, counts, fails = [], [], [], 0
+    for _name, _r, t_start, t_delete, f, mounts, dirs, loops, overlays, after in rows:
+        start.append(int(t_start) / 1e6)
+        delete.append(int(t_delete) / 1e6)
+        fails += int(f)
+        counts.append(
+            {
+                "layer_mounts": int(mounts),
+                "layer_dirs": int(dirs),
+                "loop_devices": int(loops),
+                "overlays": int(overlays),
+                "layer_mounts_after_delete": int(after),
+            }
+        )
+    return {
+        "what": "N `lrun run -d` from the 5-layer package at once; counts taken while all N exist",
+        "distinct_layers": 5,
+        "start": stats(start),
+        "delete": stats(delete),
+        "failures": fails,
+        "rounds": counts,
+    }
+
+
+def item_big(work):
+    rows = read_rows(os.path.join(work, "big.tsv"))
+    if not rows:
+        return None
+    env = {}
+    with open(os.path.join(work, "big.env")) as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            env[k] = v
+    lrun_cold, lrun_warm, tar_x, tar_sync, notcold = [], [], [], [], 0
+    for name, _i, a, b in rows:
+        if name == "lrun-cold":
+            lrun_cold.append(int(a) / 1e6)
+            notcold += int(b)
+        elif name == "lrun-warmcache":
+            lrun_warm.append(int(a) / 1e6)
+        elif name == "tar":
+            tar_x.append(int(a) / 1e6)
+            tar_sync.append(int(b) / 1e6)
+    res = {
+        "what": "cold page cache: `lrun run` of `cat FILE` from the package (layer not mounted "
+        "before) vs `tar --zstd -xf` of the same tree (+ reading FILE), and with sync",
+        "tree": {
+            "files": int(env.get("BIG_FILES", 0)),
+            "bytes": int(env.get("BIG_BYTES", 0)),
+            "lrl_bytes": int(env.get("BIG_LRL_BYTES", 0)),
+            "tar_zst_bytes": int(env.get("BIG_TAR_BYTES", 0)),
+            "key": env.get("BIG_KEY", ""),
+        },
+        "lrun_cold": stats(lrun_cold) if lrun_cold else None,
+        "lrun_warm_cache": stats(lrun_warm) if lrun_warm else None,
+        "tar_extract": stats(tar_x) if tar_x else None,
+        "tar_extract_sync": stats(tar_sync) if tar_sync else None,
+        "runs_not_cold": notcold,
+        "target_speedup": 100,
+    }
+    if lrun_cold and tar_x:
+        lc = statistics.median(lrun_cold)
+        res["speedup_median"] = statistics.median(tar_x) / lc
+        res["speedup_median_with_sync"] = statistics.median(tar_sync) / lc
+    return res
+
+
 def item_concurrent(work):
     rows = read_rows(os.path.join(work, "concurrent.tsv"))
     start, delete, fails = {}, {}, {}
@@ -237,8 +353,41 @@ def print_table(res):
         )
     print()
 
-    print("3. layered packages: pending: layered packages")
-    print()
+    r3 = res["items"].get("3_layers")
+    if r3:
+        print(f"3. layered packages: run /bin/true (hyperfine -N, {r3['results']['lrun']['n']} runs each), ms")
+        print(f"{'':44}{'mean':>9}{'median':>9}{'min':>9}{'d median':>10}{'d/layer':>9}")
+        labels3 = {
+            "lrun": "lrun, plain directory (as item 1)",
+            "lrun-l5-warm": "lrun, 5 layers, warm (held by another)",
+            "lrun-l5-cold": "lrun, 5 layers, cold (nothing mounted)",
+            "lrun-l100-cold": "lrun, 100 layers, cold",
+            "crun": "crun, plain directory",
+            "runc": "runc, plain directory",
+        }
+        for name, label in labels3.items():
+            s = r3["results"].get(name)
+            if not s:
+                continue
+            d = r3["delta_vs_lrun_plain"].get(name)
+            extra = f"{d['median_ms']:+10.2f}{d['per_layer_median_ms']:9.3f}" if d else ""
+            print(f"  {label:42}{s['mean_ms']:9.2f}{s['median_ms']:9.2f}{s['min_ms']:9.2f}{extra}")
+        d = r3["delta_vs_lrun_plain"]
+        c = r3["checks"]
+        if "lrun-l5-warm" in d and "lrun-l5-cold" in d and "lrun-l100-cold" in d:
+            print(
+                f"  targets: warm <= plain + 1 ms: {d['lrun-l5-warm']['median_ms']:+.2f} ms (median),"
+                f" {d['lrun-l5-warm']['mean_ms']:+.2f} (mean);"
+                f" cold <= 1 ms/layer: 5 layers {d['lrun-l5-cold']['per_layer_median_ms']:.2f},"
+                f" 100 layers {d['lrun-l100-cold']['per_layer_median_ms']:.2f} ms/layer (median)"
+            )
+        print(
+            f"  checks: layers held by the warm holder {c.get('layers_held', ['?'])[0]}"
+            f" ({c.get('layers_held', ['?', '?'])[1]} mounts); runs that were not cold:"
+            f" {c.get('not_cold', ['?'])[0]}; left after the holder's delete:"
+            f" {c.get('warm_after_delete', ['?'])[0]} entries, {c.get('warm_after_delete', ['?', '?'])[1]} mounts"
+        )
+        print()
 
     r4 = res["items"]["4_concurrent"]
     print(f"4. {r4['containers']} x `run -d` at once, then {r4['containers']} x `delete --force`, ms wall")
@@ -255,6 +404,48 @@ def print_table(res):
         f"   runc {fmt_ratio(r4['ratio_start_mean'], 'lrun/runc')}"
     )
     print()
+
+    r4b = res["items"].get("4b_concurrent_layers")
+    if r4b:
+        print(
+            f"4b. {r4['containers']} x `lrun run -d` from the 5-layer package at once:"
+            f" start mean {r4b['start']['mean_ms']:.1f} ms (min {r4b['start']['min_ms']:.1f}),"
+            f" delete mean {r4b['delete']['mean_ms']:.1f} ms, failures {r4b['failures']}"
+        )
+        for i, c in enumerate(r4b["rounds"], 1):
+            ok = "OK" if c["layer_mounts"] + c["loop_devices"] == r4b["distinct_layers"] else "NOT 5"
+            print(
+                f"    round {i}: layer mounts {c['layer_mounts']}, layer dirs {c['layer_dirs']},"
+                f" loop devices on store images {c['loop_devices']}, overlays {c['overlays']},"
+                f" layer mounts after delete {c['layer_mounts_after_delete']}  [{ok}]"
+            )
+        print()
+
+    r5 = res["items"].get("5_big")
+    if r5 and r5.get("lrun_cold"):
+        t = r5["tree"]
+        print(
+            f"5. time to ready, ~1 GiB package: {t['files']} files, {t['bytes'] / 2**20:.0f} MiB"
+            f" (erofs image {t['lrl_bytes'] / 2**20:.0f} MiB, .tar.zst {t['tar_zst_bytes'] / 2**20:.0f} MiB),"
+            " cold page cache, ms"
+        )
+        print(f"{'':44}{'mean':>9}{'median':>9}{'min':>9}{'n':>5}")
+        for key, label in (
+            ("lrun_cold", "lrun run `cat FILE`, layer not mounted"),
+            ("lrun_warm_cache", "  same, page cache warm"),
+            ("tar_extract", "tar --zstd -xf (+ read FILE)"),
+            ("tar_extract_sync", "tar --zstd -xf + sync"),
+        ):
+            s = r5.get(key)
+            if s:
+                print(f"  {label:42}{s['mean_ms']:9.1f}{s['median_ms']:9.1f}{s['min_ms']:9.1f}{s['n']:5d}")
+        if "speedup_median" in r5:
+            print(
+                f"  speed-up (median): {r5['speedup_median']:.0f}x against extraction,"
+                f" {r5['speedup_median_with_sync']:.0f}x with sync (target >= 100x);"
+                f" runs not cold: {r5['runs_not_cold']}"
+            )
+        print()
 
     r6 = res["items"]["6_rss"]["results"]
     print("6. peak RSS (KiB, /usr/bin/time %M), median of runs")
@@ -291,6 +482,7 @@ def main():
 
     leaks_file = os.path.join(a.work, "leaks")
     leaks = os.path.exists(leaks_file) and open(leaks_file).read().strip() != "0"
+    item1 = item_run(a.work)
     res = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
@@ -305,10 +497,12 @@ def main():
         "wrapper": a.wrap,
         "wrapper_note": a.wrap_note,
         "items": {
-            "1_run": item_run(a.work),
+            "1_run": item1,
             "2_lifecycle": item_lifecycle(a.work),
-            "3_layers": "pending: layered packages",
+            "3_layers": item_layers(a.work, item1),
             "4_concurrent": item_concurrent(a.work),
+            "4b_concurrent_layers": item_concurrent_layers(a.work),
+            "5_big": item_big(a.work),
             "6_rss": item_rss(a.work),
         },
         "cgroup_dirs_per_container": cgroups_created(a.work),
