@@ -176,13 +176,15 @@ def item_big(work):
         for line in f:
             k, _, v = line.strip().partition("=")
             env[k] = v
-    lrun_cold, lrun_warm, tar_x, tar_sync, notcold = [], [], [], [], 0
+    lrun_cold, lrun_warm, lrun_plain, tar_x, tar_sync, notcold = [], [], [], [], [], 0
     for name, _i, a, b in rows:
         if name == "lrun-cold":
             lrun_cold.append(int(a) / 1e6)
             notcold += int(b)
         elif name == "lrun-warmcache":
             lrun_warm.append(int(a) / 1e6)
+        elif name == "lrun-plain-cold":
+            lrun_plain.append(int(a) / 1e6)
         elif name == "tar":
             tar_x.append(int(a) / 1e6)
             tar_sync.append(int(b) / 1e6)
@@ -198,6 +200,7 @@ def item_big(work):
         },
         "lrun_cold": stats(lrun_cold) if lrun_cold else None,
         "lrun_warm_cache": stats(lrun_warm) if lrun_warm else None,
+        "lrun_plain_dir_cold": stats(lrun_plain) if lrun_plain else None,
         "tar_extract": stats(tar_x) if tar_x else None,
         "tar_extract_sync": stats(tar_sync) if tar_sync else None,
         "runs_not_cold": notcold,
@@ -433,6 +436,7 @@ def print_table(res):
         for key, label in (
             ("lrun_cold", "lrun run `cat FILE`, layer not mounted"),
             ("lrun_warm_cache", "  same, page cache warm"),
+            ("lrun_plain_dir_cold", "  lrun run /bin/true, plain dir, cold cache"),
             ("tar_extract", "tar --zstd -xf (+ read FILE)"),
             ("tar_extract_sync", "tar --zstd -xf + sync"),
         ):
