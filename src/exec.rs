@@ -177,6 +177,7 @@ fn exec_process(
     preserve_fds: i32,
 ) -> Result<Infallible> {
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    process::set_scheduling(process, None)?;
     let cwd = process.cwd();
     std::env::set_current_dir(cwd).with_context(|| format!("cwd {}", cwd.display()))?;
     let args = process.args().as_deref().unwrap_or_default();

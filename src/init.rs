@@ -200,6 +200,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         set_domainname(name)?;
     }
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    process::set_scheduling(process, linux.and_then(|l| l.personality().as_ref()))?;
     enter_cwd(process)?;
     let args = process.args().as_deref().unwrap_or_default();
     let mut env = process.env().clone().unwrap_or_default();
