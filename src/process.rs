@@ -270,7 +270,7 @@ pub fn set_scheduling(
             C::IoprioClassBe => 2,
             C::IoprioClassIdle => 3,
         };
-        let value = (class << 13) | (io.priority() as i64 & 0x1fff);
+        let value = (class << 13) | (io.priority() & 0x1fff);
         // SAFETY: ioprio_set(IOPRIO_WHO_PROCESS, 0 = self, value).
         if unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, value) } != 0 {
             return Err(std::io::Error::last_os_error()).context("process.ioPriority");
