@@ -1,0 +1,1 @@
+//! Importing OCI image layouts as layer images.
