@@ -207,6 +207,7 @@ fn fetch_one(
     }
     progress.finish();
     if let Some(e) = last_err {
+        lock.release();
         // The partial file stays: the next pull resumes it.
         return Err(e.context(format!(
             "pull {} ({d}) from {}: {bytes} bytes transferred, giving up after {ATTEMPTS} attempts",
@@ -217,6 +218,7 @@ fn fetch_one(
     let res = import(store, d, h, &partial);
     // Verified and linked into the store, or rejected: either way the partial has served.
     let _ = fs::remove_file(&partial);
+    lock.release();
     if let Err(e) = res {
         return Err(e.context(format!(
             "pull {} ({d}) from {}: download rejected and removed",
@@ -224,7 +226,6 @@ fn fetch_one(
             src.describe()
         )));
     }
-    lock.release();
     Ok(Some(bytes))
 }
 
