@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -135,7 +135,13 @@ fn labels(v: &Value, key: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| format!("{}@{}", l["name"].as_str().unwrap(), l["version"].as_str().unwrap()))
+        .map(|l| {
+            format!(
+                "{}@{}",
+                l["name"].as_str().unwrap(),
+                l["version"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -185,8 +191,12 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let faults = Arc::new(Mutex::new(Faults::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (root, log2, faults2, stop2) =
-            (root.to_path_buf(), log.clone(), faults.clone(), stop.clone());
+        let (root, log2, faults2, stop2) = (
+            root.to_path_buf(),
+            log.clone(),
+            faults.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             for c in l.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -372,7 +382,11 @@ fn image_suffix(file: &Path) -> String {
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let d = v["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap();
+    let d = v["digest"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap();
     format!("{d}.lrl")
 }
 
@@ -420,7 +434,12 @@ fn pull_over_http_transfers_only_missing_layers() {
     // node had: their headers came from the store.
     let app = size(&p.files["app"]);
     let served: u64 = srv.requests().iter().map(|r| r.bytes).sum();
-    assert_eq!(served, app + 4096 + "sha256:".len() as u64 + 65, "{:?}", srv.requests());
+    assert_eq!(
+        served,
+        app + 4096 + "sha256:".len() as u64 + 65,
+        "{:?}",
+        srv.requests()
+    );
     assert_eq!(srv.bytes_for(&image_suffix(&p.files["base"])), 0);
     assert_eq!(srv.bytes_for(&image_suffix(&p.files["mid"])), 0);
     assert_eq!(v["bytesFetched"], json!(app));
@@ -488,10 +507,7 @@ fn corrupt_byte_is_rejected_and_removed() {
     assert!(err.contains("payload digest mismatch"), "{err}");
     assert!(err.contains("mid@1") && err.contains("removed"), "{err}");
     assert!(
-        !store
-            .join("layers/sha256")
-            .join(&suffix)
-            .exists(),
+        !store.join("layers/sha256").join(&suffix).exists(),
         "a corrupt image reached the store"
     );
     assert!(!store.join("names/mid@1").exists());
@@ -525,7 +541,11 @@ fn interrupted_transfer_resumes_with_range() {
     let out = ok(&lrun_with(
         &env,
         &store,
-        &["layer", "verify", store.join("layers/sha256").join(&suffix).to_str().unwrap()],
+        &[
+            "layer",
+            "verify",
+            store.join("layers/sha256").join(&suffix).to_str().unwrap(),
+        ],
     ));
     assert!(out.contains("ok"), "{out}");
 }
@@ -628,7 +648,14 @@ fn run_with_pull_fetches_missing_layers_first() {
         .arg(&env.root)
         .arg("--store")
         .arg(&store)
-        .args(["create", "--pull", p.src.to_str().unwrap(), "--bundle", b.path(), &id])
+        .args([
+            "create",
+            "--pull",
+            p.src.to_str().unwrap(),
+            "--bundle",
+            b.path(),
+            &id,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -61,7 +61,10 @@ pub fn run(g: &Globals, c: ImageCommand) -> Result<i32> {
             if let Some(o) = &out
                 && o.join("config.json").exists()
             {
-                bail!("{} exists already: remove it first", o.join("config.json").display());
+                bail!(
+                    "{} exists already: remove it first",
+                    o.join("config.json").display()
+                );
             }
             let store = Store::new(&g.store);
             let imp = oci::import(&oci::ImportOptions {

@@ -8,8 +8,8 @@
 pub mod closure;
 pub mod header;
 pub mod loopdev;
-pub mod overlay;
 pub mod oci;
+pub mod overlay;
 pub mod pack;
 pub mod pull;
 pub mod shared;

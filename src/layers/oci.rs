@@ -100,7 +100,10 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
         }
         chain = Some(match chain {
             None => diff_id.clone(),
-            Some(c) => format!("sha256:{}", Digest::of(format!("{c} {diff_id}").as_bytes()).hex()),
+            Some(c) => format!(
+                "sha256:{}",
+                Digest::of(format!("{c} {diff_id}").as_bytes()).hex()
+            ),
         });
         // Names for the user: the last /etc/passwd and /etc/group a layer adds win.
         if let Ok(t) = fs::read_to_string(tree.join("etc/passwd")) {
@@ -340,7 +343,7 @@ fn extract_layer(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
     let mut diff_h = Sha256::new();
     let mut opaque = Vec::new();
     let mut whiteouts = Vec::new();
-    {
+    let streamed = (|| -> Result<()> {
         let comp = HashRead {
             inner: std::io::BufReader::with_capacity(1 << 20, f),
             h: &mut blob_h,
@@ -392,6 +395,14 @@ fn extract_layer(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
         // The blob's digest covers every byte, including what follows the tar's end marker.
         let mut rest = ar.into_inner();
         std::io::copy(&mut rest, &mut std::io::sink()).context("read layer blob")?;
+        Ok(())
+    })();
+    if let Err(e) = streamed {
+        // A damaged blob shows up first as a tar or gzip error: say what is really wrong.
+        if file_digest(&p).ok() != Some(want) {
+            bail!("{}: content does not match its digest", p.display());
+        }
+        return Err(e);
     }
     for w in &whiteouts {
         let at = safe_path(tree, w)?;
@@ -407,6 +418,17 @@ fn extract_layer(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
         bail!("{}: content does not match its digest", p.display());
     }
     Ok(format!("sha256:{}", Digest(diff_h.finalize().into()).hex()))
+}
+
+fn file_digest(p: &Path) -> Result<Digest> {
+    let f = File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut r = HashRead {
+        inner: f,
+        h: &mut h,
+    };
+    std::io::copy(&mut r, &mut std::io::sink()).with_context(|| format!("read {}", p.display()))?;
+    Ok(Digest(h.finalize().into()))
 }
 
 /// A tar path as a relative path of normal components ("./a/b" → "a/b"); ".." is refused.
@@ -435,9 +457,7 @@ fn safe_path(tree: &Path, rel: &Path) -> Result<PathBuf> {
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => bail!("{}: a parent is not a directory", rel.display()),
-            Err(_) => {
-                fs::create_dir(&cur).with_context(|| format!("create {}", cur.display()))?
-            }
+            Err(_) => fs::create_dir(&cur).with_context(|| format!("create {}", cur.display()))?,
         }
     }
     Ok(cur)

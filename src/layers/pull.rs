@@ -66,6 +66,10 @@ impl Default for PullOptions {
     }
 }
 
+/// A layer still to visit: its digest, the name@version its dependent expects, and who
+/// needs it (for error messages).
+type Pending = (Digest, Option<(String, String)>, String);
+
 /// Fetch every layer of the closure of `refs` that the store lacks.
 pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
     let t0 = Instant::now();
@@ -80,7 +84,7 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
     // Walk the closure: (digest, header, present in the store).
     let mut seen = HashSet::new();
     let mut order: Vec<(Digest, Header, bool)> = Vec::new();
-    let mut stack: Vec<(Digest, Option<(String, String)>, String)> = tops
+    let mut stack: Vec<Pending> = tops
         .iter()
         .rev()
         .map(|(d, r)| (*d, None, r.clone()))

@@ -24,7 +24,10 @@ use super::store;
 pub enum Source {
     Dir(PathBuf),
     /// Base URL without a trailing '/'.
-    Http { base: String, agent: ureq::Agent },
+    Http {
+        base: String,
+        agent: ureq::Agent,
+    },
 }
 
 /// A stream of an image's bytes from some offset.
@@ -86,7 +89,10 @@ impl Source {
             },
             Source::Http { base, agent } => {
                 let url = Self::url(base, &rel);
-                let mut r = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+                let mut r = agent
+                    .get(&url)
+                    .call()
+                    .with_context(|| format!("GET {url}"))?;
                 match r.status().as_u16() {
                     200 => {}
                     404 | 410 => return Ok(None),
@@ -132,8 +138,9 @@ impl Source {
                     .with_context(|| format!("GET {url}"))?;
                 let status = r.status().as_u16();
                 let total = match status {
-                    206 => content_range_total(r.headers())
-                        .with_context(|| format!("GET {url}: 206 without a usable Content-Range"))?,
+                    206 => content_range_total(r.headers()).with_context(|| {
+                        format!("GET {url}: 206 without a usable Content-Range")
+                    })?,
                     200 => content_length(r.headers())
                         .with_context(|| format!("GET {url}: no Content-Length"))?,
                     // A range starting past the end: a file shorter than a header.
