@@ -351,6 +351,31 @@ mod tests {
         assert_eq!(parse_content_range("items 0-9/10"), (None, None));
     }
 
+    /// HTTPS is compiled in: against a plain-HTTP listener the client fails in the TLS
+    /// handshake (a rustls error), not with "unsupported scheme" or a TLS-disabled error.
+    #[test]
+    fn https_goes_through_a_tls_handshake() {
+        use std::io::Write as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let src = Source::parse(&format!("https://127.0.0.1:{port}/")).unwrap();
+        let e = src.lookup("a", "1").unwrap_err();
+        let msg = format!("{e:#}").to_lowercase();
+        // rustls: "received corrupt message of type InvalidContentType".
+        assert!(
+            msg.contains("invalidcontenttype") || msg.contains("tls"),
+            "{msg}"
+        );
+        t.join().unwrap();
+    }
+
     #[test]
     fn header_len_hint_reads_the_declared_length() {
         let mut b = vec![0u8; 16];
