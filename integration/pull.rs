@@ -416,6 +416,18 @@ fn pull_from_directory_fetches_closure_then_only_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("nope@1") && err.contains(src), "{err}");
+    // An index entry naming another image is caught by the header's own name.
+    let mid_digest = fs::read_to_string(p.src.join("index/mid/1")).unwrap();
+    fs::create_dir_all(p.src.join("index/bogus")).unwrap();
+    fs::write(p.src.join("index/bogus/1"), mid_digest).unwrap();
+    let out = lrun_with(
+        &env,
+        &env.scratch.join("store2"),
+        &["layer", "pull", src, "bogus@1"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus@1") && err.contains("mid@1"), "{err}");
 }
 
 #[test]

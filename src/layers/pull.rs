@@ -66,9 +66,9 @@ impl Default for PullOptions {
     }
 }
 
-/// A layer still to visit: its digest, the name@version its dependent expects, and who
-/// needs it (for error messages).
-type Pending = (Digest, Option<(String, String)>, String);
+/// A layer still to visit: its digest, the name@version it must carry (a dependency's
+/// record or the name a top was asked by), and the dependent needing it (None for a top).
+type Pending = (Digest, Option<(String, String)>, Option<String>);
 
 /// Fetch every layer of the closure of `refs` that the store lacks.
 pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
@@ -86,22 +86,33 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
     let mut order: Vec<(Digest, Header, bool)> = Vec::new();
     let mut stack: Vec<Pending> = tops
         .iter()
+        .zip(refs)
         .rev()
-        .map(|(d, r)| (*d, None, r.clone()))
+        .map(|((d, _), r)| {
+            let expect = match r {
+                LayerRef::Label { name, version } => Some((name.clone(), version.clone())),
+                _ => None,
+            };
+            (*d, expect, None)
+        })
         .collect();
     while let Some((d, expect, needed_by)) = stack.pop() {
         if !seen.insert(d) {
             continue;
         }
+        let label = expect
+            .as_ref()
+            .map(|(n, v)| format!("{n}@{v} "))
+            .unwrap_or_default();
         let (h, present) = match store.header(&d)? {
             Some(h) => (h, true),
             None => match src.header(&d)? {
                 Some(h) => (h, false),
                 None => bail!(
-                    "layer {}{d} (needed by {needed_by}) is not in {}",
-                    expect
+                    "layer {label}{d}{} is not in {}",
+                    needed_by
                         .as_ref()
-                        .map(|(n, v)| format!("{n}@{v} "))
+                        .map(|x| format!(" (needed by {x})"))
                         .unwrap_or_default(),
                     src.describe()
                 ),
@@ -110,16 +121,23 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
         if let Some((n, v)) = &expect
             && (h.name != *n || h.version != *v)
         {
-            bail!(
-                "{needed_by} depends on {n}@{v} ({d}), but that digest is {}",
-                h.label()
-            );
+            match &needed_by {
+                Some(x) => bail!(
+                    "{x} depends on {n}@{v} ({d}), but that digest is {}",
+                    h.label()
+                ),
+                None => bail!(
+                    "{}: the index gives {d} for {n}@{v}, but that image is {}",
+                    src.describe(),
+                    h.label()
+                ),
+            }
         }
         for dep in h.deps.iter().rev() {
             stack.push((
                 dep.digest,
                 Some((dep.name.clone(), dep.version.clone())),
-                h.label(),
+                Some(h.label()),
             ));
         }
         order.push((d, h, present));
