@@ -166,6 +166,10 @@ struct Faults {
     cut_once: Option<(String, u64)>,
     /// Delay per 64 KiB sent, to make transfers overlap.
     throttle: Option<Duration>,
+    /// Ignore Range headers: always send the whole file with 200.
+    no_range: bool,
+    /// Responses of the `cut_once` file to let through before cutting one.
+    cut_skip: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +280,9 @@ fn serve(
         }
     }
     let mut w = c;
+    if faults.lock().unwrap().no_range {
+        range = None;
+    }
     let file = root.join(path.trim_start_matches('/'));
     let Ok(data) = fs::read(&file) else {
         write!(
@@ -341,6 +348,10 @@ fn serve(
             body[(off - start) as usize] ^= 0xff;
         }
         let cut = match &f.cut_once {
+            Some((suffix, _)) if path.ends_with(suffix.as_str()) && f.cut_skip > 0 => {
+                f.cut_skip -= 1;
+                None
+            }
             Some((suffix, n)) if path.ends_with(suffix.as_str()) && body.len() > 4096 => {
                 let n = *n;
                 f.cut_once = None;
@@ -676,4 +687,37 @@ fn run_with_pull_fetches_missing_layers_first() {
     assert!(st.success(), "create --pull");
     assert_eq!(env.status(&id), "created");
     ok(&lrun_with(&env, &store, &["delete", "--force", &id]));
+}
+
+#[test]
+fn server_without_range_support_still_works_and_restarts_cut_transfers() {
+    let env = Env::new();
+    let p = publish(&env);
+    let srv = Server::start(&p.src);
+    let suffix = image_suffix(&p.files["app"]);
+    {
+        let mut f = srv.faults.lock().unwrap();
+        f.no_range = true;
+        // Skip the header read (a whole-file response too, without Range).
+        f.cut_skip = 1;
+        f.cut_once = Some((suffix.clone(), 1 << 20));
+    }
+    let store = env.scratch.join("store");
+    let v = pull_json(&env, &store, &srv.base, &["app@1"]);
+    assert_eq!(labels(&v, "fetched"), ["base@1", "mid@1", "app@1"]);
+    // Header reads got whole files (200) and were cut off by the client after 4 KiB; the cut
+    // download was restarted from byte 0, since the server cannot resume.
+    let total = size(&p.files["app"]);
+    assert_eq!(v["fetched"][2]["bytes"], json!((1 << 20) + total));
+    assert_store_clean(&store);
+    let out = ok(&lrun_with(
+        &env,
+        &store,
+        &[
+            "layer",
+            "verify",
+            store.join("layers/sha256").join(&suffix).to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("ok"), "{out}");
 }
