@@ -630,6 +630,34 @@ fn killed_pull_leaves_nothing_visible_and_the_next_pull_resumes() {
 }
 
 #[test]
+fn layer_gc_removes_an_abandoned_partial_download() {
+    let env = Env::new();
+    let store = env.scratch.join("store");
+    let dir = store.join("partial");
+    fs::create_dir_all(&dir).unwrap();
+    let partial = dir.join(format!("{}.lrl.partial", "ab".repeat(32)));
+    fs::write(&partial, vec![0u8; 4096]).unwrap();
+    let out = Command::new(LRUN)
+        .arg("--store")
+        .arg(&store)
+        .arg("--root")
+        .arg(&env.root)
+        .args(["layer", "gc"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !partial.exists(),
+        "abandoned partial download left in the store"
+    );
+}
+
+#[test]
 fn run_with_pull_fetches_missing_layers_first() {
     let mut env = Env::new();
     let p = publish(&env);

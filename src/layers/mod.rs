@@ -433,7 +433,7 @@ pub fn gc_with(ctx: &LayerContext, dry_run: bool) -> Result<GcReport> {
         let (stale, unmounted) = sweep_mounts(&shared)?;
         report.stale_references = stale;
         report.unmounted = unmounted;
-        report.temp_files = store.clean_tmp()?;
+        report.temp_files = store.clean_tmp()? + pull::clean_partials(&store)?;
     }
     let mut keep = layers_in_use(ctx)?;
     for d in shared.layers()? {

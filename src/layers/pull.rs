@@ -470,3 +470,45 @@ mod tests {
         assert_eq!(human(5 << 20), "5.0 MiB");
     }
 }
+
+/// Remove partial downloads nobody is working on (their per-digest lock is free): what an
+/// interrupted pull left and no later pull resumed. Returns how many files went.
+pub fn clean_partials(store: &Store) -> Result<usize> {
+    let dir = store.root.join("partial");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_suffix(&format!(".{}.partial", header::EXTENSION)) else {
+            continue;
+        };
+        let lock_path = dir.join(format!("{hex}.lock"));
+        let Ok(lock) = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(&lock_path)
+        else {
+            continue;
+        };
+        // SAFETY: flock on an fd we own; LOCK_NB so a pull in progress is simply skipped.
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
+            continue;
+        }
+        if fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+        let _ = fs::remove_file(&lock_path);
+    }
+    Ok(removed)
+}
