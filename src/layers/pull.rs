@@ -459,18 +459,6 @@ pub fn human(n: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(10), "10 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(5 << 20), "5.0 MiB");
-    }
-}
-
 /// Remove partial downloads nobody is working on (their per-digest lock is free): what an
 /// interrupted pull left and no later pull resumed. Returns how many files went.
 pub fn clean_partials(store: &Store) -> Result<usize> {
@@ -511,4 +499,16 @@ pub fn clean_partials(store: &Store) -> Result<usize> {
         let _ = fs::remove_file(&lock_path);
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(10), "10 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 20), "5.0 MiB");
+    }
 }
