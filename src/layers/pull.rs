@@ -479,6 +479,7 @@ pub fn clean_partials(store: &Store) -> Result<usize> {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .open(&lock_path)
         else {
             continue;
