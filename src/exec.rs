@@ -203,7 +203,8 @@ fn exec_process(
     // SAFETY: prctl with integer arguments; from here the process belongs to the container.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     chan.send(&Message::Ready)?;
-    let Err(e) = process::secure_and_exec(process, filter, preserve_fds, &exe_c, &argv, &envp);
+    let Err(e) =
+        process::secure_and_exec(process, filter, None, preserve_fds, &exe_c, &argv, &envp);
     // `lrun exec` no longer listens on the channel: report on the process's stderr.
     eprintln!("lrun: exec: {e:#}");
     // SAFETY: leave without running destructors.

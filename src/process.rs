@@ -224,6 +224,7 @@ pub fn close_fds_on_exec(preserve: i32) {
 pub fn secure_and_exec(
     process: &Process,
     seccomp: Option<&crate::seccomp::Filter>,
+    mut agent: Option<crate::seccomp::Agent>,
     preserve_fds: i32,
     exe: &CString,
     argv: &[CString],
@@ -231,19 +232,33 @@ pub fn secure_and_exec(
 ) -> Result<std::convert::Infallible> {
     let nnp = process.no_new_privileges() == Some(true);
     if let (Some(f), false) = (seccomp, nnp) {
-        f.load()?;
+        load_filter(f, &mut agent)?;
     }
     set_identity(process)?;
     if nnp {
         set_no_new_privs()?;
         if let Some(f) = seccomp {
-            f.load()?;
+            load_filter(f, &mut agent)?;
         }
     }
     reset_signals();
     close_fds_on_exec(preserve_fds);
     nix::unistd::execve(exe, argv, envp).with_context(|| format!("exec {exe:?}"))?;
     unreachable!("execve returned without an error")
+}
+
+/// Load the filter; a SCMP_ACT_NOTIFY listener goes to the agent (the spec: after the filter
+/// is loaded). Processes run by `exec` share the container's agent: their listener is not sent.
+fn load_filter(
+    f: &crate::seccomp::Filter,
+    agent: &mut Option<crate::seccomp::Agent>,
+) -> Result<()> {
+    if let Some(listener) = f.load()?
+        && let Some(a) = agent.take()
+    {
+        a.send(std::os::fd::AsFd::as_fd(&listener))?;
+    }
+    Ok(())
 }
 
 /// process.ioPriority, process.scheduler and linux.personality: per-process settings that
