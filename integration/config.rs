@@ -386,3 +386,26 @@ fn a_hook_that_exceeds_its_timeout_is_killed() {
     assert!(t.elapsed().as_secs() < 20);
     assert!(!env.root.join(&id).exists());
 }
+
+#[test]
+fn personality_io_priority_and_scheduler_are_applied() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["personality"] = json!({"domain": "LINUX32"});
+            b.config["process"]["ioPriority"] =
+                json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+            b.config["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 5});
+        },
+        "uname -m; cut -d' ' -f19,41 /proc/self/stat; ionice -p $$ 2>/dev/null || true",
+    );
+    let mut lines = out.lines();
+    // LINUX32 makes uname report a 32-bit machine.
+    assert!(
+        matches!(lines.next(), Some("i686") | Some("armv8l") | Some("armv7l")),
+        "{out}"
+    );
+    // nice 5; policy 3 = SCHED_BATCH.
+    assert_eq!(lines.next(), Some("5 3"), "{out}");
+}

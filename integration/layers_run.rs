@@ -186,3 +186,142 @@ fn missing_layer_fails_create_with_one_line_and_leaves_nothing() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("nope@1"), "{err}");
 }
+
+/// Five squashfs layers (each on a loop device): busybox, then l1..l4 each adding a file.
+fn five_squashfs_layers(env: &Env) {
+    let mut prev = env.scratch.join("l0.lrl");
+    ok(&lrun(
+        env,
+        &[
+            "layer",
+            "pack",
+            common::rootfs().to_str().unwrap(),
+            "--fs",
+            "squashfs",
+            "--name",
+            "l0",
+            "--version",
+            "1",
+            "-o",
+            prev.to_str().unwrap(),
+        ],
+    ));
+    for i in 1..5 {
+        let tree = env.scratch.join(format!("t{i}"));
+        fs::create_dir_all(tree.join("layers")).unwrap();
+        fs::write(tree.join("layers").join(i.to_string()), format!("{i}\n")).unwrap();
+        let img = env.scratch.join(format!("l{i}.lrl"));
+        ok(&lrun(
+            env,
+            &[
+                "layer",
+                "pack",
+                tree.to_str().unwrap(),
+                "--fs",
+                "squashfs",
+                "--name",
+                &format!("l{i}"),
+                "--version",
+                "1",
+                "--dep",
+                prev.to_str().unwrap(),
+                "-o",
+                img.to_str().unwrap(),
+            ],
+        ));
+        prev = img;
+    }
+    let imgs: Vec<String> = (0..5)
+        .map(|i| {
+            env.scratch
+                .join(format!("l{i}.lrl"))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut args = vec!["layer", "add"];
+    args.extend(imgs.iter().map(String::as_str));
+    ok(&lrun(env, &args));
+}
+
+/// Loop devices whose backing file is in this test's store.
+fn loops_of(store: &Path) -> usize {
+    let out = Command::new("losetup")
+        .args(["-l", "-n", "-O", "BACK-FILE"])
+        .output()
+        .unwrap();
+    let store = store.to_string_lossy().into_owned();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&store))
+        .count()
+}
+
+#[test]
+fn thirty_two_concurrent_lrun_creates_use_five_loop_devices() {
+    let mut env = Env::new();
+    five_squashfs_layers(&env);
+    let mut b = env.bundle("many", &["sh", "-c", "cat /layers/1 /layers/4; sleep 100"]);
+    b.config["annotations"] = json!({"org.lrun.layers": "l4@1"});
+    b.write();
+    let ids: Vec<String> = (0..32).map(|i| env.id(&format!("c{i}"))).collect();
+    // create leaves the init holding its stdio: errors go to files, not pipes.
+    let children: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let err = fs::File::create(env.scratch.join(format!("{id}.err"))).unwrap();
+            Command::new(LRUN)
+                .arg("--root")
+                .arg(&env.root)
+                .arg("--store")
+                .arg(store(&env))
+                .args(["create", "--bundle", b.path(), id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (id, mut c) in ids.iter().zip(children) {
+        let st = c.wait().unwrap();
+        let err = fs::read_to_string(env.scratch.join(format!("{id}.err"))).unwrap_or_default();
+        assert!(st.success(), "create {id}: {err}");
+    }
+    assert_eq!(
+        loops_of(&store(&env)),
+        5,
+        "one loop device per distinct layer"
+    );
+    let deletes: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            Command::new(LRUN)
+                .arg("--root")
+                .arg(&env.root)
+                .arg("--store")
+                .arg(store(&env))
+                .args(["delete", "--force", id])
+                .stdin(Stdio::null())
+                .output()
+        })
+        .collect();
+    for d in deletes {
+        let out = d.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // AUTOCLEAR frees each loop device once its last mount is gone (asynchronously).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while loops_of(&store(&env)) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loop devices left after delete"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!env.root.join("@layers").exists(), "layer mounts left");
+}

@@ -100,3 +100,60 @@ fn an_unknown_action_fails_create_naming_the_field() {
     assert!(!ok, "create succeeded with an unknown action");
     assert!(err.contains("linux.seccomp.defaultAction"), "{err}");
 }
+
+#[test]
+fn notify_listener_reaches_the_agent_with_the_container_state() {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::io::{IoSliceMut, Read};
+    use std::os::fd::AsRawFd;
+
+    let mut env = Env::new();
+    let sock = env.scratch.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut b = env.bundle("notify", &["true"]);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock,
+        "listenerMetadata": "from-the-test",
+        "syscalls": [{"names": ["mknodat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.write();
+    let id = env.id("notify");
+    let mut child = env
+        .lrun()
+        .args(["run", "--bundle", b.path(), &id])
+        .spawn()
+        .unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (n, got_fd) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .any(|c| matches!(c, ControlMessageOwned::ScmRights(f) if !f.is_empty()));
+        (msg.bytes, fd)
+    };
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    let mut payload = buf[..n].to_vec();
+    payload.extend(rest);
+    assert!(got_fd, "no listener fd came with the message");
+    let v: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["fds"], json!(["seccompFd"]));
+    assert_eq!(v["metadata"], "from-the-test");
+    assert_eq!(v["state"]["id"], id.as_str());
+    assert!(
+        v["pid"].as_i64().unwrap() > 1,
+        "pid must be the host's view: {v}"
+    );
+    assert!(child.wait().unwrap().success());
+}

@@ -92,13 +92,53 @@ fn validate(spec: &Spec) -> Result<()> {
             bail!("field linux.timeOffsets: set without a time namespace");
         }
     }
-    for m in spec.mounts().iter().flatten() {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
         if !m.destination().is_absolute() {
             bail!(
-                "field mounts: destination {:?} must be absolute",
+                "field mounts[{i}].destination: {:?} must be absolute",
                 m.destination()
             );
         }
+        let idmap = m
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "idmap" || o == "ridmap");
+        if idmap || m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+            bail!("field mounts[{i}]: idmapped mounts are not supported");
+        }
+    }
+    refuse_unsupported(spec)?;
+    Ok(())
+}
+
+/// Fields lrun cannot honour: refusing is better than running the container differently from
+/// what the config asks.
+fn refuse_unsupported(spec: &Spec) -> Result<()> {
+    if let Some(linux) = spec.linux() {
+        if linux.intel_rdt().is_some() {
+            bail!("field linux.intelRdt: Intel RDT is not supported");
+        }
+        if linux.memory_policy().is_some() {
+            bail!("field linux.memoryPolicy: NUMA memory policies are not supported");
+        }
+        if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            bail!("field linux.netDevices: moving network devices is not supported");
+        }
+        if linux
+            .personality()
+            .as_ref()
+            .is_some_and(|p| p.flags().as_ref().is_some_and(|f| !f.is_empty()))
+        {
+            bail!("field linux.personality.flags: personality flags are not supported");
+        }
+    }
+    if spec
+        .process()
+        .as_ref()
+        .is_some_and(|p| p.exec_cpu_affinity().is_some())
+    {
+        bail!("field process.execCPUAffinity: not supported");
     }
     Ok(())
 }
@@ -155,6 +195,16 @@ mod tests {
         );
         let err = format!("{:#}", parse_config(text.as_bytes()).unwrap_err());
         assert!(err.contains("linux.namespaces[0].type"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_by_name() {
+        let text = MINIMAL.replace(
+            "\"root\"",
+            "\"linux\":{\"intelRdt\":{\"closID\":\"x\"}},\"root\"",
+        );
+        let err = format!("{:#}", parse_config(text.as_bytes()).unwrap_err());
+        assert!(err.contains("linux.intelRdt"), "{err}");
     }
 
     #[test]

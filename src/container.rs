@@ -493,12 +493,15 @@ pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         bail!("cannot kill container {id:?}: it is {status}");
     }
+    // The init first, checked against pid reuse; with --all, then everything else in the
+    // container's cgroups (which may exit meanwhile, and whose loss is no error).
+    signal_process(st.pid, st.pid_start_time, sig)?;
     if all {
-        for pid in st.cgroups.pids()? {
+        for pid in st.cgroups.pids()?.into_iter().filter(|p| *p != st.pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
     }
-    signal_process(st.pid, st.pid_start_time, sig)
+    Ok(())
 }
 
 /// Signal a process through a pidfd, after checking it is still the one we started: a pid

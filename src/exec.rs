@@ -53,6 +53,10 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     let terminal = opts.process.terminal() == Some(true);
     terminal::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
     let joins = namespaces_of(st.pid)?;
+    // setns into a mount namespace puts the caller at the namespace's root mount, which is
+    // not the container's root when the host itself runs chrooted: enter the init's root.
+    let root = File::open(format!("/proc/{}/root", st.pid))
+        .with_context(|| format!("open /proc/{}/root", st.pid))?;
     let filter = spec
         .linux()
         .as_ref()
@@ -73,6 +77,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         let Err(e) = joiner(
             &st.cgroups,
             &joins,
+            &root,
             filter.as_ref(),
             &opts.process,
             &child_chan,
@@ -149,6 +154,7 @@ fn namespaces_of(pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>> {
 fn joiner(
     cgroups: &crate::cgroups::Manager,
     joins: &[(LinuxNamespaceType, OwnedFd)],
+    root: &File,
     filter: Option<&crate::seccomp::Filter>,
     process: &Process,
     chan: &Channel,
@@ -161,6 +167,8 @@ fn joiner(
         setns(fd.as_fd(), namespaces::flag(*t))
             .with_context(|| format!("setns into the container's {t} namespace"))?;
     }
+    nix::unistd::fchdir(root.as_fd()).context("chdir to the container's root")?;
+    nix::unistd::chroot(".").context("chroot to the container's root")?;
     sync::fork_reported(chan)?;
     // SAFETY: as above; the exec'd process must not outlive a dying `lrun exec` half-way.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -177,6 +185,7 @@ fn exec_process(
     preserve_fds: i32,
 ) -> Result<Infallible> {
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    process::set_scheduling(process, None)?;
     let cwd = process.cwd();
     std::env::set_current_dir(cwd).with_context(|| format!("cwd {}", cwd.display()))?;
     let args = process.args().as_deref().unwrap_or_default();
@@ -194,7 +203,8 @@ fn exec_process(
     // SAFETY: prctl with integer arguments; from here the process belongs to the container.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     chan.send(&Message::Ready)?;
-    let Err(e) = process::secure_and_exec(process, filter, preserve_fds, &exe_c, &argv, &envp);
+    let Err(e) =
+        process::secure_and_exec(process, filter, None, preserve_fds, &exe_c, &argv, &envp);
     // `lrun exec` no longer listens on the channel: report on the process's stderr.
     eprintln!("lrun: exec: {e:#}");
     // SAFETY: leave without running destructors.

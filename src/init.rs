@@ -178,6 +178,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         )?;
     }
 
+    let agent = connect_seccomp_agent(a)?;
     rootfs::enter(a.rootfs, a.no_pivot)?;
     // Before readonlyPaths, which usually include /proc/sys.
     for (key, value) in linux
@@ -200,6 +201,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         set_domainname(name)?;
     }
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    process::set_scheduling(process, linux.and_then(|l| l.personality().as_ref()))?;
     enter_cwd(process)?;
     let args = process.args().as_deref().unwrap_or_default();
     let mut env = process.env().clone().unwrap_or_default();
@@ -230,13 +232,41 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         // SAFETY: as above.
         Err(_) => unsafe { libc::_exit(1) },
     };
-    let Err(e) = finish(a, process, &state_json("running"), &exe_c, &argv, &envp);
+    let Err(e) = finish(
+        a,
+        process,
+        agent,
+        &state_json("running"),
+        &exe_c,
+        &argv,
+        &envp,
+    );
     let msg = format!("{e:#}");
     if !a.foreground || chan.send(&Message::Error(msg.clone())).is_err() {
         eprintln!("lrun: container init: {msg}");
     }
     // SAFETY: as above.
     unsafe { libc::_exit(127) }
+}
+
+/// The seccomp agent's socket is a host path: connect while it is still visible. The pid the
+/// agent gets is ours as the host sees it (/proc here is still the host's).
+fn connect_seccomp_agent(a: &InitArgs) -> Result<Option<crate::seccomp::Agent>> {
+    let Some(s) = a.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    let (Some(filter), Some(path)) = (a.seccomp, s.listener_path()) else {
+        return Ok(None);
+    };
+    if !filter.has_listener() {
+        return Ok(None);
+    }
+    let pid: i32 = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        .context("read our host pid from /proc/self")?;
+    let state = crate::container::hook_state(a.id, "creating", pid, a.bundle, a.spec);
+    crate::seccomp::Agent::connect(path, pid, s.listener_metadata().as_deref(), state).map(Some)
 }
 
 /// A pty from the container's own devpts becomes the process's terminal; the master goes to
@@ -267,6 +297,7 @@ fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<Option<OwnedFd>> {
 fn finish(
     a: &InitArgs,
     process: &Process,
+    agent: Option<crate::seccomp::Agent>,
     state_json: &[u8],
     exe: &CString,
     argv: &[CString],
@@ -275,7 +306,7 @@ fn finish(
     if let Some(h) = a.spec.hooks().as_ref() {
         hooks::run_all("startContainer", h.start_container().as_ref(), state_json)?;
     }
-    process::secure_and_exec(process, a.seccomp, a.preserve_fds, exe, argv, envp)
+    process::secure_and_exec(process, a.seccomp, agent, a.preserve_fds, exe, argv, envp)
 }
 
 fn enter_cwd(process: &Process) -> Result<()> {

@@ -224,6 +224,7 @@ pub fn close_fds_on_exec(preserve: i32) {
 pub fn secure_and_exec(
     process: &Process,
     seccomp: Option<&crate::seccomp::Filter>,
+    mut agent: Option<crate::seccomp::Agent>,
     preserve_fds: i32,
     exe: &CString,
     argv: &[CString],
@@ -231,17 +232,120 @@ pub fn secure_and_exec(
 ) -> Result<std::convert::Infallible> {
     let nnp = process.no_new_privileges() == Some(true);
     if let (Some(f), false) = (seccomp, nnp) {
-        f.load()?;
+        load_filter(f, &mut agent)?;
     }
     set_identity(process)?;
     if nnp {
         set_no_new_privs()?;
         if let Some(f) = seccomp {
-            f.load()?;
+            load_filter(f, &mut agent)?;
         }
     }
     reset_signals();
     close_fds_on_exec(preserve_fds);
     nix::unistd::execve(exe, argv, envp).with_context(|| format!("exec {exe:?}"))?;
     unreachable!("execve returned without an error")
+}
+
+/// Load the filter; a SCMP_ACT_NOTIFY listener goes to the agent (the spec: after the filter
+/// is loaded). Processes run by `exec` share the container's agent: their listener is not sent.
+fn load_filter(
+    f: &crate::seccomp::Filter,
+    agent: &mut Option<crate::seccomp::Agent>,
+) -> Result<()> {
+    if let Some(listener) = f.load()?
+        && let Some(a) = agent.take()
+    {
+        a.send(std::os::fd::AsFd::as_fd(&listener))?;
+    }
+    Ok(())
+}
+
+/// process.ioPriority, process.scheduler and linux.personality: per-process settings that
+/// survive exec. Applied by the container process itself just before it execs.
+pub fn set_scheduling(
+    process: &Process,
+    personality: Option<&oci_spec::runtime::LinuxPersonality>,
+) -> Result<()> {
+    if let Some(p) = personality {
+        use oci_spec::runtime::LinuxPersonalityDomain as D;
+        let domain = match p.domain() {
+            D::PerLinux => 0x0000,
+            D::PerLinux32 => 0x0008,
+        };
+        // SAFETY: personality(2) takes a plain integer.
+        if unsafe { libc::personality(domain) } == -1 {
+            return Err(std::io::Error::last_os_error()).context("linux.personality");
+        }
+    }
+    if let Some(io) = process.io_priority() {
+        use oci_spec::runtime::IOPriorityClass as C;
+        let class = match io.class() {
+            C::IoprioClassRt => 1,
+            C::IoprioClassBe => 2,
+            C::IoprioClassIdle => 3,
+        };
+        let value = (class << 13) | (io.priority() & 0x1fff);
+        // SAFETY: ioprio_set(IOPRIO_WHO_PROCESS, 0 = self, value).
+        if unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, value) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("process.ioPriority");
+        }
+    }
+    if let Some(s) = process.scheduler() {
+        set_scheduler(s)?;
+    }
+    Ok(())
+}
+
+/// The kernel's struct sched_attr (sched_setattr(2)).
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+fn set_scheduler(s: &oci_spec::runtime::Scheduler) -> Result<()> {
+    use oci_spec::runtime::{LinuxSchedulerFlag as F, LinuxSchedulerPolicy as P};
+    let policy = match s.policy() {
+        P::SchedOther => 0,
+        P::SchedFifo => 1,
+        P::SchedRr => 2,
+        P::SchedBatch => 3,
+        P::SchedIso => 4,
+        P::SchedIdle => 5,
+        P::SchedDeadline => 6,
+    };
+    let flags = s.flags().iter().flatten().fold(0u64, |acc, f| {
+        acc | match f {
+            F::SchedResetOnFork => 0x01,
+            F::SchedFlagReclaim => 0x02,
+            F::SchedFlagDLOverrun => 0x04,
+            F::SchedFlagKeepPolicy => 0x08,
+            F::SchedFlagKeepParams => 0x10,
+            F::SchedFlagUtilClampMin => 0x20,
+            F::SchedFlagUtilClampMax => 0x40,
+        }
+    });
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy,
+        flags,
+        nice: s.nice().unwrap_or(0),
+        priority: s.priority().unwrap_or(0) as u32,
+        runtime: s.runtime().unwrap_or(0),
+        deadline: s.deadline().unwrap_or(0),
+        period: s.period().unwrap_or(0),
+    };
+    // SAFETY: sched_setattr(0 = self, attr, flags 0) with a correctly sized struct.
+    if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("process.scheduler (sched_setattr)");
+    }
+    Ok(())
 }

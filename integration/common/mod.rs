@@ -174,10 +174,7 @@ pub fn assert_no_leaks(root: &Path, ids: &[String]) {
     let left: Vec<_> = fs::read_dir(root)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    let left: Vec<_> = left
-        .into_iter()
-        .filter(|n| n != ".seccomp-cache")
-        .collect();
+    let left: Vec<_> = left.into_iter().filter(|n| n != ".seccomp-cache").collect();
     assert!(
         left.is_empty(),
         "state left in {}: {left:?}",

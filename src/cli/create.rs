@@ -26,6 +26,9 @@ pub struct Args {
     /// Pass this many extra fds (from 3 up) to the container process.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: i32,
+    /// First fetch the bundle's missing layers from this directory or http(s):// URL.
+    #[arg(long, value_name = "SOURCE")]
+    pub pull: Option<String>,
     pub id: String,
 }
 
@@ -43,7 +46,31 @@ impl Args {
     }
 }
 
+/// With `--pull SOURCE`, fetch the layers a layered bundle names (and their dependencies)
+/// that the store lacks; a plain bundle needs nothing.
+pub fn pull_first(g: &Globals, a: &Args) -> anyhow::Result<()> {
+    let Some(src) = &a.pull else { return Ok(()) };
+    let b = crate::bundle::Bundle::load(&a.bundle)?;
+    let Some(ls) = crate::layers::layer_spec(&b.spec)? else {
+        return Ok(());
+    };
+    // Paths name local files: create imports those itself.
+    let refs: Vec<_> = ls
+        .tops
+        .into_iter()
+        .filter(|r| !matches!(r, crate::layers::LayerRef::Path(_)))
+        .collect();
+    if refs.is_empty() {
+        return Ok(());
+    }
+    let src = crate::layers::source::Source::parse(src)?;
+    let store = crate::layers::Store::new(&g.store);
+    crate::layers::pull::pull(&store, &src, &refs, &Default::default())?;
+    Ok(())
+}
+
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    pull_first(g, &a)?;
     container::create(&g.runtime(), &a.options(false))?;
     Ok(0)
 }

@@ -1,4 +1,4 @@
-//! `lrun layer ...`: pack, inspect, verify, add, ls, rm, gc.
+//! `lrun layer ...`: pack, inspect, verify, add, ls, rm, pull, publish, gc.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::Globals;
 use crate::layers::header::{self, Dep};
-use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, store};
+use crate::layers::source::{self, Source};
+use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, pull, store};
 
 #[derive(Subcommand, Debug)]
 pub enum LayerCommand {
@@ -66,6 +67,26 @@ pub enum LayerCommand {
         /// Remove even if a container uses it or another layer depends on it.
         #[arg(long)]
         force: bool,
+    },
+    /// Fetch layers and their dependencies from a directory or an HTTP(S) server into the
+    /// node store: only those missing, each verified (runtime-spec/distribution.md).
+    Pull {
+        /// A directory or an http(s):// URL laid out by digest.
+        source: String,
+        /// NAME@VERSION or sha256:HEX.
+        #[arg(required = true)]
+        layers: Vec<String>,
+        /// Print a JSON summary (for schedulers) instead of one line per layer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy layer images into a directory laid out for `pull` (any static web server can
+    /// serve that directory).
+    Publish {
+        /// The target directory.
+        target: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Release stale references and unused mounts, and remove unused layers from the store.
     Gc {
@@ -182,6 +203,41 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                 println!("removed {d}");
             }
         }
+        LayerCommand::Pull {
+            source,
+            layers: refs,
+            json,
+        } => {
+            let refs = refs
+                .iter()
+                .map(|r| LayerRef::parse(r))
+                .collect::<Result<Vec<_>>>()?;
+            let src = Source::parse(&source)?;
+            let r = pull::pull(
+                &Store::new(&ctx.store),
+                &src,
+                &refs,
+                &pull::PullOptions::default(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_pull(&r);
+            }
+        }
+        LayerCommand::Publish { target, files } => {
+            if target.starts_with("http://") || target.starts_with("https://") {
+                bail!(
+                    "publish {target}: lrun writes only to a directory; copy that directory to the server (layout: runtime-spec/distribution.md)"
+                );
+            }
+            for (label, d, new) in source::publish_dir(Path::new(&target), &files)? {
+                println!(
+                    "{label} {d} {}",
+                    if new { "published" } else { "already there" }
+                );
+            }
+        }
         LayerCommand::Gc { dry_run, json } => {
             let r = layers::gc_with(&ctx, dry_run)?;
             if json {
@@ -230,6 +286,30 @@ fn resolve_dep(ctx: &LayerContext, s: &str) -> Result<Dep> {
         version: h.version,
         digest: d,
     })
+}
+
+/// One line per layer of a pull, then a summary.
+pub fn print_pull(r: &pull::PullReport) {
+    for l in &r.fetched {
+        println!(
+            "fetched {}@{} {} {} in {:.2} s",
+            l.name,
+            l.version,
+            l.digest,
+            pull::human(l.bytes),
+            l.seconds
+        );
+    }
+    for l in &r.present {
+        println!("present {}@{} {}", l.name, l.version, l.digest);
+    }
+    println!(
+        "{} layer(s) fetched ({}), {} already present, {:.2} s",
+        r.fetched.len(),
+        pull::human(r.bytes_fetched),
+        r.present.len(),
+        r.seconds
+    );
 }
 
 fn print_header(h: &layers::Header, d: &layers::Digest, json: bool) {

@@ -5,6 +5,7 @@ mod delete;
 mod exec;
 mod features;
 mod gc;
+mod image;
 mod kill;
 pub mod layer;
 mod list;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Build, inspect, store and garbage-collect layer images.
     #[command(subcommand)]
     Layer(layer::LayerCommand),
+    /// Import OCI images as layer images and a layered bundle.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Global options every command needs.
@@ -149,6 +153,7 @@ pub fn main() -> i32 {
         Command::Update(a) => update::run(&globals, a),
         Command::Gc(a) => gc::run(&globals, a),
         Command::Layer(c) => layer::run(&globals, c),
+        Command::Image(c) => image::run(&globals, c),
     };
     match result {
         Ok(code) => code,

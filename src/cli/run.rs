@@ -19,6 +19,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    create::pull_first(g, &a.create)?;
     let rt = g.runtime();
     if a.detach {
         container::create(&rt, &a.create.options(false))?;

@@ -8,9 +8,12 @@
 pub mod closure;
 pub mod header;
 pub mod loopdev;
+pub mod oci;
 pub mod overlay;
 pub mod pack;
+pub mod pull;
 pub mod shared;
+pub mod source;
 pub mod store;
 
 use std::collections::HashSet;
@@ -145,14 +148,24 @@ pub fn resolve_closure(
     }
     if !missing.is_empty() {
         bail!(
-            "layer{} not in the store {}: {}",
+            "layer{} not in the store {}: {} {PULL_HINT}",
             if missing.len() == 1 { "" } else { "s" },
             store.root.display(),
             missing.join(", ")
         );
     }
-    closure::resolve(&digests, &mut |d| store.header(d))
+    closure::resolve(&digests, &mut |d| store.header(d)).map_err(|e| {
+        let msg = format!("{e:#}");
+        if msg.contains("missing layer") {
+            anyhow::anyhow!("{msg} {PULL_HINT}")
+        } else {
+            e
+        }
+    })
 }
+
+/// How to get missing layers, appended to the errors that name them.
+const PULL_HINT: &str = "(fetch with --pull SOURCE or `lrun layer pull SOURCE LAYER...`)";
 
 fn container_id(container_dir: &Path) -> Result<String> {
     container_dir
@@ -420,7 +433,7 @@ pub fn gc_with(ctx: &LayerContext, dry_run: bool) -> Result<GcReport> {
         let (stale, unmounted) = sweep_mounts(&shared)?;
         report.stale_references = stale;
         report.unmounted = unmounted;
-        report.temp_files = store.clean_tmp()?;
+        report.temp_files = store.clean_tmp()? + pull::clean_partials(&store)?;
     }
     let mut keep = layers_in_use(ctx)?;
     for d in shared.layers()? {

@@ -10,9 +10,62 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
+/// A connection to the seccomp agent, made while the host's paths are still visible (before
+/// pivot_root); the listener goes over it once the filter is loaded, just before exec.
+pub struct Agent {
+    sock: UnixStream,
+    path: std::path::PathBuf,
+    pid: i32,
+    metadata: Option<String>,
+    state_json: Vec<u8>,
+}
+
+impl Agent {
+    pub fn connect(
+        path: &Path,
+        pid: i32,
+        metadata: Option<&str>,
+        state_json: Vec<u8>,
+    ) -> Result<Agent> {
+        let sock = UnixStream::connect(path)
+            .with_context(|| format!("connect linux.seccomp.listenerPath {}", path.display()))?;
+        Ok(Agent {
+            sock,
+            path: path.to_path_buf(),
+            pid,
+            metadata: metadata.map(str::to_owned),
+            state_json,
+        })
+    }
+
+    pub fn send(mut self, listener: BorrowedFd<'_>) -> Result<()> {
+        send_on(
+            &mut self.sock,
+            &self.path,
+            listener,
+            self.pid,
+            self.metadata.as_deref(),
+            &self.state_json,
+        )
+    }
+}
+
 /// Send `listener` to the agent listening at `path`. `pid` is the container process as the
 /// runtime sees it; `state_json` the container's state (runtime.md#state) as `state` prints it.
 pub fn send_listener(
+    path: &Path,
+    listener: BorrowedFd<'_>,
+    pid: i32,
+    metadata: Option<&str>,
+    state_json: &[u8],
+) -> Result<()> {
+    let mut sock = UnixStream::connect(path)
+        .with_context(|| format!("connect linux.seccomp.listenerPath {}", path.display()))?;
+    send_on(&mut sock, path, listener, pid, metadata, state_json)
+}
+
+fn send_on(
+    sock: &mut UnixStream,
     path: &Path,
     listener: BorrowedFd<'_>,
     pid: i32,
@@ -37,7 +90,6 @@ pub fn send_listener(
     }
     let payload = serde_json::to_vec(&msg).context("serialize the container process state")?;
     let what = || format!("linux.seccomp.listenerPath {}", path.display());
-    let mut sock = UnixStream::connect(path).with_context(|| format!("connect {}", what()))?;
     let fds = [listener.as_raw_fd()];
     let sent = sendmsg::<()>(
         sock.as_raw_fd(),

@@ -12,7 +12,7 @@ mod features;
 mod load;
 mod profile;
 
-pub use agent::send_listener;
+pub use agent::{Agent, send_listener};
 pub use features::features;
 
 use std::fs::File;

@@ -1,0 +1,588 @@
+//! Importing an OCI image layout (`skopeo copy … oci:DIR`, `podman save --format oci-dir`) as
+//! a stack of layer images plus a layered bundle.
+//!
+//! Each tar layer is extracted as root into a private temporary directory, OCI whiteouts
+//! become overlayfs ones (`.wh.NAME` → a 0:0 character device, `.wh..wh..opq` → the
+//! `trusted.overlay.opaque=y` xattr), owners, modes, xattrs, links and device nodes are kept,
+//! and the tree is packed with owners kept. Layer *k* depends on layer *k-1*. Every blob is
+//! checked against its descriptor's digest while it is read.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use super::header::{Dep, Digest, FsType};
+use super::pack;
+use super::store::Store;
+
+/// Name of the lower layers an import makes; their version is the OCI chain id, so the same
+/// base layers imported with two images are the same lrun layers.
+pub const LOWER_NAME: &str = "oci-layer";
+
+pub struct ImportOptions<'a> {
+    pub layout: &'a Path,
+    /// `org.opencontainers.image.ref.name` to pick from index.json (needed when it lists
+    /// several images).
+    pub tag: Option<&'a str>,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub store: &'a Store,
+    pub fs: FsType,
+    pub compression: Option<&'a str>,
+}
+
+/// What an import produced.
+#[derive(Debug)]
+pub struct Imported {
+    /// (label, digest), bottom-most first; the last one is NAME@VERSION.
+    pub layers: Vec<(String, Digest)>,
+    /// The image config's process: the bundle config.json fields it sets.
+    pub process: ProcessConfig,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProcessConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Import the image: every layer into the store. Returns the layers and process settings.
+pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
+    let layout = o.layout;
+    let layout_file = layout.join("oci-layout");
+    let lv: Value = read_json(&layout_file)?;
+    if lv["imageLayoutVersion"].as_str().is_none() {
+        bail!("{}: no imageLayoutVersion", layout_file.display());
+    }
+    let index: Value = read_json(&layout.join("index.json"))?;
+    let manifest_desc = pick_manifest(layout, &index, o.tag)?;
+    let manifest: Value = serde_json::from_slice(&read_blob(layout, &manifest_desc)?)
+        .context("parse the image manifest")?;
+    let config: Value = serde_json::from_slice(&read_blob(layout, &manifest["config"])?)
+        .context("parse the image config")?;
+    let layers = manifest["layers"]
+        .as_array()
+        .context("image manifest: no layers")?;
+    if layers.is_empty() {
+        bail!("image manifest: no layers");
+    }
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().cloned();
+
+    let mut out = Vec::new();
+    let mut chain: Option<String> = None;
+    let mut dep: Option<Dep> = None;
+    let mut passwd: Option<String> = None;
+    let mut group: Option<String> = None;
+    for (i, desc) in layers.iter().enumerate() {
+        let tmp = TempDir::new(&format!("import-{i}"))?;
+        let tree = tmp.0.join("tree");
+        fs::create_dir(&tree).with_context(|| format!("create {}", tree.display()))?;
+        let diff_id = extract_layer(layout, desc, &tree)
+            .with_context(|| format!("image layer {} ({})", i + 1, desc_digest(desc)))?;
+        if let Some(ids) = &diff_ids
+            && let Some(want) = ids.get(i).and_then(|v| v.as_str())
+            && want != diff_id
+        {
+            bail!(
+                "image layer {}: uncompressed digest {diff_id}, the config says {want}",
+                i + 1
+            );
+        }
+        chain = Some(match chain {
+            None => diff_id.clone(),
+            Some(c) => format!(
+                "sha256:{}",
+                Digest::of(format!("{c} {diff_id}").as_bytes()).hex()
+            ),
+        });
+        // Names for the user: the last /etc/passwd and /etc/group a layer adds win.
+        if let Ok(t) = fs::read_to_string(tree.join("etc/passwd")) {
+            passwd = Some(t);
+        }
+        if let Ok(t) = fs::read_to_string(tree.join("etc/group")) {
+            group = Some(t);
+        }
+        let last = i + 1 == layers.len();
+        let chain_hex = chain
+            .as_deref()
+            .and_then(|c| c.strip_prefix("sha256:"))
+            .unwrap_or_default()
+            .to_string();
+        let (name, version) = if last {
+            (o.name.to_string(), o.version.to_string())
+        } else {
+            (LOWER_NAME.to_string(), chain_hex)
+        };
+        let file = tmp.0.join("layer.lrl");
+        let (h, d) = pack::pack(&pack::PackOptions {
+            dir: &tree,
+            name: &name,
+            version: &version,
+            deps: dep.take().into_iter().collect(),
+            fs: o.fs,
+            compression: o.compression,
+            keep_owners: true,
+            out: &file,
+        })?;
+        o.store.add(&file)?;
+        dep = Some(Dep {
+            name: h.name.clone(),
+            version: h.version.clone(),
+            digest: d,
+        });
+        out.push((h.label(), d));
+    }
+    let process = process_config(&config["config"], passwd.as_deref(), group.as_deref())?;
+    Ok(Imported {
+        layers: out,
+        process,
+    })
+}
+
+/// A config.json for the imported image: `lrun spec` defaults, no terminal, the image's
+/// process, and the layer annotation naming NAME@VERSION.
+pub fn bundle_config(mut spec: Value, top: &str, p: &ProcessConfig) -> Value {
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(p.args);
+    if !p.env.is_empty() {
+        spec["process"]["env"] = json!(p.env);
+    }
+    spec["process"]["cwd"] = json!(p.cwd);
+    spec["process"]["user"] = json!({"uid": p.uid, "gid": p.gid});
+    spec["root"] = json!({"path": "rootfs", "readonly": false});
+    spec["annotations"] = json!({ super::ANNOTATION_LAYERS: top });
+    spec
+}
+
+fn process_config(c: &Value, passwd: Option<&str>, group: Option<&str>) -> Result<ProcessConfig> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut args = strings(&c["Entrypoint"]);
+    args.extend(strings(&c["Cmd"]));
+    if args.is_empty() {
+        bail!("image config: neither Entrypoint nor Cmd: the bundle would have nothing to run");
+    }
+    let cwd = match c["WorkingDir"].as_str() {
+        Some(w) if !w.is_empty() => w.to_string(),
+        _ => "/".to_string(),
+    };
+    let (uid, gid) = resolve_user(c["User"].as_str().unwrap_or(""), passwd, group)?;
+    Ok(ProcessConfig {
+        args,
+        env: strings(&c["Env"]),
+        cwd,
+        uid,
+        gid,
+    })
+}
+
+/// OCI `User`: `uid`, `uid:gid`, `name`, `name:group` (names from the image's files).
+fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let find = |table: Option<&str>, key: &str, by_id: bool| -> Option<(u32, Option<u32>)> {
+        table?.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let id: u32 = f.get(2)?.parse().ok()?;
+            let hit = if by_id {
+                key.parse::<u32>().ok() == Some(id)
+            } else {
+                f.first() == Some(&key)
+            };
+            hit.then(|| (id, f.get(3).and_then(|g| g.parse().ok())))
+        })
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, find(passwd, u, true).and_then(|(_, g)| g)),
+        Err(_) => match find(passwd, u, false) {
+            Some((id, g)) => (id, g),
+            None => bail!("image config: user {u:?} is not in the image's /etc/passwd"),
+        },
+    };
+    let gid = match g {
+        None => primary.unwrap_or(0),
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => match find(group, g, false) {
+                Some((id, _)) => id,
+                None => bail!("image config: group {g:?} is not in the image's /etc/group"),
+            },
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    let t = fs::read(p).with_context(|| format!("read {}", p.display()))?;
+    serde_json::from_slice(&t).with_context(|| format!("parse {}", p.display()))
+}
+
+fn desc_digest(d: &Value) -> &str {
+    d["digest"].as_str().unwrap_or("?")
+}
+
+/// `blobs/<alg>/<hex>` of a descriptor; only sha256, with a hex that cannot leave blobs/.
+fn blob_path(layout: &Path, desc: &Value) -> Result<(PathBuf, Digest)> {
+    let dg = desc_digest(desc);
+    let Some(hex) = dg.strip_prefix("sha256:") else {
+        bail!("descriptor digest {dg:?}: only sha256 is supported");
+    };
+    let d = Digest::parse(hex).with_context(|| format!("descriptor digest {dg:?}"))?;
+    Ok((layout.join("blobs/sha256").join(d.hex()), d))
+}
+
+fn read_blob(layout: &Path, desc: &Value) -> Result<Vec<u8>> {
+    let (p, d) = blob_path(layout, desc)?;
+    let data = fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+    if Digest::of(&data) != d {
+        bail!("{}: content does not match its digest", p.display());
+    }
+    Ok(data)
+}
+
+/// The manifest descriptor: by tag, or the only one; an image index is followed to the
+/// manifest for this machine's architecture.
+fn pick_manifest(layout: &Path, index: &Value, tag: Option<&str>) -> Result<Value> {
+    let ms = index["manifests"]
+        .as_array()
+        .context("index.json: no manifests")?;
+    let tag_of = |m: &Value| {
+        m["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let chosen = match tag {
+        Some(t) => ms.iter().find(|m| tag_of(m).as_deref() == Some(t)).cloned(),
+        None if ms.len() == 1 => Some(ms[0].clone()),
+        None => {
+            let tags: Vec<String> = ms.iter().filter_map(tag_of).collect();
+            bail!(
+                "index.json lists {} images: name one as DIR:TAG (tags: {})",
+                ms.len(),
+                tags.join(", ")
+            );
+        }
+    };
+    let Some(m) = chosen else {
+        bail!("index.json has no image tagged {:?}", tag.unwrap_or(""));
+    };
+    if m["mediaType"].as_str() == Some("application/vnd.oci.image.index.v1+json") {
+        let inner: Value = serde_json::from_slice(&read_blob(layout, &m)?)
+            .context("parse the nested image index")?;
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            a => a,
+        };
+        let list = inner["manifests"]
+            .as_array()
+            .context("nested index: no manifests")?;
+        let found = list.iter().find(|x| {
+            x["platform"]["architecture"].as_str() == Some(arch)
+                && x["platform"]["os"].as_str().unwrap_or("linux") == "linux"
+        });
+        return match found {
+            Some(x) => Ok(x.clone()),
+            None => bail!("image index has no linux/{arch} image"),
+        };
+    }
+    Ok(m)
+}
+
+/// Hashes what passes through.
+struct HashRead<'a, R> {
+    inner: R,
+    h: &'a mut Sha256,
+}
+
+impl<R: Read> Read for HashRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.h.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Extract one layer into `tree`, converting whiteouts; returns its diff id (sha256 of the
+/// uncompressed tar) after checking the blob's own digest.
+fn extract_layer(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
+    let (p, want) = blob_path(layout, desc)?;
+    let f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
+    let mut magic = [0u8; 4];
+    let n = f.read_at(&mut magic, 0).context("read layer blob")?;
+    let media = desc["mediaType"].as_str().unwrap_or("");
+    let gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
+    if media.contains("zstd") || (n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd]) {
+        bail!(
+            "zstd-compressed layers are not supported; copy the image with gzip layers (skopeo copy --dest-compress-format gzip)"
+        );
+    }
+    let mut blob_h = Sha256::new();
+    let mut diff_h = Sha256::new();
+    let mut opaque = Vec::new();
+    let mut whiteouts = Vec::new();
+    let streamed = (|| -> Result<()> {
+        let comp = HashRead {
+            inner: std::io::BufReader::with_capacity(1 << 20, f),
+            h: &mut blob_h,
+        };
+        let dec: Box<dyn Read + '_> = if gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(comp))
+        } else {
+            Box::new(comp)
+        };
+        let diff = HashRead {
+            inner: dec,
+            h: &mut diff_h,
+        };
+        let mut ar = tar::Archive::new(diff);
+        ar.set_preserve_permissions(true);
+        ar.set_preserve_ownerships(true);
+        ar.set_unpack_xattrs(true);
+        ar.set_preserve_mtime(true);
+        ar.set_overwrite(true);
+        for e in ar.entries().context("read tar")? {
+            let mut e = e.context("read tar entry")?;
+            let path = e.path().context("tar entry path")?.into_owned();
+            let rel = clean_rel(&path)?;
+            let Some(fname) = rel.file_name().map(|n| n.as_bytes().to_vec()) else {
+                continue;
+            };
+            let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            if fname == b".wh..wh..opq" {
+                opaque.push(parent);
+                continue;
+            }
+            if let Some(hidden) = fname.strip_prefix(b".wh.") {
+                whiteouts.push(parent.join(std::ffi::OsStr::from_bytes(hidden)));
+                continue;
+            }
+            let kind = e.header().entry_type();
+            if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+                make_node(tree, &rel, e.header())
+                    .with_context(|| format!("tar entry {}", path.display()))?;
+                continue;
+            }
+            if !e
+                .unpack_in(tree)
+                .with_context(|| format!("extract {}", path.display()))?
+            {
+                bail!("tar entry {} points outside the layer", path.display());
+            }
+        }
+        // The blob's digest covers every byte, including what follows the tar's end marker.
+        let mut rest = ar.into_inner();
+        std::io::copy(&mut rest, &mut std::io::sink()).context("read layer blob")?;
+        Ok(())
+    })();
+    if let Err(e) = streamed {
+        // A damaged blob shows up first as a tar or gzip error: say what is really wrong.
+        if file_digest(&p).ok() != Some(want) {
+            bail!("{}: content does not match its digest", p.display());
+        }
+        return Err(e);
+    }
+    for w in &whiteouts {
+        let at = safe_path(tree, w)?;
+        mknod(&at, libc::S_IFCHR | 0o600, 0)?;
+    }
+    for o in &opaque {
+        let at = safe_path(tree, o)?;
+        fs::create_dir_all(&at).with_context(|| format!("create {}", at.display()))?;
+        set_xattr(&at, "trusted.overlay.opaque", b"y")?;
+    }
+    let got = Digest(blob_h.finalize().into());
+    if got != want {
+        bail!("{}: content does not match its digest", p.display());
+    }
+    Ok(format!("sha256:{}", Digest(diff_h.finalize().into()).hex()))
+}
+
+fn file_digest(p: &Path) -> Result<Digest> {
+    let f = File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut r = HashRead {
+        inner: f,
+        h: &mut h,
+    };
+    std::io::copy(&mut r, &mut std::io::sink()).with_context(|| format!("read {}", p.display()))?;
+    Ok(Digest(h.finalize().into()))
+}
+
+/// A tar path as a relative path of normal components ("./a/b" → "a/b"); ".." is refused.
+fn clean_rel(p: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir | Component::RootDir => {}
+            _ => bail!("tar entry {}: '..' in the path", p.display()),
+        }
+    }
+    Ok(out)
+}
+
+/// `tree/rel`, with every existing parent a real directory (not a symlink), so nothing done
+/// at the path can land outside the tree; missing parents are created.
+fn safe_path(tree: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut cur = tree.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        if i + 1 == comps.len() {
+            break;
+        }
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{}: a parent is not a directory", rel.display()),
+            Err(_) => fs::create_dir(&cur).with_context(|| format!("create {}", cur.display()))?,
+        }
+    }
+    Ok(cur)
+}
+
+fn make_node(tree: &Path, rel: &Path, h: &tar::Header) -> Result<()> {
+    let at = safe_path(tree, rel)?;
+    let kind = h.entry_type();
+    let ty = if kind.is_character_special() {
+        libc::S_IFCHR
+    } else if kind.is_block_special() {
+        libc::S_IFBLK
+    } else {
+        libc::S_IFIFO
+    };
+    let mode = h.mode().context("tar mode")? & 0o7777;
+    let dev = libc::makedev(
+        h.device_major().ok().flatten().unwrap_or(0),
+        h.device_minor().ok().flatten().unwrap_or(0),
+    );
+    let _ = fs::remove_file(&at);
+    mknod(&at, ty | mode, dev)?;
+    let uid = h.uid().context("tar uid")? as u32;
+    let gid = h.gid().context("tar gid")? as u32;
+    std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", at.display()))?;
+    // mknod's mode went through the umask.
+    let c = cstr(&at)?;
+    // SAFETY: valid C string; fchmodat on a path we just created.
+    if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, 0) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("chmod {}", at.display()));
+    }
+    Ok(())
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("{}: NUL in path", p.display()))
+}
+
+fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid C string.
+    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mknod {}", p.display()));
+    }
+    Ok(())
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
+    let c = cstr(p)?;
+    let n = CString::new(name).context("xattr name")?;
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setxattr {name} on {}", p.display()));
+    }
+    Ok(())
+}
+
+/// A private directory for one layer's tree and image, removed with everything in it.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("lrun-{what}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p)
+            .with_context(|| format!("create {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nstaff:x:50:\n";
+
+    #[test]
+    fn user_forms_resolve_to_ids() {
+        let r = |u| resolve_user(u, Some(PASSWD), Some(GROUP));
+        assert_eq!(r("").unwrap(), (0, 0));
+        assert_eq!(r("1000").unwrap(), (1000, 1001));
+        assert_eq!(r("1234").unwrap(), (1234, 0));
+        assert_eq!(r("app").unwrap(), (1000, 1001));
+        assert_eq!(r("app:staff").unwrap(), (1000, 50));
+        assert_eq!(r("7:8").unwrap(), (7, 8));
+        assert!(r("ghost").is_err());
+        assert!(r("app:nogroup").is_err());
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_make_args() {
+        let c = json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"],
+                       "Env": ["A=1"], "WorkingDir": "/srv", "User": "app"});
+        let p = process_config(&c, Some(PASSWD), None).unwrap();
+        assert_eq!(p.args, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/srv", 1000, 1001));
+        assert!(process_config(&json!({}), None, None).is_err());
+    }
+
+    #[test]
+    fn tar_paths_stay_relative() {
+        assert_eq!(clean_rel(Path::new("./a/b")).unwrap(), Path::new("a/b"));
+        assert_eq!(clean_rel(Path::new("/etc/x")).unwrap(), Path::new("etc/x"));
+        assert!(clean_rel(Path::new("a/../../x")).is_err());
+    }
+}

@@ -1,0 +1,515 @@
+//! `lrun layer pull`: fetch the layers a node lacks from a source, verify them, store them.
+//!
+//! The closure is walked from the headers (the store's for layers it has, the source's for
+//! the others: a header is the first 4 KiB of an image), so only missing layers cross the
+//! network. Downloads go to `STORE/partial/<hex>.lrl.partial` under a per-digest flock, so
+//! concurrent pulls of one layer on a node download it once; an interrupted download resumes
+//! from the partial file (HTTP Range); a complete one is imported through the store's path
+//! (link into tmp/, verify the payload digest, rename), so an image never appears in the
+//! store unverified, and a corrupt download is removed.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::header::{self, Digest, Header};
+use super::source::Source;
+use super::store::{LayerRef, Store};
+
+/// Attempts per layer: a transfer cut short is resumed this many times before giving up.
+const ATTEMPTS: usize = 4;
+
+/// One layer of a pull.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PulledLayer {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    /// The image's size.
+    pub size: u64,
+    /// Bytes this pull transferred for it (0 when already present or fetched by another pull).
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// What a pull did.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullReport {
+    pub source: String,
+    /// Layers this pull put into the store, bottom-most first.
+    pub fetched: Vec<PulledLayer>,
+    /// Layers of the closure the store already had (or another pull stored meanwhile).
+    pub present: Vec<PulledLayer>,
+    pub bytes_fetched: u64,
+    pub seconds: f64,
+}
+
+pub struct PullOptions {
+    /// Show per-layer progress on stderr (callers pass "stderr is a terminal").
+    pub progress: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// A layer still to visit: its digest, the name@version it must carry (a dependency's
+/// record or the name a top was asked by), and the dependent needing it (None for a top).
+type Pending = (Digest, Option<(String, String)>, Option<String>);
+
+/// Fetch every layer of the closure of `refs` that the store lacks.
+pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
+    let t0 = Instant::now();
+    let mut report = PullReport {
+        source: src.describe(),
+        ..Default::default()
+    };
+    let mut tops = Vec::with_capacity(refs.len());
+    for r in refs {
+        tops.push(resolve_top(store, src, r)?);
+    }
+    // Walk the closure: (digest, header, present in the store).
+    let mut seen = HashSet::new();
+    let mut order: Vec<(Digest, Header, bool)> = Vec::new();
+    let mut stack: Vec<Pending> = tops
+        .iter()
+        .zip(refs)
+        .rev()
+        .map(|((d, _), r)| {
+            let expect = match r {
+                LayerRef::Label { name, version } => Some((name.clone(), version.clone())),
+                _ => None,
+            };
+            (*d, expect, None)
+        })
+        .collect();
+    while let Some((d, expect, needed_by)) = stack.pop() {
+        if !seen.insert(d) {
+            continue;
+        }
+        let label = expect
+            .as_ref()
+            .map(|(n, v)| format!("{n}@{v} "))
+            .unwrap_or_default();
+        let (h, present) = match store.header(&d)? {
+            Some(h) => (h, true),
+            None => match src.header(&d)? {
+                Some(h) => (h, false),
+                None => bail!(
+                    "layer {label}{d}{} is not in {}",
+                    needed_by
+                        .as_ref()
+                        .map(|x| format!(" (needed by {x})"))
+                        .unwrap_or_default(),
+                    src.describe()
+                ),
+            },
+        };
+        if let Some((n, v)) = &expect
+            && (h.name != *n || h.version != *v)
+        {
+            match &needed_by {
+                Some(x) => bail!(
+                    "{x} depends on {n}@{v} ({d}), but that digest is {}",
+                    h.label()
+                ),
+                None => bail!(
+                    "{}: the index gives {d} for {n}@{v}, but that image is {}",
+                    src.describe(),
+                    h.label()
+                ),
+            }
+        }
+        for dep in h.deps.iter().rev() {
+            stack.push((
+                dep.digest,
+                Some((dep.name.clone(), dep.version.clone())),
+                Some(h.label()),
+            ));
+        }
+        order.push((d, h, present));
+    }
+    // Dependencies before their dependents: a reader of the store mid-pull sees lower
+    // layers first, and an interrupted pull leaves whole, usable sub-stacks.
+    order.reverse();
+    for (d, h, present) in order {
+        let size = h.payload_offset + h.payload_len;
+        let mut item = PulledLayer {
+            name: h.name.clone(),
+            version: h.version.clone(),
+            digest: d.to_string(),
+            size,
+            bytes: 0,
+            seconds: 0.0,
+        };
+        if present {
+            report.present.push(item);
+            continue;
+        }
+        let t = Instant::now();
+        let fetched = fetch_one(store, src, &d, &h, o)?;
+        item.seconds = t.elapsed().as_secs_f64();
+        match fetched {
+            Some(bytes) => {
+                item.bytes = bytes;
+                report.bytes_fetched += bytes;
+                report.fetched.push(item);
+            }
+            None => report.present.push(item),
+        }
+    }
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn resolve_top(store: &Store, src: &Source, r: &LayerRef) -> Result<(Digest, String)> {
+    match r {
+        LayerRef::Digest(d) => Ok((*d, d.to_string())),
+        LayerRef::Label { name, version } => {
+            // A name the node already knows needs no round trip to the source.
+            if let Some(d) = store.lookup_label(name, version)?
+                && store.image_path(&d).exists()
+            {
+                return Ok((d, r.to_string()));
+            }
+            match src.lookup(name, version)? {
+                Some(d) => Ok((d, r.to_string())),
+                None => bail!("{} has no layer {r}", src.describe()),
+            }
+        }
+        LayerRef::Path(p) => bail!(
+            "pull {}: name layers by name@version or sha256:HEX (a file is imported with `lrun layer add`)",
+            p.display()
+        ),
+    }
+}
+
+/// Download and import one layer. Returns the bytes transferred, or None if another process
+/// stored it meanwhile.
+fn fetch_one(
+    store: &Store,
+    src: &Source,
+    d: &Digest,
+    h: &Header,
+    o: &PullOptions,
+) -> Result<Option<u64>> {
+    let dir = store.root.join("partial");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let lock = DigestLock::take(&dir.join(format!("{}.lock", d.hex())))?;
+    if store.image_path(d).exists() {
+        lock.release();
+        return Ok(None);
+    }
+    let partial = dir.join(format!("{}.{}.partial", d.hex(), header::EXTENSION));
+    let total = h.payload_offset + h.payload_len;
+    let mut bytes = 0u64;
+    let mut last_err = None;
+    let mut progress = Progress::new(o.progress, &h.label(), total);
+    for _ in 0..ATTEMPTS {
+        match download(src, d, &partial, total, &mut progress, &mut bytes) {
+            Ok(()) => {
+                last_err = None;
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    progress.finish();
+    if let Some(e) = last_err {
+        lock.release();
+        // The partial file stays: the next pull resumes it.
+        return Err(e.context(format!(
+            "pull {} ({d}) from {}: {bytes} bytes transferred, giving up after {ATTEMPTS} attempts",
+            h.label(),
+            src.describe()
+        )));
+    }
+    let res = import(store, d, h, &partial);
+    // Verified and linked into the store, or rejected: either way the partial has served.
+    let _ = fs::remove_file(&partial);
+    lock.release();
+    if let Err(e) = res {
+        return Err(e.context(format!(
+            "pull {} ({d}) from {}: download rejected and removed",
+            h.label(),
+            src.describe()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+/// Bring `partial` to `total` bytes, resuming from what it has.
+fn download(
+    src: &Source,
+    d: &Digest,
+    partial: &Path,
+    total: u64,
+    progress: &mut Progress,
+    bytes: &mut u64,
+) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(partial)
+        .with_context(|| format!("open {}", partial.display()))?;
+    let mut have = f.metadata().context("fstat partial download")?.len();
+    if have > total {
+        have = 0;
+    }
+    if have == total {
+        return Ok(());
+    }
+    let body = src.open(d, have)?;
+    if !body.from_offset {
+        have = 0;
+    }
+    f.set_len(have)
+        .with_context(|| format!("truncate {}", partial.display()))?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(have))
+        .with_context(|| format!("seek {}", partial.display()))?;
+    progress.at(have);
+    // More than the header promises is not ours to store.
+    let mut r = body.reader.take(total - have);
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // Keep what arrived for the next attempt.
+                let _ = f.sync_data();
+                return Err(e).with_context(|| {
+                    format!("{d} from {}: transfer cut at byte {have}", src.describe())
+                });
+            }
+        };
+        f.write_all(&buf[..n])
+            .with_context(|| format!("write {}", partial.display()))?;
+        have += n as u64;
+        *bytes += n as u64;
+        progress.at(have);
+    }
+    f.sync_all()
+        .with_context(|| format!("fsync {}", partial.display()))?;
+    if have != total {
+        bail!(
+            "{d} from {}: transfer ended at byte {have} of {total}",
+            src.describe()
+        );
+    }
+    Ok(())
+}
+
+fn import(store: &Store, d: &Digest, h: &Header, partial: &Path) -> Result<()> {
+    let (h2, got) = header::read_header(partial)?;
+    if got != *d || h2 != *h {
+        bail!("downloaded header has digest {got}, expected {d}");
+    }
+    // Store::add links the file into the store's tmp/, checks the payload digest there and
+    // renames it into place: the one verified import path.
+    let (got, _, _) = store.add(partial)?;
+    if got != *d {
+        bail!("stored image has digest {got}, expected {d}");
+    }
+    Ok(())
+}
+
+/// An exclusive flock on a per-digest lock file that is removed on release. A waiter that
+/// gets the lock on a file already unlinked starts over, so two holders can never coexist.
+struct DigestLock {
+    f: File,
+    path: PathBuf,
+}
+
+impl DigestLock {
+    fn take(path: &Path) -> Result<DigestLock> {
+        loop {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .with_context(|| format!("open {}", path.display()))?;
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("flock {}", path.display()));
+            }
+            let mine = f.metadata().context("fstat lock")?.ino();
+            match fs::metadata(path) {
+                Ok(m) if m.ino() == mine => {
+                    return Ok(DigestLock {
+                        f,
+                        path: path.to_path_buf(),
+                    });
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
+            }
+        }
+    }
+
+    /// Remove the lock file while holding it (waiters notice and retry); on an error path the
+    /// file stays, which is harmless: the next pull takes it.
+    fn release(self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.f);
+    }
+}
+
+/// Per-layer progress on stderr: bytes, total, rate; at most ten updates a second.
+struct Progress {
+    on: bool,
+    label: String,
+    total: u64,
+    start: Instant,
+    first: u64,
+    last: Option<Instant>,
+    at: u64,
+}
+
+impl Progress {
+    fn new(on: bool, label: &str, total: u64) -> Progress {
+        Progress {
+            on,
+            label: label.to_string(),
+            total,
+            start: Instant::now(),
+            first: 0,
+            last: None,
+            at: 0,
+        }
+    }
+
+    fn at(&mut self, n: u64) {
+        if self.last.is_none() {
+            self.first = n;
+        }
+        self.at = n;
+        if !self.on {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(now);
+        self.draw(false);
+    }
+
+    fn draw(&self, done: bool) {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = (self.at - self.first.min(self.at)) as f64 / secs;
+        let mut e = std::io::stderr().lock();
+        let _ = write!(
+            e,
+            "\r\x1b[K{} {} / {} {}/s{}",
+            self.label,
+            human(self.at),
+            human(self.total),
+            human(rate as u64),
+            if done { "\n" } else { "" }
+        );
+        let _ = e.flush();
+    }
+
+    fn finish(&mut self) {
+        if self.on {
+            self.draw(true);
+        }
+    }
+}
+
+/// 1234567 → "1.2 MiB".
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Remove partial downloads nobody is working on (their per-digest lock is free): what an
+/// interrupted pull left and no later pull resumed. Returns how many files went.
+pub fn clean_partials(store: &Store) -> Result<usize> {
+    let dir = store.root.join("partial");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_suffix(&format!(".{}.partial", header::EXTENSION)) else {
+            continue;
+        };
+        let lock_path = dir.join(format!("{hex}.lock"));
+        let Ok(lock) = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+        else {
+            continue;
+        };
+        // SAFETY: flock on an fd we own; LOCK_NB so a pull in progress is simply skipped.
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
+            continue;
+        }
+        if fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+        let _ = fs::remove_file(&lock_path);
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(10), "10 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 20), "5.0 MiB");
+    }
+}

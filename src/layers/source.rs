@@ -1,0 +1,391 @@
+//! Where layers come from: a directory (a shared filesystem) or a plain static HTTP(S) server,
+//! both laid out by digest (runtime-spec/distribution.md):
+//!
+//! ```text
+//! SOURCE/layers/sha256/<hex>.lrl     the image, hex = layer digest
+//! SOURCE/index/<name>/<version>      text: "sha256:<hex>\n"
+//! ```
+//! Nothing read from a source is trusted: headers are checked against the digest that named
+//! them, and whole images are verified by the store's import before they become visible.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::header::{self, Digest, Header};
+use super::store;
+
+/// A layer source.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Dir(PathBuf),
+    /// Base URL without a trailing '/'.
+    Http {
+        base: String,
+        agent: ureq::Agent,
+    },
+}
+
+/// A stream of an image's bytes from some offset.
+pub struct Body {
+    pub reader: Box<dyn Read + Send>,
+    /// False when the source ignored the requested offset and sends from byte 0.
+    pub from_offset: bool,
+}
+
+impl Source {
+    /// `http://…` / `https://…` is a server, anything else a directory.
+    pub fn parse(s: &str) -> Result<Source> {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                // Statuses are handled here (404 → "not in the source", 206/200 for ranges).
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(10)))
+                // A stalled server fails the transfer (resumed on retry) instead of hanging.
+                .timeout_per_read(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            return Ok(Source::Http {
+                base: s.trim_end_matches('/').to_string(),
+                agent,
+            });
+        }
+        let p = PathBuf::from(s);
+        if !p.is_dir() {
+            bail!("layer source {s}: not a directory (or an http:// or https:// URL)");
+        }
+        Ok(Source::Dir(p))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Dir(p) => p.display().to_string(),
+            Source::Http { base, .. } => base.clone(),
+        }
+    }
+
+    fn rel_image(d: &Digest) -> String {
+        format!("layers/sha256/{}.{}", d.hex(), header::EXTENSION)
+    }
+
+    fn url(base: &str, rel: &str) -> String {
+        format!("{base}/{rel}")
+    }
+
+    /// The digest the source's index gives for name@version; None if it has none.
+    pub fn lookup(&self, name: &str, version: &str) -> Result<Option<Digest>> {
+        let rel = format!("index/{name}/{version}");
+        let text = match self {
+            Source::Dir(root) => match fs::read_to_string(root.join(&rel)) {
+                Ok(t) => t,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("read {}", root.join(&rel).display()));
+                }
+            },
+            Source::Http { base, agent } => {
+                let url = Self::url(base, &rel);
+                let mut r = agent
+                    .get(&url)
+                    .call()
+                    .with_context(|| format!("GET {url}"))?;
+                match r.status().as_u16() {
+                    200 => {}
+                    404 | 410 => return Ok(None),
+                    s => bail!("GET {url}: HTTP {s}"),
+                }
+                r.body_mut()
+                    .with_config()
+                    .limit(4096)
+                    .read_to_string()
+                    .with_context(|| format!("GET {url}"))?
+            }
+        };
+        let d = Digest::parse(text.trim())
+            .with_context(|| format!("{}: index entry {name}@{version}", self.describe()))?;
+        Ok(Some(d))
+    }
+
+    /// `len` bytes from `start` and the image's total size; None if the source lacks it.
+    fn read_range(&self, d: &Digest, start: u64, len: usize) -> Result<Option<(Vec<u8>, u64)>> {
+        let rel = Self::rel_image(d);
+        match self {
+            Source::Dir(root) => {
+                let p = root.join(&rel);
+                let f = match File::open(&p) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e).with_context(|| format!("open {}", p.display())),
+                };
+                let total = f.metadata().context("fstat")?.len();
+                let want = len.min(total.saturating_sub(start) as usize);
+                let mut buf = vec![0u8; want];
+                f.read_exact_at(&mut buf, start)
+                    .with_context(|| format!("read {}", p.display()))?;
+                Ok(Some((buf, total)))
+            }
+            Source::Http { base, agent } => {
+                let url = Self::url(base, &rel);
+                let last = start + len as u64 - 1;
+                let mut r = agent
+                    .get(&url)
+                    .header("Range", &format!("bytes={start}-{last}"))
+                    .call()
+                    .with_context(|| format!("GET {url}"))?;
+                let status = r.status().as_u16();
+                let total = match status {
+                    206 => content_range_total(r.headers()).with_context(|| {
+                        format!("GET {url}: 206 without a usable Content-Range")
+                    })?,
+                    200 => content_length(r.headers())
+                        .with_context(|| format!("GET {url}: no Content-Length"))?,
+                    // A range starting past the end: a file shorter than a header.
+                    416 => content_range_total(r.headers()).unwrap_or(0),
+                    404 | 410 => return Ok(None),
+                    s => bail!("GET {url}: HTTP {s}"),
+                };
+                let mut buf = Vec::with_capacity(len);
+                if status != 416 {
+                    let mut rd = r.body_mut().as_reader();
+                    // A server ignoring Range sends the whole file: skip to `start`, keep `len`.
+                    if status == 200 && start > 0 {
+                        std::io::copy(&mut (&mut rd).take(start), &mut std::io::sink())
+                            .with_context(|| format!("GET {url}"))?;
+                    }
+                    rd.take(len as u64)
+                        .read_to_end(&mut buf)
+                        .with_context(|| format!("GET {url}"))?;
+                }
+                Ok(Some((buf, total)))
+            }
+        }
+    }
+
+    /// The header of the image with digest `d`, checked against `d`; None if the source lacks
+    /// it. Reads the header's bytes only.
+    pub fn header(&self, d: &Digest) -> Result<Option<Header>> {
+        let what = || format!("layer {d} from {}", self.describe());
+        let Some((first, total)) = self.read_range(d, 0, header::ALIGN as usize)? else {
+            return Ok(None);
+        };
+        let hlen = header_len_hint(&first);
+        let bytes = if hlen > first.len() && (hlen as u64) <= total {
+            let Some((rest, _)) = self.read_range(d, first.len() as u64, hlen - first.len())?
+            else {
+                return Ok(None);
+            };
+            [first, rest].concat()
+        } else {
+            first
+        };
+        let (h, got) = Header::decode(&bytes, total).with_context(what)?;
+        if got != *d {
+            bail!("{}: the file there has digest {got}", what());
+        }
+        Ok(Some(h))
+    }
+
+    /// The image's bytes from `offset` on.
+    pub fn open(&self, d: &Digest, offset: u64) -> Result<Body> {
+        let rel = Self::rel_image(d);
+        match self {
+            Source::Dir(root) => {
+                let p = root.join(&rel);
+                let mut f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
+                f.seek(SeekFrom::Start(offset))
+                    .with_context(|| format!("seek {}", p.display()))?;
+                Ok(Body {
+                    reader: Box::new(f),
+                    from_offset: true,
+                })
+            }
+            Source::Http { base, agent } => {
+                let url = Self::url(base, &rel);
+                let mut req = agent.get(&url);
+                if offset > 0 {
+                    req = req.header("Range", &format!("bytes={offset}-"));
+                }
+                let r = req.call().with_context(|| format!("GET {url}"))?;
+                let from_offset = match r.status().as_u16() {
+                    206 => {
+                        let start = content_range_start(r.headers());
+                        if start != Some(offset) {
+                            bail!("GET {url}: asked for bytes from {offset}, got {start:?}");
+                        }
+                        true
+                    }
+                    200 => offset == 0,
+                    // Our partial file is as long as (or longer than) the image: start over.
+                    416 => return self.open(d, 0),
+                    s => bail!("GET {url}: HTTP {s}"),
+                };
+                let (_, body) = r.into_parts();
+                Ok(Body {
+                    reader: Box::new(body.into_reader()),
+                    from_offset,
+                })
+            }
+        }
+    }
+}
+
+/// The header length the first bytes declare (0 if they are too short to say).
+fn header_len_hint(first: &[u8]) -> usize {
+    match first.get(12..16) {
+        Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        None => 0,
+    }
+    // Bounded by the reader's own checks: decode refuses lengths its dependency count does
+    // not give, and a length past the file's end is not fetched.
+    .min(header::header_len_for(header::MAX_DEPS) as usize)
+}
+
+fn header_str<'a>(h: &'a ureq::http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn content_length(h: &ureq::http::HeaderMap) -> Option<u64> {
+    header_str(h, "content-length")?.trim().parse().ok()
+}
+
+/// "bytes A-B/TOTAL" → TOTAL (also "bytes */TOTAL" of a 416).
+fn content_range_total(h: &ureq::http::HeaderMap) -> Option<u64> {
+    parse_content_range(header_str(h, "content-range")?).1
+}
+
+fn content_range_start(h: &ureq::http::HeaderMap) -> Option<u64> {
+    parse_content_range(header_str(h, "content-range")?).0
+}
+
+fn parse_content_range(v: &str) -> (Option<u64>, Option<u64>) {
+    let Some(rest) = v.trim().strip_prefix("bytes ") else {
+        return (None, None);
+    };
+    let (range, total) = rest.split_once('/').unwrap_or((rest, "*"));
+    let start = range.split_once('-').and_then(|(a, _)| a.parse().ok());
+    (start, total.parse().ok())
+}
+
+/// Copy layer images into a directory source (the layout above): each is verified first,
+/// written under a temporary name and renamed, then its index entry is written the same way.
+/// Returns (label, digest, whether the image was new) per file.
+pub fn publish_dir(root: &Path, files: &[PathBuf]) -> Result<Vec<(String, Digest, bool)>> {
+    let mut out = Vec::new();
+    for f in files {
+        let (h, d) = store::verify(f).with_context(|| format!("layer image {}", f.display()))?;
+        let img_dir = root.join("layers/sha256");
+        let idx_dir = root.join("index").join(&h.name);
+        for dir in [&img_dir, &idx_dir] {
+            fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let dst = root.join(Source::rel_image(&d));
+        let new = !dst.exists();
+        if new {
+            let tmp = img_dir.join(format!(".{}.{}.tmp", d.hex(), std::process::id()));
+            let res = copy_file(f, &tmp).and_then(|()| {
+                fs::rename(&tmp, &dst)
+                    .with_context(|| format!("rename {} to {}", tmp.display(), dst.display()))
+            });
+            if res.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            res?;
+        }
+        let idx = idx_dir.join(&h.version);
+        let tmp = idx_dir.join(format!(".{}.{}.tmp", h.version, std::process::id()));
+        let res = write_file(&tmp, format!("{d}\n").as_bytes()).and_then(|()| {
+            fs::rename(&tmp, &idx)
+                .with_context(|| format!("rename {} to {}", tmp.display(), idx.display()))
+        });
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res?;
+        out.push((h.label(), d, new));
+    }
+    Ok(out)
+}
+
+fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+    let mut from = File::open(src).with_context(|| format!("open {}", src.display()))?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(dst)
+        .with_context(|| format!("create {}", dst.display()))?;
+    std::io::copy(&mut from, &mut to)
+        .with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
+    to.sync_all()
+        .with_context(|| format!("fsync {}", dst.display()))
+}
+
+fn write_file(p: &Path, data: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(p)
+        .with_context(|| format!("create {}", p.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parses_start_and_total() {
+        assert_eq!(
+            parse_content_range("bytes 4096-8191/12288"),
+            (Some(4096), Some(12288))
+        );
+        assert_eq!(parse_content_range("bytes */500"), (None, Some(500)));
+        assert_eq!(parse_content_range("bytes 0-9/*"), (Some(0), None));
+        assert_eq!(parse_content_range("items 0-9/10"), (None, None));
+    }
+
+    /// HTTPS is compiled in: against a plain-HTTP listener the client fails in the TLS
+    /// handshake (a rustls error), not with "unsupported scheme" or a TLS-disabled error.
+    #[test]
+    fn https_goes_through_a_tls_handshake() {
+        use std::io::Write as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let src = Source::parse(&format!("https://127.0.0.1:{port}/")).unwrap();
+        let e = src.lookup("a", "1").unwrap_err();
+        let msg = format!("{e:#}").to_lowercase();
+        // rustls: "received corrupt message of type InvalidContentType".
+        assert!(
+            msg.contains("invalidcontenttype") || msg.contains("tls"),
+            "{msg}"
+        );
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn header_len_hint_reads_the_declared_length() {
+        let mut b = vec![0u8; 16];
+        b[12..16].copy_from_slice(&8192u32.to_le_bytes());
+        assert_eq!(header_len_hint(&b), 8192);
+        assert_eq!(header_len_hint(&b[..10]), 0);
+        b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            header_len_hint(&b),
+            header::header_len_for(header::MAX_DEPS) as usize
+        );
+    }
+}
