@@ -8,32 +8,11 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{Env, LRUN};
+use common::{Env, LRUN, lrun_with, ok};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-fn lrun_with(env: &Env, store: &Path, args: &[&str]) -> Output {
-    Command::new(LRUN)
-        .arg("--root")
-        .arg(&env.root)
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run lrun")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "lrun failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn sha(data: &[u8]) -> String {
     let d = Sha256::digest(data);

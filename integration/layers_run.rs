@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{Env, LRUN};
+use common::{Env, LRUN, lrun_with, ok};
 use serde_json::json;
 
 /// A store for one test, next to its state root (removed with it).
@@ -17,24 +17,7 @@ fn store(env: &Env) -> PathBuf {
 }
 
 fn lrun(env: &Env, args: &[&str]) -> Output {
-    Command::new(LRUN)
-        .arg("--root")
-        .arg(&env.root)
-        .arg("--store")
-        .arg(store(env))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run lrun")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "lrun failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    lrun_with(env, &store(env), args)
 }
 
 /// busybox@1 (the shared busybox rootfs) and app@1 above it, adding /etc/app and replacing

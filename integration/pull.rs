@@ -10,34 +10,13 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Env, LRUN};
+use common::{Env, LRUN, lrun_with, ok};
 use serde_json::{Value, json};
-
-fn lrun_with(env: &Env, store: &Path, args: &[&str]) -> Output {
-    Command::new(LRUN)
-        .arg("--root")
-        .arg(&env.root)
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run lrun")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "lrun failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Pack a layer whose tree holds `size` bytes of varied data in /<name>.dat, plus extra files.
 fn pack(env: &Env, name: &str, size: usize, deps: &[&Path], extra: &[(&str, &str)]) -> PathBuf {

@@ -248,3 +248,25 @@ pub fn sh(env: &mut Env, f: impl FnOnce(&mut Bundle), script: &str) -> String {
     );
     out
 }
+
+/// lrun with this test's state root and the given layer store; output captured (only for
+/// commands that leave no process holding stdio).
+pub fn lrun_with(env: &Env, store: &Path, args: &[&str]) -> Output {
+    env.lrun()
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lrun")
+}
+
+/// The stdout of a command that must have succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "lrun failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
