@@ -236,13 +236,11 @@ fn features_lists_namespaces_and_hooks() {
     assert_eq!(doc["hooks"].as_array().unwrap().len(), 6);
 }
 
-#[test]
-fn delete_force_cleans_up_after_a_killed_create() {
-    let mut env = Env::new();
-    let id = env.id("crash");
-    let mut b = env.bundle("crash", &["true"]);
-    // A slow createRuntime hook holds create in the middle; then lrun is SIGKILLed.
-    let marker = env.scratch.join("hook-started");
+/// Start `lrun create` held in the middle by a slow createRuntime hook, then SIGKILL it.
+fn kill_create_midway(env: &mut Env, name: &str) -> String {
+    let id = env.id(name);
+    let mut b = env.bundle(name, &["true"]);
+    let marker = env.scratch.join(format!("{name}-hook-started"));
     b.config["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!("touch {}; sleep 30", marker.display())]}]});
     b.write();
     let mut child = env
@@ -256,6 +254,13 @@ fn delete_force_cleans_up_after_a_killed_create() {
     wait_for(|| marker.exists());
     child.kill().unwrap();
     child.wait().unwrap();
+    id
+}
+
+#[test]
+fn delete_force_cleans_up_after_a_killed_create() {
+    let mut env = Env::new();
+    let id = kill_create_midway(&mut env, "crash");
     let (ok, err) = env.quiet(&["delete", "--force", &id]);
     assert!(ok, "{err}");
     assert!(!env.root.join(&id).exists());
@@ -269,22 +274,7 @@ fn gc_removes_what_a_killed_create_left_and_keeps_live_containers() {
     b.write();
     assert!(env.quiet(&["run", "-d", "--bundle", b.path(), &live]).0);
 
-    let crashed = env.id("crashed");
-    let mut b = env.bundle("crashed", &["true"]);
-    let marker = env.scratch.join("hook-started");
-    b.config["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!("touch {}; sleep 30", marker.display())]}]});
-    b.write();
-    let mut child = env
-        .lrun()
-        .args(["create", "--bundle", b.path(), &crashed])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(|| marker.exists());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let crashed = kill_create_midway(&mut env, "crashed");
 
     let out = env.out(&["gc"]);
     assert!(out.status.success());
