@@ -1,7 +1,8 @@
 //! Each layer mounted once per node, shared by every container stacked on it.
 //!
 //! ```text
-//! ROOT/@layers/<hex>/lock         flock: every change below is made holding it
+//! ROOT/@layers/<hex>/lock         flock: exclusive to mount, unmount or remove; shared to add a
+//!                                 reference to a mounted layer (runtime-spec/layers.md)
 //! ROOT/@layers/<hex>/mnt          the layer's read-only mount
 //! ROOT/@layers/<hex>/users/<id>   one file per container holding a reference; content: the
 //!                                 container's state dir
@@ -34,9 +35,22 @@ pub struct Shared {
     dirfd: RefCell<Option<OwnedFd>>,
 }
 
-/// An exclusive flock on one layer's lock file.
+/// A flock (shared or exclusive) on one layer's lock file.
 struct LayerLock {
-    _f: File,
+    f: File,
+}
+
+impl LayerLock {
+    /// Trade a shared lock for an exclusive one. flock does not convert atomically (another
+    /// process can take the exclusive lock in between and, as the last releaser, unlink the
+    /// lock file), so `false` means the file was unlinked meanwhile: start over.
+    fn upgrade(&self) -> Result<bool> {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(self.f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("flock LOCK_EX");
+        }
+        Ok(self.f.metadata().context("fstat layer lock")?.nlink() > 0)
+    }
 }
 
 /// How a layer is attached.
@@ -113,7 +127,7 @@ impl Shared {
     /// Lock layer `d`. With `create`, its directory and lock file are made if missing;
     /// without, `None` means the layer has no lock file, hence no reference and no mount
     /// (a release removes `users/` and `mnt` before the lock file).
-    fn lock(&self, d: &Digest, create: bool) -> Result<Option<LayerLock>> {
+    fn lock(&self, d: &Digest, create: bool, op: libc::c_int) -> Result<Option<LayerLock>> {
         let hex = d.hex();
         let hex_c = cstr(&hex)?;
         let lock_c = cstr(&format!("{hex}/lock"))?;
@@ -159,7 +173,7 @@ impl Shared {
             // SAFETY: fd was just returned by openat and is owned by nobody else.
             let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
             // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
                 return Err(std::io::Error::last_os_error())
                     .with_context(|| format!("flock {}/lock", self.layer_dir(d).display()));
             }
@@ -173,13 +187,17 @@ impl Shared {
             if held.nlink() == 0 {
                 continue;
             }
-            return Ok(Some(LayerLock { _f: f }));
+            return Ok(Some(LayerLock { f }));
         }
     }
 
     /// Take `user`'s reference on layer `d`, mounting it if no one has. Returns the mount
-    /// point. The reference file is written before the mount so a crash in between leaves
-    /// a reference that release/gc will find and drop (and then unmount).
+    /// point.
+    ///
+    /// A layer that is already mounted only needs the reference file, which is added under
+    /// a *shared* lock so concurrent creates on one layer do not queue; mounting (and every
+    /// release) takes the lock exclusively. Why that is safe: runtime-spec/layers.md,
+    /// "Reference protocol".
     pub fn acquire(
         &self,
         d: &Digest,
@@ -188,60 +206,89 @@ impl Shared {
         user: &str,
         user_dir: &Path,
     ) -> Result<PathBuf> {
-        let Some(_l) = self.lock(d, true)? else {
-            bail!("lock layer {d}: no lock file after creating it");
-        };
-        // The lock succeeded, so the fd is open (and @layers/<hex> cannot vanish while the
-        // lock file we hold is linked in it).
-        let Some(dfd) = self.dirfd(true)? else {
-            bail!("{} vanished", self.dir.display());
-        };
         let hex = d.hex();
         let ldir = self.layer_dir(d);
-        // users/ may be missing even in an existing layer directory (the last release removes
-        // it before unmounting; a crash can stop there).
-        mkdirat_ok_if_exists(dfd, &format!("{hex}/users"), &ldir)?;
-        let uf_rel = cstr(&format!("{hex}/users/{user}"))?;
+        let mnt = ldir.join("mnt");
+        let mnt_rel = format!("{hex}/mnt");
+        loop {
+            let Some(l) = self.lock(d, true, libc::LOCK_SH)? else {
+                bail!("lock layer {d}: no lock file after creating it");
+            };
+            // The lock is held, so the fd is open (and @layers/<hex> cannot vanish while the
+            // lock file we hold is linked in it).
+            let Some(dfd) = self.dirfd(true)? else {
+                bail!("{} vanished", self.dir.display());
+            };
+            // Needed: `mnt` can exist unmounted (a crash between its mkdir and the mount, or a
+            // failed mount), and a mounted layer must not be mounted twice. Under the shared
+            // lock no one can mount or unmount, so the answer holds until we unlock.
+            if mount_root_at(dfd, &mnt_rel, &mnt)? == Some(true) {
+                self.add_user(dfd, d, user, user_dir)?;
+                return Ok(mnt);
+            }
+            if !l.upgrade()? {
+                continue;
+            }
+            // Exclusive from here: the reference file first, so a crash before the mount
+            // leaves a reference that release/gc will find and drop (and then unmount).
+            let uf = self.add_user(dfd, d, user, user_dir)?;
+            // Checked again: another process may have mounted it while we waited.
+            let mounted = match mount_root_at(dfd, &mnt_rel, &mnt)? {
+                Some(m) => m,
+                None => {
+                    mkdirat_ok_if_exists(dfd, &mnt_rel, &ldir)?;
+                    false
+                }
+            };
+            if !mounted && let Err(e) = mount_layer(h, image, &mnt) {
+                let _ = fs::remove_file(&uf);
+                return Err(e).with_context(|| format!("mount layer {} ({d})", h.label()));
+            }
+            return Ok(mnt);
+        }
+    }
+
+    /// Write `users/<user>` (creating users/, which the last release removes before it
+    /// unmounts and a crash can leave missing). Returns its path. Caller holds the lock.
+    fn add_user(&self, dfd: RawFd, d: &Digest, user: &str, user_dir: &Path) -> Result<PathBuf> {
+        let ldir = self.layer_dir(d);
         let uf = ldir.join("users").join(user);
-        // SAFETY: openat with a valid dir fd and C string; the fd is owned below.
-        let fd = unsafe {
-            libc::openat(
-                dfd,
-                uf_rel.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-                0o666 as libc::c_uint,
-            )
-        };
-        if fd < 0 {
+        let rel = cstr(&format!("{}/users/{user}", d.hex()))?;
+        let mut made_dir = false;
+        let fd = loop {
+            // SAFETY: openat with a valid dir fd and C string; the fd is owned below.
+            let fd = unsafe {
+                libc::openat(
+                    dfd,
+                    rel.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                    0o666 as libc::c_uint,
+                )
+            };
+            if fd >= 0 {
+                break fd;
+            }
+            // users/ missing: make it once and try again (the common case, users/ present,
+            // costs no mkdir).
+            if errno() == libc::ENOENT && !made_dir {
+                mkdirat_ok_if_exists(dfd, &format!("{}/users", d.hex()), &ldir)?;
+                made_dir = true;
+                continue;
+            }
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("create {}", uf.display()));
-        }
+        };
         // SAFETY: fd was just returned by openat and is owned by nobody else.
         let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         f.write_all(user_dir.as_os_str().as_encoded_bytes())
             .with_context(|| format!("write {}", uf.display()))?;
-        drop(f);
-        let mnt = ldir.join("mnt");
-        // Needed: `mnt` can exist unmounted (a crash between its mkdir and the mount, or a
-        // failed mount), and a mounted layer must not be mounted twice.
-        let mounted = match mount_root_at(dfd, &format!("{hex}/mnt"), &mnt)? {
-            Some(m) => m,
-            None => {
-                mkdirat_ok_if_exists(dfd, &format!("{hex}/mnt"), &ldir)?;
-                false
-            }
-        };
-        if !mounted && let Err(e) = mount_layer(h, image, &mnt) {
-            let _ = fs::remove_file(&uf);
-            return Err(e).with_context(|| format!("mount layer {} ({d})", h.label()));
-        }
-        Ok(mnt)
+        Ok(uf)
     }
 
     /// Drop `user`'s reference on `d` (if any); the last one unmounts the layer and removes
     /// its directory. `@layers` itself is left for `remove_dir_if_empty`, once per batch.
     pub fn release(&self, d: &Digest, user: &str) -> Result<()> {
-        let Some(_l) = self.lock(d, false)? else {
+        let Some(_l) = self.lock(d, false, libc::LOCK_EX)? else {
             // No lock file: no reference and no mount (see `lock`). A crash between a release's
             // unlink of the lock and its rmdir leaves an empty directory: remove it. An
             // acquirer that made it an instant ago retries (its openat sees ENOENT).
@@ -361,7 +408,7 @@ impl Shared {
     ) -> Result<(usize, usize, Vec<Digest>)> {
         let (mut stale, mut unmounted, mut live) = (0, 0, Vec::new());
         for d in self.layers()? {
-            let Some(_l) = self.lock(&d, true)? else {
+            let Some(_l) = self.lock(&d, true, libc::LOCK_EX)? else {
                 continue;
             };
             let Some(dfd) = self.dirfd(false)? else {
