@@ -38,6 +38,11 @@ pub struct Shared {
 /// A flock (shared or exclusive) on one layer's lock file.
 struct LayerLock {
     f: File,
+    /// Taken exclusively (`LOCK_SH` was asked for, but this call made the layer directory,
+    /// so the layer is about to be mounted: see `lock`).
+    exclusive: bool,
+    /// This call made the layer directory (so `users/` most likely does not exist yet).
+    fresh: bool,
 }
 
 impl LayerLock {
@@ -126,7 +131,9 @@ impl Shared {
 
     /// Lock layer `d`. With `create`, its directory and lock file are made if missing;
     /// without, `None` means the layer has no lock file, hence no reference and no mount
-    /// (a release removes `users/` and `mnt` before the lock file).
+    /// (a release removes `users/` and `mnt` before the lock file). `LOCK_SH` becomes
+    /// `LOCK_EX` when this call made the layer directory: a new layer must be mounted, and
+    /// locking exclusively at once saves the shared round and the conversion.
     fn lock(&self, d: &Digest, create: bool, op: libc::c_int) -> Result<Option<LayerLock>> {
         let hex = d.hex();
         let hex_c = cstr(&hex)?;
@@ -138,9 +145,12 @@ impl Shared {
             let Some(dfd) = self.dirfd(create)? else {
                 return Ok(None);
             };
+            let mut fresh = false;
             if create {
                 // SAFETY: mkdirat with a valid dir fd and C string.
-                if unsafe { libc::mkdirat(dfd, hex_c.as_ptr(), 0o777) } != 0 {
+                if unsafe { libc::mkdirat(dfd, hex_c.as_ptr(), 0o777) } == 0 {
+                    fresh = true;
+                } else {
                     match errno() {
                         libc::EEXIST => {}
                         // The last release removed @layers itself after we opened it.
@@ -173,6 +183,7 @@ impl Shared {
             // SAFETY: fd was just returned by openat and is owned by nobody else.
             let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
             // SAFETY: flock on an fd we own.
+            let op = if fresh { libc::LOCK_EX } else { op };
             if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
                 return Err(std::io::Error::last_os_error())
                     .with_context(|| format!("flock {}/lock", self.layer_dir(d).display()));
@@ -187,7 +198,11 @@ impl Shared {
             if held.nlink() == 0 {
                 continue;
             }
-            return Ok(Some(LayerLock { f }));
+            return Ok(Some(LayerLock {
+                f,
+                exclusive: op == libc::LOCK_EX,
+                fresh,
+            }));
         }
     }
 
@@ -222,16 +237,18 @@ impl Shared {
             // Needed: `mnt` can exist unmounted (a crash between its mkdir and the mount, or a
             // failed mount), and a mounted layer must not be mounted twice. Under the shared
             // lock no one can mount or unmount, so the answer holds until we unlock.
-            if mount_root_at(dfd, &mnt_rel, &mnt)? == Some(true) {
-                self.add_user(dfd, d, user, user_dir)?;
-                return Ok(mnt);
-            }
-            if !l.upgrade()? {
-                continue;
+            if !l.exclusive {
+                if mount_root_at(dfd, &mnt_rel, &mnt)? == Some(true) {
+                    self.add_user(dfd, d, user, user_dir, false)?;
+                    return Ok(mnt);
+                }
+                if !l.upgrade()? {
+                    continue;
+                }
             }
             // Exclusive from here: the reference file first, so a crash before the mount
             // leaves a reference that release/gc will find and drop (and then unmount).
-            let uf = self.add_user(dfd, d, user, user_dir)?;
+            let uf = self.add_user(dfd, d, user, user_dir, l.fresh)?;
             // Checked again: another process may have mounted it while we waited.
             let mounted = match mount_root_at(dfd, &mnt_rel, &mnt)? {
                 Some(m) => m,
@@ -250,11 +267,22 @@ impl Shared {
 
     /// Write `users/<user>` (creating users/, which the last release removes before it
     /// unmounts and a crash can leave missing). Returns its path. Caller holds the lock.
-    fn add_user(&self, dfd: RawFd, d: &Digest, user: &str, user_dir: &Path) -> Result<PathBuf> {
+    /// `make_dir`: create users/ first (a new layer directory), rather than on ENOENT.
+    fn add_user(
+        &self,
+        dfd: RawFd,
+        d: &Digest,
+        user: &str,
+        user_dir: &Path,
+        make_dir: bool,
+    ) -> Result<PathBuf> {
         let ldir = self.layer_dir(d);
         let uf = ldir.join("users").join(user);
         let rel = cstr(&format!("{}/users/{user}", d.hex()))?;
-        let mut made_dir = false;
+        if make_dir {
+            mkdirat_ok_if_exists(dfd, &format!("{}/users", d.hex()), &ldir)?;
+        }
+        let mut made_dir = make_dir;
         let fd = loop {
             // SAFETY: openat with a valid dir fd and C string; the fd is owned below.
             let fd = unsafe {
