@@ -1172,3 +1172,53 @@ fn add_links_on_the_same_filesystem_and_copies_across() {
     fs::remove_dir_all(env.ctx.state_root.join("store2")).unwrap();
     env.assert_clean();
 }
+
+/// Adding a reference to a layer that is already mounted takes the layer's lock shared: it
+/// goes through while another process holds the lock shared, and waits while one holds it
+/// exclusively (as a mounting or releasing process does).
+#[test]
+fn reference_to_a_mounted_layer_takes_the_lock_shared() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    env.prepare("holder", "top@1").unwrap().unwrap();
+    let lock_all = |op: libc::c_int| -> Vec<fs::File> {
+        let rd = fs::read_dir(env.ctx.state_root.join("@layers")).unwrap();
+        let files: Vec<fs::File> = rd
+            .flatten()
+            .map(|e| fs::File::open(e.path().join("lock")).unwrap())
+            .collect();
+        for f in &files {
+            // SAFETY: flock on an fd we own.
+            assert_eq!(unsafe { libc::flock(f.as_raw_fd(), op) }, 0);
+        }
+        files
+    };
+    let shared = lock_all(libc::LOCK_SH);
+    assert_eq!(shared.len(), 3);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| env.prepare("b", "top@1").unwrap().unwrap());
+        let t = Instant::now();
+        while !h.is_finished() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let done = h.is_finished();
+        // Unblock it either way, so a failure does not hang the test.
+        drop(shared);
+        h.join().unwrap();
+        assert!(done, "adding a reference waited for a shared lock");
+    });
+    let exclusive = lock_all(libc::LOCK_EX);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| env.prepare("c", "top@1").unwrap().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!h.is_finished(), "prepare went through an exclusive lock");
+        drop(exclusive);
+        let m = h.join().unwrap();
+        assert!(m.is_dir());
+    });
+    for id in ["c", "b", "holder"] {
+        env.release(id);
+    }
+    env.assert_clean();
+}

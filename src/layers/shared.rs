@@ -1,7 +1,8 @@
 //! Each layer mounted once per node, shared by every container stacked on it.
 //!
 //! ```text
-//! ROOT/@layers/<hex>/lock         flock: every change below is made holding it
+//! ROOT/@layers/<hex>/lock         flock: exclusive to mount, unmount or remove; shared to add a
+//!                                 reference to a mounted layer (runtime-spec/layers.md)
 //! ROOT/@layers/<hex>/mnt          the layer's read-only mount
 //! ROOT/@layers/<hex>/users/<id>   one file per container holding a reference; content: the
 //!                                 container's state dir
@@ -10,9 +11,11 @@
 //! dies leaves at most its own file, which `release_root` (re-run by delete) or `gc` removes.
 //! '@' is not allowed in container ids, so the directory can never be mistaken for one.
 
+use std::cell::RefCell;
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{ErrorKind, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,11 +30,32 @@ pub const DIR_NAME: &str = "@layers";
 
 pub struct Shared {
     pub dir: PathBuf,
+    /// `O_PATH` fd on `dir`, opened on first use so a prepare creates `@layers` once, not once
+    /// per layer; reopened if a release removed the directory under us.
+    dirfd: RefCell<Option<OwnedFd>>,
 }
 
-/// An exclusive flock on one layer's lock file.
+/// A flock (shared or exclusive) on one layer's lock file.
 struct LayerLock {
-    _f: File,
+    f: File,
+    /// Taken exclusively (`LOCK_SH` was asked for, but this call made the layer directory,
+    /// so the layer is about to be mounted: see `lock`).
+    exclusive: bool,
+    /// This call made the layer directory (so `users/` most likely does not exist yet).
+    fresh: bool,
+}
+
+impl LayerLock {
+    /// Trade a shared lock for an exclusive one. flock does not convert atomically (another
+    /// process can take the exclusive lock in between and, as the last releaser, unlink the
+    /// lock file), so `false` means the file was unlinked meanwhile: start over.
+    fn upgrade(&self) -> Result<bool> {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(self.f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("flock LOCK_EX");
+        }
+        Ok(self.f.metadata().context("fstat layer lock")?.nlink() > 0)
+    }
 }
 
 /// How a layer is attached.
@@ -43,10 +67,22 @@ pub enum Backing {
     Loop,
 }
 
+/// `STATX_ATTR_MOUNT_ROOT` (Linux 5.8), not exported by the libc crate.
+const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+
+fn cstr(s: &str) -> Result<CString> {
+    CString::new(s).with_context(|| format!("path {s:?} contains a NUL byte"))
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
 impl Shared {
     pub fn new(state_root: &Path) -> Shared {
         Shared {
             dir: state_root.join(DIR_NAME),
+            dirfd: RefCell::new(None),
         }
     }
 
@@ -58,54 +94,125 @@ impl Shared {
         self.layer_dir(d).join("mnt")
     }
 
-    fn lock(&self, d: &Digest) -> Result<LayerLock> {
-        let dir = self.layer_dir(d);
-        let path = dir.join("lock");
+    /// The fd on `@layers`; with `create`, the directory is made first if missing. `None`
+    /// when it does not exist and `create` is false.
+    fn dirfd(&self, create: bool) -> Result<Option<RawFd>> {
+        if let Some(fd) = self.dirfd.borrow().as_ref() {
+            return Ok(Some(fd.as_raw_fd()));
+        }
+        if create {
+            create_private_dir(&self.dir)?;
+        }
+        let c = cstr(&self.dir.to_string_lossy())?;
+        // SAFETY: open(2) with a valid C string; the fd is owned below.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            if errno() == libc::ENOENT && !create {
+                return Ok(None);
+            }
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("open {}", self.dir.display()));
+        }
+        // SAFETY: fd was just returned by open(2) and is owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        *self.dirfd.borrow_mut() = Some(owned);
+        Ok(Some(fd))
+    }
+
+    /// Forget the `@layers` fd: the directory it names was removed (ENOENT below it).
+    fn reopen(&self) {
+        *self.dirfd.borrow_mut() = None;
+    }
+
+    /// Lock layer `d`. With `create`, its directory and lock file are made if missing;
+    /// without, `None` means the layer has no lock file, hence no reference and no mount
+    /// (a release removes `users/` and `mnt` before the lock file). `LOCK_SH` becomes
+    /// `LOCK_EX` when this call made the layer directory: a new layer must be mounted, and
+    /// locking exclusively at once saves the shared round and the conversion.
+    fn lock(&self, d: &Digest, create: bool, op: libc::c_int) -> Result<Option<LayerLock>> {
+        let hex = d.hex();
+        let hex_c = cstr(&hex)?;
+        let lock_c = cstr(&format!("{hex}/lock"))?;
         // Whoever empties a layer directory deletes its lock file while holding it; a waiter
         // that then gets the lock on the deleted inode must start over, or two processes
         // could each hold "the" lock on different inodes.
         loop {
-            create_private_dir(&self.dir)?;
-            match fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                // The last release removed @layers itself between our two mkdirs.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
-            }
-            let f = match OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-            {
-                Ok(f) => f,
-                // Removed between our mkdir and open by a releasing process: retry.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+            let Some(dfd) = self.dirfd(create)? else {
+                return Ok(None);
             };
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("flock {}", path.display()));
+            let mut fresh = false;
+            if create {
+                // SAFETY: mkdirat with a valid dir fd and C string.
+                if unsafe { libc::mkdirat(dfd, hex_c.as_ptr(), 0o777) } == 0 {
+                    fresh = true;
+                } else {
+                    match errno() {
+                        libc::EEXIST => {}
+                        // The last release removed @layers itself after we opened it.
+                        libc::ENOENT => {
+                            self.reopen();
+                            continue;
+                        }
+                        _ => {
+                            return Err(std::io::Error::last_os_error()).with_context(|| {
+                                format!("create {}", self.layer_dir(d).display())
+                            });
+                        }
+                    }
+                }
             }
+            let flags = libc::O_WRONLY | libc::O_CLOEXEC | if create { libc::O_CREAT } else { 0 };
+            // SAFETY: openat with a valid dir fd and C string; the fd is owned below.
+            let fd = unsafe { libc::openat(dfd, lock_c.as_ptr(), flags, 0o600 as libc::c_uint) };
+            if fd < 0 {
+                match errno() {
+                    // Removed between our mkdir and open by a releasing process: retry.
+                    libc::ENOENT if create => continue,
+                    libc::ENOENT => return Ok(None),
+                    _ => {
+                        return Err(std::io::Error::last_os_error())
+                            .with_context(|| format!("open {}/lock", self.layer_dir(d).display()));
+                    }
+                }
+            }
+            // SAFETY: fd was just returned by openat and is owned by nobody else.
+            let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            // SAFETY: flock on an fd we own.
+            let op = if fresh { libc::LOCK_EX } else { op };
+            if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("flock {}/lock", self.layer_dir(d).display()));
+            }
+            // The one check the lock needs: the file is only ever unlinked by a holder of its
+            // lock, and never renamed or linked elsewhere, so a locked inode with links left is
+            // still `<hex>/lock` (and its directories, not empty, still stand). One fstat
+            // replaces comparing fstat with a stat of the path.
             let held = f
                 .metadata()
-                .with_context(|| format!("fstat {}", path.display()))?;
-            match fs::metadata(&path) {
-                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
-                    return Ok(LayerLock { _f: f });
-                }
-                _ => continue,
+                .with_context(|| format!("fstat {}/lock", self.layer_dir(d).display()))?;
+            if held.nlink() == 0 {
+                continue;
             }
+            return Ok(Some(LayerLock {
+                f,
+                exclusive: op == libc::LOCK_EX,
+                fresh,
+            }));
         }
     }
 
     /// Take `user`'s reference on layer `d`, mounting it if no one has. Returns the mount
-    /// point. The reference file is written before the mount so a crash in between leaves
-    /// a reference that release/gc will find and drop (and then unmount).
+    /// point.
+    ///
+    /// A layer that is already mounted only needs the reference file, which is added under
+    /// a *shared* lock so concurrent creates on one layer do not queue; mounting (and every
+    /// release) takes the lock exclusively. Why that is safe: runtime-spec/layers.md,
+    /// "Reference protocol".
     pub fn acquire(
         &self,
         d: &Digest,
@@ -114,71 +221,177 @@ impl Shared {
         user: &str,
         user_dir: &Path,
     ) -> Result<PathBuf> {
-        let _l = self.lock(d)?;
+        let hex = d.hex();
         let ldir = self.layer_dir(d);
-        let users = ldir.join("users");
-        mkdir_ok_if_exists(&users)?;
-        let uf = users.join(user);
-        fs::write(&uf, user_dir.as_os_str().as_encoded_bytes())
-            .with_context(|| format!("write {}", uf.display()))?;
         let mnt = ldir.join("mnt");
-        mkdir_ok_if_exists(&mnt)?;
-        if !is_mount_point(&mnt, &ldir)?
-            && let Err(e) = mount_layer(h, image, &mnt)
-        {
-            let _ = fs::remove_file(&uf);
-            return Err(e).with_context(|| format!("mount layer {} ({d})", h.label()));
+        let mnt_rel = format!("{hex}/mnt");
+        loop {
+            let Some(l) = self.lock(d, true, libc::LOCK_SH)? else {
+                bail!("lock layer {d}: no lock file after creating it");
+            };
+            // The lock is held, so the fd is open (and @layers/<hex> cannot vanish while the
+            // lock file we hold is linked in it).
+            let Some(dfd) = self.dirfd(true)? else {
+                bail!("{} vanished", self.dir.display());
+            };
+            // Needed: `mnt` can exist unmounted (a crash between its mkdir and the mount, or a
+            // failed mount), and a mounted layer must not be mounted twice. Under the shared
+            // lock no one can mount or unmount, so the answer holds until we unlock.
+            if !l.exclusive {
+                if mount_root_at(dfd, &mnt_rel, &mnt)? == Some(true) {
+                    self.add_user(dfd, d, user, user_dir, false)?;
+                    return Ok(mnt);
+                }
+                if !l.upgrade()? {
+                    continue;
+                }
+            }
+            // Exclusive from here: the reference file first, so a crash before the mount
+            // leaves a reference that release/gc will find and drop (and then unmount).
+            let uf = self.add_user(dfd, d, user, user_dir, l.fresh)?;
+            // Checked again: another process may have mounted it while we waited.
+            let mounted = match mount_root_at(dfd, &mnt_rel, &mnt)? {
+                Some(m) => m,
+                None => {
+                    mkdirat_ok_if_exists(dfd, &mnt_rel, &ldir)?;
+                    false
+                }
+            };
+            if !mounted && let Err(e) = mount_layer(h, image, &mnt) {
+                let _ = fs::remove_file(&uf);
+                return Err(e).with_context(|| format!("mount layer {} ({d})", h.label()));
+            }
+            return Ok(mnt);
         }
-        Ok(mnt)
+    }
+
+    /// Write `users/<user>` (creating users/, which the last release removes before it
+    /// unmounts and a crash can leave missing). Returns its path. Caller holds the lock.
+    /// `make_dir`: create users/ first (a new layer directory), rather than on ENOENT.
+    fn add_user(
+        &self,
+        dfd: RawFd,
+        d: &Digest,
+        user: &str,
+        user_dir: &Path,
+        make_dir: bool,
+    ) -> Result<PathBuf> {
+        let ldir = self.layer_dir(d);
+        let uf = ldir.join("users").join(user);
+        let rel = cstr(&format!("{}/users/{user}", d.hex()))?;
+        if make_dir {
+            mkdirat_ok_if_exists(dfd, &format!("{}/users", d.hex()), &ldir)?;
+        }
+        let mut made_dir = make_dir;
+        let fd = loop {
+            // SAFETY: openat with a valid dir fd and C string; the fd is owned below.
+            let fd = unsafe {
+                libc::openat(
+                    dfd,
+                    rel.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                    0o666 as libc::c_uint,
+                )
+            };
+            if fd >= 0 {
+                break fd;
+            }
+            // users/ missing: make it once and try again (the common case, users/ present,
+            // costs no mkdir).
+            if errno() == libc::ENOENT && !made_dir {
+                mkdirat_ok_if_exists(dfd, &format!("{}/users", d.hex()), &ldir)?;
+                made_dir = true;
+                continue;
+            }
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("create {}", uf.display()));
+        };
+        // SAFETY: fd was just returned by openat and is owned by nobody else.
+        let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        f.write_all(user_dir.as_os_str().as_encoded_bytes())
+            .with_context(|| format!("write {}", uf.display()))?;
+        Ok(uf)
     }
 
     /// Drop `user`'s reference on `d` (if any); the last one unmounts the layer and removes
-    /// its directory.
+    /// its directory. `@layers` itself is left for `remove_dir_if_empty`, once per batch.
     pub fn release(&self, d: &Digest, user: &str) -> Result<()> {
-        if !self.layer_dir(d).exists() {
+        let Some(_l) = self.lock(d, false, libc::LOCK_EX)? else {
+            // No lock file: no reference and no mount (see `lock`). A crash between a release's
+            // unlink of the lock and its rmdir leaves an empty directory: remove it. An
+            // acquirer that made it an instant ago retries (its openat sees ENOENT).
+            if let Some(dfd) = self.dirfd(false)? {
+                unlinkat(dfd, &d.hex(), libc::AT_REMOVEDIR).ok();
+            }
             return Ok(());
+        };
+        let Some(dfd) = self.dirfd(false)? else {
+            bail!("{} vanished while locked", self.dir.display());
+        };
+        let rel = format!("{}/users/{user}", d.hex());
+        match unlinkat(dfd, &rel, 0) {
+            Ok(()) | Err(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(std::io::Error::from_raw_os_error(e)).with_context(|| {
+                    format!(
+                        "remove {}",
+                        self.layer_dir(d).join("users").join(user).display()
+                    )
+                });
+            }
         }
-        let _l = self.lock(d)?;
-        let uf = self.layer_dir(d).join("users").join(user);
-        crate::utils::remove_file_if_exists(&uf)?;
-        self.unmount_if_unused(d).map(|_| ())
+        self.unmount_if_unused(d, dfd).map(|_| ())
+    }
+
+    /// Remove `@layers` if nothing is left in it (fails harmlessly, ENOTEMPTY, when another
+    /// process is using it: it recreates what it needs under its own lock).
+    pub fn remove_dir_if_empty(&self) {
+        *self.dirfd.borrow_mut() = None;
+        let _ = fs::remove_dir(&self.dir);
     }
 
     /// With the layer lock held: if no reference remains, unmount and remove the directory.
     /// Returns whether a mount was removed.
-    fn unmount_if_unused(&self, d: &Digest) -> Result<bool> {
+    fn unmount_if_unused(&self, d: &Digest, dfd: RawFd) -> Result<bool> {
+        let hex = d.hex();
         let ldir = self.layer_dir(d);
-        let users = ldir.join("users");
-        let in_use = match fs::read_dir(&users) {
-            Ok(mut rd) => rd.next().is_some(),
-            Err(e) if e.kind() == ErrorKind::NotFound => false,
-            Err(e) => return Err(e).with_context(|| format!("read {}", users.display())),
-        };
-        if in_use {
-            return Ok(false);
-        }
-        let mnt = ldir.join("mnt");
-        let mut unmounted = false;
-        if mnt.exists() && is_mount_point(&mnt, &ldir)? {
-            // Overlays built on the layer hold their own reference, and copies of this mount in
-            // containers' namespaces do too: detach so neither can make the unmount fail; the
-            // loop device frees itself (AUTOCLEAR) when the last of them goes.
-            nix::mount::umount2(&mnt, MntFlags::MNT_DETACH)
-                .with_context(|| format!("umount {}", mnt.display()))?;
-            unmounted = true;
-        }
-        for p in [&mnt, &users] {
-            match fs::remove_dir(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("rmdir {}", p.display())),
+        // rmdir users/ decides "unused" in one call: ENOTEMPTY means a reference remains.
+        match unlinkat(dfd, &format!("{hex}/users"), libc::AT_REMOVEDIR) {
+            Ok(()) | Err(libc::ENOENT) => {}
+            Err(libc::ENOTEMPTY) | Err(libc::EEXIST) => return Ok(false),
+            Err(e) => {
+                return Err(std::io::Error::from_raw_os_error(e))
+                    .with_context(|| format!("rmdir {}/users", ldir.display()));
             }
         }
-        crate::utils::remove_file_if_exists(&ldir.join("lock"))?;
-        // Both fail harmlessly (ENOTEMPTY) when another process is already back in: it
-        // recreates what it needs under its own lock.
-        let _ = fs::remove_dir(&ldir);
-        let _ = fs::remove_dir(&self.dir);
+        let mnt = ldir.join("mnt");
+        // Overlays built on the layer hold their own reference, and copies of this mount in
+        // containers' namespaces do too: detach so neither can make the unmount fail; the
+        // loop device frees itself (AUTOCLEAR) when the last of them goes. EINVAL (not a
+        // mount point) and ENOENT (no mnt) replace a stat-based check.
+        let unmounted =
+            match nix::mount::umount2(&mnt, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) => true,
+                Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => false,
+                Err(e) => return Err(e).with_context(|| format!("umount {}", mnt.display())),
+            };
+        match unlinkat(dfd, &format!("{hex}/mnt"), libc::AT_REMOVEDIR) {
+            Ok(()) | Err(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(std::io::Error::from_raw_os_error(e))
+                    .with_context(|| format!("rmdir {}", mnt.display()));
+            }
+        }
+        match unlinkat(dfd, &format!("{hex}/lock"), 0) {
+            Ok(()) | Err(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(std::io::Error::from_raw_os_error(e))
+                    .with_context(|| format!("remove {}/lock", ldir.display()));
+            }
+        }
+        // Fails harmlessly (ENOTEMPTY) when another process is already back in: it recreates
+        // what it needs under its own lock.
+        let _ = unlinkat(dfd, &hex, libc::AT_REMOVEDIR);
         Ok(unmounted)
     }
 
@@ -223,7 +436,12 @@ impl Shared {
     ) -> Result<(usize, usize, Vec<Digest>)> {
         let (mut stale, mut unmounted, mut live) = (0, 0, Vec::new());
         for d in self.layers()? {
-            let _l = self.lock(&d)?;
+            let Some(_l) = self.lock(&d, true, libc::LOCK_EX)? else {
+                continue;
+            };
+            let Some(dfd) = self.dirfd(false)? else {
+                continue;
+            };
             for (user, dir) in self.users(&d)? {
                 if !is_live(&d, &dir) {
                     crate::utils::remove_file_if_exists(
@@ -232,13 +450,14 @@ impl Shared {
                     stale += 1;
                 }
             }
-            if self.unmount_if_unused(&d)? {
+            if self.unmount_if_unused(&d, dfd)? {
                 unmounted += 1;
             }
             if !self.users(&d)?.is_empty() {
                 live.push(d);
             }
         }
+        self.remove_dir_if_empty();
         Ok((stale, unmounted, live))
     }
 }
@@ -259,12 +478,59 @@ fn create_private_dir(p: &Path) -> Result<()> {
     }
 }
 
-fn mkdir_ok_if_exists(p: &Path) -> Result<()> {
-    match fs::create_dir(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("create {}", p.display())),
+/// unlinkat relative to `dfd`; the error is the errno.
+fn unlinkat(dfd: RawFd, rel: &str, flags: libc::c_int) -> std::result::Result<(), i32> {
+    let c = CString::new(rel).map_err(|_| libc::EINVAL)?;
+    // SAFETY: unlinkat with a valid dir fd and C string.
+    if unsafe { libc::unlinkat(dfd, c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
     }
+}
+
+/// mkdirat relative to `dfd`, an existing directory being fine; `ldir` names it in errors.
+fn mkdirat_ok_if_exists(dfd: RawFd, rel: &str, ldir: &Path) -> Result<()> {
+    let c = cstr(rel)?;
+    // SAFETY: mkdirat with a valid dir fd and C string.
+    if unsafe { libc::mkdirat(dfd, c.as_ptr(), 0o777) } == 0 || errno() == libc::EEXIST {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error()).with_context(|| {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        format!("create {}", ldir.join(name).display())
+    })
+}
+
+/// Whether `rel` (under `dfd`) is the root of a mount: `None` if it does not exist. One
+/// statx with `STATX_ATTR_MOUNT_ROOT`; kernels without it (< 5.8) compare st_dev with the
+/// parent's, as `is_mount_point` does.
+fn mount_root_at(dfd: RawFd, rel: &str, full: &Path) -> Result<Option<bool>> {
+    let c = cstr(rel)?;
+    // SAFETY: all-zero is a valid `struct statx` to be filled in.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx with a valid dir fd, C string and output buffer.
+    let r = unsafe {
+        libc::statx(
+            dfd,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut st,
+        )
+    };
+    if r != 0 {
+        if errno() == libc::ENOENT {
+            return Ok(None);
+        }
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statx {}", full.display()));
+    }
+    if st.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0 {
+        return Ok(Some(st.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0));
+    }
+    let parent = full.parent().unwrap_or(full);
+    is_mount_point(full, parent).map(Some)
 }
 
 /// Whether `p` is the root of a mount other than its parent's.
