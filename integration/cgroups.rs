@@ -219,3 +219,33 @@ fn update_changes_a_live_limit() {
     );
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
+
+/// Absolute cgroupsPath places the container exactly there. Only where absolute paths are
+/// safe to use: the cgroup v2 VM (scripts/vm-suite sets LRUN_TEST_ABSOLUTE_CGROUPS=1); on a
+/// shared machine an absolute path could leave the machine's own cgroup, so it is skipped.
+#[test]
+fn absolute_cgroups_path_is_honoured_on_a_dedicated_machine() {
+    if std::env::var("LRUN_TEST_ABSOLUTE_CGROUPS").as_deref() != Ok("1") {
+        eprintln!("skipped: absolute cgroup paths are tested in the VM only");
+        return;
+    }
+    let mut env = Env::new();
+    let id = detached(&mut env, "abs", &["sleep", "1000"], |b| {
+        b.config["linux"]["cgroupsPath"] = json!("/lrun-abs-test/c1");
+        b.config["linux"]["resources"]["pids"] = json!({"limit": 33});
+    });
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cg.lines().any(|l| l.ends_with(":/lrun-abs-test/c1")),
+        "{cg}"
+    );
+    let max = std::fs::read_to_string("/sys/fs/cgroup/lrun-abs-test/c1/pids.max")
+        .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/pids/lrun-abs-test/c1/pids.max"))
+        .unwrap();
+    assert_eq!(max.trim(), "33");
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+    assert!(!std::path::Path::new("/sys/fs/cgroup/lrun-abs-test/c1").exists());
+    // The parent is created on demand and, as with runc, left in place: remove it.
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/lrun-abs-test");
+}
