@@ -286,7 +286,7 @@ pub fn publish_dir(root: &Path, files: &[PathBuf]) -> Result<Vec<(String, Digest
         let new = !dst.exists();
         if new {
             let tmp = img_dir.join(format!(".{}.{}.tmp", d.hex(), std::process::id()));
-            let res = copy_file(f, &tmp).and_then(|()| {
+            let res = super::store::copy_synced(f, &tmp, 0o644).and_then(|()| {
                 fs::rename(&tmp, &dst)
                     .with_context(|| format!("rename {} to {}", tmp.display(), dst.display()))
             });
@@ -308,20 +308,6 @@ pub fn publish_dir(root: &Path, files: &[PathBuf]) -> Result<Vec<(String, Digest
         out.push((h.label(), d, new));
     }
     Ok(out)
-}
-
-fn copy_file(src: &Path, dst: &Path) -> Result<()> {
-    let mut from = File::open(src).with_context(|| format!("open {}", src.display()))?;
-    let mut to = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(dst)
-        .with_context(|| format!("create {}", dst.display()))?;
-    std::io::copy(&mut from, &mut to)
-        .with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
-    to.sync_all()
-        .with_context(|| format!("fsync {}", dst.display()))
 }
 
 fn write_file(p: &Path, data: &[u8]) -> Result<()> {

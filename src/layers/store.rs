@@ -212,7 +212,7 @@ impl Store {
             match fs::hard_link(src, &tmp) {
                 Ok(()) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::EPERM)) => {
-                    copy_synced(src, &tmp)?;
+                    copy_synced(src, &tmp, 0o444)?;
                 }
                 Err(e) => {
                     return Err(e)
@@ -341,12 +341,13 @@ impl Drop for TmpFile {
     }
 }
 
-fn copy_synced(src: &Path, dst: &Path) -> Result<()> {
+/// Copy `src` to a new file `dst` with `mode`, flushed to disk before returning.
+pub(crate) fn copy_synced(src: &Path, dst: &Path, mode: u32) -> Result<()> {
     let mut from = File::open(src).with_context(|| format!("open {}", src.display()))?;
     let mut to = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o444)
+        .mode(mode)
         .open(dst)
         .with_context(|| format!("create {}", dst.display()))?;
     std::io::copy(&mut from, &mut to)
