@@ -2,14 +2,13 @@
 
 mod common;
 
-use std::io::{IoSliceMut, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use serde_json::json;
 
 fn running(env: &mut Env, name: &str) -> String {
@@ -158,22 +157,9 @@ fn exec_in_a_stopped_or_unknown_container_fails_clearly() {
 /// Accept one connection on a console socket and receive the pty master.
 fn receive_pty(listener: &UnixListener) -> OwnedFd {
     let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 256];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .unwrap();
-    for c in msg.cmsgs().unwrap() {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            return unsafe { OwnedFd::from_raw_fd(fds[0]) };
-        }
-    }
-    panic!("no fd received on the console socket");
+    recv_with_fd(&conn)
+        .1
+        .expect("no fd received on the console socket")
 }
 
 #[test]

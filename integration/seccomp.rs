@@ -103,9 +103,7 @@ fn an_unknown_action_fails_create_naming_the_field() {
 
 #[test]
 fn notify_listener_reaches_the_agent_with_the_container_state() {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::io::{IoSliceMut, Read};
-    use std::os::fd::AsRawFd;
+    use std::io::Read;
 
     let mut env = Env::new();
     let sock = env.scratch.join("agent.sock");
@@ -125,26 +123,11 @@ fn notify_listener_reaches_the_agent_with_the_container_state() {
         .spawn()
         .unwrap();
     let (mut conn, _) = listener.accept().unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let (n, got_fd) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::empty(),
-        )
-        .unwrap();
-        let fd = msg
-            .cmsgs()
-            .unwrap()
-            .any(|c| matches!(c, ControlMessageOwned::ScmRights(f) if !f.is_empty()));
-        (msg.bytes, fd)
-    };
+    let (first, fd) = recv_with_fd(&conn);
+    let got_fd = fd.is_some();
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest).unwrap();
-    let mut payload = buf[..n].to_vec();
+    let mut payload = first;
     payload.extend(rest);
     assert!(got_fd, "no listener fd came with the message");
     let v: Value = serde_json::from_slice(&payload).unwrap();
