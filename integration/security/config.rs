@@ -1,0 +1,1 @@
+//! Security tests: see integration/security.rs.
