@@ -165,7 +165,9 @@ pub fn check_options(m: &Mount) -> Result<()> {
     } else {
         m.typ().as_deref().unwrap_or("")
     };
-    parse_options(typ, m.options().as_deref().unwrap_or_default()).map(drop)
+    parse_options(typ, m.options().as_deref().unwrap_or_default())
+        .map(drop)
+        .with_context(|| format!("mount on {}", m.destination().display()))
 }
 
 /// Mount one config entry below `root` (an fd on the rootfs, before pivot_root).
