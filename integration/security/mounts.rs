@@ -394,3 +394,49 @@ fn a_mount_cannot_cover_proc_through_a_symlink() {
     assert_ne!(code, 0, "expected a refusal");
     assert!(err.contains("procfs"), "unclear error: {err}");
 }
+
+/// Finding 18 (tmpcopyup): the new tmpfs starts with a copy of the image directory it
+/// covers; the image's symlinks are copied as symlinks, never followed out of the rootfs.
+#[test]
+fn tmpcopyup_copies_the_image_directory_without_following_symlinks() {
+    let mut env = Env::new();
+    let rootfs = own_rootfs(&env);
+    let secret = env.scratch.join("outside-secret");
+    fs::write(&secret, "host file\n").unwrap();
+    fs::create_dir_all(rootfs.join("etc/sub/dir")).unwrap();
+    fs::write(rootfs.join("etc/sub/dir/file"), "deep\n").unwrap();
+    fs::set_permissions(
+        rootfs.join("etc/sub/dir/file"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    symlink(&secret, rootfs.join("etc/link")).unwrap();
+    let mut b = env.bundle(
+        "copyup",
+        &[
+            "sh",
+            "-c",
+            "head -1 /etc/passwd; cat /etc/sub/dir/file; stat -c %a /etc/sub/dir/file; \
+             readlink /etc/link; echo new > /etc/new && grep -c tmpfs /proc/mounts >/dev/null && echo written",
+        ],
+    );
+    b.config["root"]["path"] = json!(rootfs);
+    push_mount(
+        &mut b,
+        json!({"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "mode=755"]}),
+    );
+    let (code, out, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\ndeep\n640\n{}\nwritten\n",
+            secret.display()
+        )
+    );
+    assert!(
+        !rootfs.join("etc/new").exists(),
+        "written to the image, not the tmpfs"
+    );
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "host file\n");
+}
