@@ -206,3 +206,41 @@ fn read_fs_log(fs: BorrowedFd) -> String {
     }
     out.concat()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_attributes_win_and_atime_is_one_mode() {
+        let mut a = Attrs::default();
+        a.apply(ATTR_RDONLY, 0);
+        a.apply(0, ATTR_RDONLY);
+        assert_eq!(
+            a,
+            Attrs {
+                set: 0,
+                clear: ATTR_RDONLY
+            }
+        );
+        a.apply(ATTR_NOATIME, ATTR_ATIME_MASK);
+        a.apply(ATTR_STRICTATIME, ATTR_ATIME_MASK);
+        assert_eq!(a.set, ATTR_STRICTATIME);
+        assert_eq!(a.clear, ATTR_RDONLY | ATTR_ATIME_MASK);
+        let u = Attrs {
+            set: ATTR_NOSUID,
+            clear: 0,
+        }
+        .union(Attrs {
+            set: 0,
+            clear: ATTR_NOSUID,
+        });
+        assert_eq!(
+            u,
+            Attrs {
+                set: 0,
+                clear: ATTR_NOSUID
+            }
+        );
+    }
+}

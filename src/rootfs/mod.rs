@@ -1,6 +1,8 @@
 //! The container's root filesystem, set up by the init process inside its mount namespace:
 //! propagation, the rootfs bind, `mounts`, devices, then pivot_root, masked and read-only
-//! paths. Every path from config.json is resolved inside the rootfs (see `resolve`).
+//! paths. Every path from config.json is cleaned lexically and resolved inside the rootfs (see
+//! `resolve`); every mount is built detached and attached to the target held open (see
+//! `fdmount`).
 
 mod copyup;
 pub mod devices;
