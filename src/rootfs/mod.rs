@@ -152,22 +152,9 @@ fn detach_outside(rootfs: &Path) -> Result<()> {
         if p.starts_with(&rootfs) || rootfs.starts_with(p) {
             continue;
         }
-        // Unmount events must not reach the host.
-        match mount(
-            None::<&str>,
-            p,
-            None::<&str>,
-            MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            None::<&str>,
-        ) {
-            Ok(()) => {}
-            // Gone with a mount detached before it.
-            Err(Errno::ENOENT) | Err(Errno::EINVAL) => continue,
-            Err(e) => {
-                return Err(e).with_context(|| format!("--no-pivot: make {} a slave", p.display()));
-            }
-        }
-        match umount2(p, MntFlags::MNT_DETACH) {
+        // prepare() made every mount a slave (or private): unmounts do not reach the host.
+        // Not following a last-component symlink a host user could have put there.
+        match umount2(p, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) | Err(Errno::ENOENT) => {}
             // Locked in a user namespace: make it unreachable instead.
             Err(Errno::EPERM) | Err(Errno::EINVAL) => {
