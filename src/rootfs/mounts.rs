@@ -71,6 +71,8 @@ fn sb_option(name: &str) -> Option<(&'static str, bool)> {
         "dirsync" => ("dirsync", true),
         "mand" => ("mand", true),
         "nomand" => ("mand", false),
+        "lazytime" => ("lazytime", true),
+        "nolazytime" => ("lazytime", false),
         _ => return None,
     })
 }
@@ -115,7 +117,9 @@ pub fn parse_options(typ: &str, opts: &[String]) -> Result<Options> {
             }
             "remount" => o.remount = true,
             "tmpcopyup" => o.tmpcopyup = true,
-            "defaults" => {}
+            // mount(2) flags with nothing to apply here: logging, and i_version (always on
+            // where a filesystem supports it). runc accepts them too.
+            "defaults" | "silent" | "loud" | "iversion" | "noiversion" => {}
             _ => unknown.push(opt.clone()),
         }
     }
@@ -499,6 +503,11 @@ mod tests {
         assert_eq!(e.to_string(), "unknown option \"bogus\" for a bind mount");
         assert!(parse_options("none", &strs(&["bind", "size=1"])).is_err());
         assert!(parse_options("tmpfs", &strs(&["size=1", "bogus"])).is_ok());
+        let o = parse_options(
+            "bind",
+            &strs(&["bind", "defaults", "silent", "lazytime", "async"]),
+        );
+        assert_eq!(o.unwrap().sb, ["lazytime"]);
         assert!(parse_options("proc", &strs(&["tmpcopyup"])).is_err());
         assert!(
             parse_options("tmpfs", &strs(&["tmpcopyup"]))
