@@ -107,6 +107,7 @@ fn validate(spec: &Spec) -> Result<()> {
         if idmap || m.uid_mappings().is_some() || m.gid_mappings().is_some() {
             bail!("field mounts[{i}]: idmapped mounts are not supported");
         }
+        crate::rootfs::mounts::check_options(m).with_context(|| format!("field mounts[{i}]"))?;
     }
     refuse_unsupported(spec)?;
     Ok(())

@@ -166,10 +166,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     let resources = linux
         .and_then(|l| l.resources().as_ref())
         .unwrap_or(&no_resources);
-    let devices = linux
-        .and_then(|l| l.devices().as_deref())
-        .unwrap_or_default();
-    cgroup.set_with_devices(resources, &cgroups::devices::allow_listed(devices)?)?;
+    // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
+    cgroup.set_with_devices(resources, &[])?;
 
     // 5. The exec fifo that holds the init until `start`.
     if !opts.foreground {

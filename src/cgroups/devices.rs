@@ -1,7 +1,7 @@
 //! Device access rules: the config's list, lrun's defaults, and how each hierarchy gets them.
 
 use anyhow::{Result, bail};
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
 /// Access bits as the kernel's BPF device hook numbers them (BPF_DEVCG_ACC_*).
 pub const ACC_MKNOD: u8 = 1;
@@ -137,34 +137,6 @@ pub fn from_oci(d: &LinuxDeviceCgroup) -> Result<Option<Rule>> {
     }))
 }
 
-/// Allow rules for the devices a config creates in linux.devices: a device the container is
-/// given must also be usable. Pass the result to `Manager::set_with_devices`.
-pub fn allow_listed(devs: &[LinuxDevice]) -> Result<Vec<Rule>> {
-    let mut out = Vec::new();
-    for d in devs {
-        let kind = match d.typ() {
-            LinuxDeviceType::C | LinuxDeviceType::U => Kind::Char,
-            LinuxDeviceType::B => Kind::Block,
-            LinuxDeviceType::P | LinuxDeviceType::A => continue,
-        };
-        let num = |n: i64, what: &str| match u32::try_from(n) {
-            Ok(v) => Ok(Some(v)),
-            Err(_) => bail!(
-                "linux.devices {}: invalid {what} number {n}",
-                d.path().display()
-            ),
-        };
-        out.push(Rule {
-            allow: true,
-            kind,
-            major: num(d.major(), "major")?,
-            minor: num(d.minor(), "minor")?,
-            access: ACC_ALL,
-        });
-    }
-    Ok(out)
-}
-
 /// The full ordered list a container gets: deny everything, then the config's rules, then
 /// the defaults, so a config cannot take /dev/null away by accident (runc does the same).
 pub fn effective_rules(config: &[LinuxDeviceCgroup], extra_allowed: &[Rule]) -> Result<Vec<Rule>> {
@@ -273,25 +245,19 @@ mod tests {
     }
 
     #[test]
-    fn listed_devices_are_allowed() {
-        let dev = oci_spec::runtime::LinuxDeviceBuilder::default()
-            .path("/dev/fuse")
-            .typ(LinuxDeviceType::C)
-            .major(10)
-            .minor(229)
-            .build()
-            .unwrap();
-        let extra = allow_listed(&[dev]).unwrap();
-        let (def, rest) = reduce(&effective_rules(&[], &extra).unwrap());
-        assert!(decide(
-            def,
-            &rest,
-            Kind::Char,
-            10,
-            229,
-            ACC_READ | ACC_WRITE
-        ));
-        assert!(!decide(def, &rest, Kind::Char, 10, 228, ACC_READ));
+    fn only_defaults_are_allowed_implicitly() {
+        // A device in linux.devices (here /dev/kmsg, 1:11) gets no rule of its own: with the
+        // config's deny-all it stays denied, as runc keeps it.
+        let deny_all = vec![
+            LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()
+                .unwrap(),
+        ];
+        let (def, rest) = reduce(&effective_rules(&deny_all, &[]).unwrap());
+        assert!(!decide(def, &rest, Kind::Char, 1, 11, ACC_WRITE));
+        assert!(decide(def, &rest, Kind::Char, 1, 3, ACC_WRITE));
     }
 
     #[test]

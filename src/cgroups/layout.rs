@@ -61,7 +61,7 @@ pub struct Hierarchies {
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(field: &str) -> String {
+pub(crate) fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
-use nix::mount::{MsFlags, mount};
 use nix::sys::stat::{Mode, SFlag, makedev, mknodat};
 use nix::unistd::{Gid, Uid, fchownat};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
 
-use super::resolve::{Kind, ensure_in_root, fd_path, open_in_root};
+use super::mounts::bind_host_path;
+use super::resolve::{Kind, clean, ensure_in_root, open_in_root};
 
 pub struct Device {
     pub path: PathBuf,
@@ -68,24 +68,18 @@ pub fn from_spec(d: &LinuxDevice) -> Device {
 /// Create one device node inside the rootfs. An existing node is left as it is.
 pub fn create(root: BorrowedFd, dev: &Device, bind_from_host: bool) -> Result<()> {
     let what = || format!("device {}", dev.path.display());
-    if open_in_root(root, &dev.path).is_ok() {
+    let path = clean(&dev.path);
+    if open_in_root(root, &path).is_ok() {
         return Ok(());
     }
-    let parent = dev.path.parent().unwrap_or(Path::new("/"));
-    let name = dev
-        .path
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path
         .file_name()
         .with_context(|| format!("{}: no file name", what()))?;
     if bind_from_host {
-        let target = ensure_in_root(root, &dev.path, Kind::File).with_context(what)?;
-        mount(
-            Some(dev.path.as_path()),
-            fd_path(&target).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("{}: bind from the host", what()))?;
+        let target = ensure_in_root(root, &path, Kind::File).with_context(what)?;
+        bind_host_path(&path, target.as_fd())
+            .with_context(|| format!("{}: bind from the host", what()))?;
         return Ok(());
     }
     let dir = ensure_in_root(root, parent, Kind::Dir).with_context(what)?;

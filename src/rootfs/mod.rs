@@ -1,23 +1,28 @@
 //! The container's root filesystem, set up by the init process inside its mount namespace:
 //! propagation, the rootfs bind, `mounts`, devices, then pivot_root, masked and read-only
-//! paths. Every path from config.json is resolved inside the rootfs (see `resolve`).
+//! paths. Every path from config.json is cleaned lexically and resolved inside the rootfs (see
+//! `resolve`); every mount is built detached and attached to the target held open (see
+//! `fdmount`).
 
+mod copyup;
 pub mod devices;
+mod fdmount;
 pub mod mounts;
 pub mod resolve;
 
 use std::fs::File;
-use std::os::fd::AsFd;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{SFlag, makedev};
 use nix::unistd::{chdir, chroot, fchdir, pivot_root};
 use oci_spec::runtime::Spec;
 
-use mounts::{CgroupMounter, mount_entry, propagation_flag, remount_bind};
-use resolve::{fd_path, open_in_root};
+use mounts::{CgroupMounter, bind_host_path, make_readonly, mount_entry, propagation_flag};
+use resolve::open_in_root;
 
 /// Everything up to (not including) pivot_root. Runs in the new mount namespace.
 pub fn prepare(
@@ -94,14 +99,7 @@ pub fn prepare(
             Path::new(crate::notify::CONTAINER_DIR),
             resolve::Kind::Dir,
         )?;
-        mount(
-            Some(dir),
-            fd_path(&target).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .context("bind the notify socket directory")?;
+        bind_host_path(dir, target.as_fd()).context("bind the notify socket directory")?;
     }
     Ok(())
 }
@@ -111,6 +109,7 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     let root = File::open(rootfs).with_context(|| format!("open rootfs {}", rootfs.display()))?;
     fchdir(root.as_fd()).context("chdir into rootfs")?;
     if no_pivot {
+        detach_outside(rootfs)?;
         mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
             .context("move rootfs to /")?;
         chroot(".").context("chroot into rootfs")?;
@@ -132,12 +131,58 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     Ok(())
 }
 
+/// Without pivot_root the old root stays in the mount namespace under the new one: a full
+/// procfs or sysfs mount there lets a process in a new user namespace mount proc again
+/// without the masked paths (the kernel allows it when one fully visible instance exists).
+/// As runc's msMoveRoot, but for every mount: detach all that are neither the rootfs, below
+/// it, nor above it (those hold the rootfs); cover what cannot be detached with a tmpfs.
+fn detach_outside(rootfs: &Path) -> Result<()> {
+    let rootfs = std::fs::canonicalize(rootfs)
+        .with_context(|| format!("--no-pivot: resolve rootfs {}", rootfs.display()))?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("--no-pivot: read /proc/self/mountinfo")?;
+    // Children come after their parents in mountinfo: walk backwards so each path still
+    // reaches the mount it names when it is detached.
+    let points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(crate::cgroups::layout::unescape(p)))
+        .collect();
+    for p in points.iter().rev() {
+        if p.starts_with(&rootfs) || rootfs.starts_with(p) {
+            continue;
+        }
+        // prepare() made every mount a slave (or private): unmounts do not reach the host.
+        // Not following a last-component symlink a host user could have put there.
+        match umount2(p, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            // Locked in a user namespace: make it unreachable instead.
+            Err(Errno::EPERM) | Err(Errno::EINVAL) => {
+                if std::fs::metadata(p).is_ok_and(|m| m.is_dir()) {
+                    mount(
+                        Some("tmpfs"),
+                        p,
+                        Some("tmpfs"),
+                        MsFlags::MS_RDONLY,
+                        Some("size=0"),
+                    )
+                    .with_context(|| format!("--no-pivot: cover {}", p.display()))?;
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("--no-pivot: detach {}", p.display())),
+        }
+    }
+    Ok(())
+}
+
 /// After pivot_root: masked and read-only paths, root propagation and root.readonly.
 pub fn finalize(spec: &Spec) -> Result<()> {
     let root = File::open("/").context("open /")?;
     if let Some(linux) = spec.linux() {
+        let mut null = None;
         for p in linux.masked_paths().iter().flatten() {
-            mask(&root, Path::new(p)).with_context(|| format!("linux.maskedPaths: {p}"))?;
+            mask(&root, Path::new(p), &mut null)
+                .with_context(|| format!("linux.maskedPaths: {p}"))?;
         }
         for p in linux.readonly_paths().iter().flatten() {
             readonly(&root, Path::new(p)).with_context(|| format!("linux.readonlyPaths: {p}"))?;
@@ -157,38 +202,50 @@ pub fn finalize(spec: &Spec) -> Result<()> {
         .as_ref()
         .is_some_and(|r| r.readonly() == Some(true))
     {
-        remount_bind("/", MsFlags::MS_RDONLY, MsFlags::empty()).context("root.readonly")?;
+        make_readonly(&root).context("root.readonly")?;
     }
     Ok(())
 }
 
-fn mask(root: &File, path: &Path) -> Result<()> {
+/// The container's /dev/null, checked to be the null device (char 1:3). The image controls
+/// that path: a symlink or a regular file there would turn every "masked" file into a bind
+/// of whatever it names (CVE-2025-31133). The fd checked is the one bound.
+fn open_null(root: &File) -> Result<OwnedFd> {
+    let fd = open_in_root(root.as_fd(), Path::new("/dev/null"))
+        .context("open /dev/null in the container")?;
+    let st = nix::sys::stat::fstat(&fd).context("fstat /dev/null in the container")?;
+    let is_char = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    if !is_char || st.st_rdev != makedev(1, 3) {
+        bail!(
+            "/dev/null in the container is not the null device (char 1:3): refusing to mask with it"
+        );
+    }
+    Ok(fd)
+}
+
+fn mask(root: &File, path: &Path, null: &mut Option<OwnedFd>) -> Result<()> {
     let fd = match open_in_root(root.as_fd(), path) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let target = fd_path(&fd);
-    if std::fs::metadata(&target).is_ok_and(|m| m.is_dir()) {
-        mount(
-            Some("tmpfs"),
-            target.as_str(),
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            Some("size=0"),
-        )
-        .context("mount an empty tmpfs over it")?;
+    let is_dir = nix::sys::stat::fstat(&fd)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR);
+    let tree = if is_dir {
+        let ro = fdmount::Attrs {
+            set: fdmount::ATTR_RDONLY,
+            clear: 0,
+        };
+        fdmount::new_fs("tmpfs", "tmpfs", &["size=0".to_string()], &["ro"], ro)
+            .context("mount an empty tmpfs over it")?
     } else {
-        mount(
-            Some("/dev/null"),
-            target.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .context("bind /dev/null over it")?;
-    }
-    Ok(())
+        let null = match null {
+            Some(n) => n,
+            None => null.insert(open_null(root)?),
+        };
+        fdmount::clone_fd(null.as_fd(), false).context("bind /dev/null over it")?
+    };
+    fdmount::attach(tree.as_fd(), fd.as_fd())
 }
 
 fn readonly(root: &File, path: &Path) -> Result<()> {
@@ -197,21 +254,17 @@ fn readonly(root: &File, path: &Path) -> Result<()> {
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let target = fd_path(&fd);
-    mount(
-        Some(target.as_str()),
-        target.as_str(),
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .context("bind onto itself")?;
-    let fresh = open_in_root(root.as_fd(), path)?;
-    remount_bind(
-        &fd_path(&fresh),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        MsFlags::empty(),
-    )
+    // A read-only copy of exactly what was opened, stacked onto it.
+    let tree = fdmount::clone_fd(fd.as_fd(), true).context("bind onto itself")?;
+    let attrs = fdmount::Attrs {
+        set: fdmount::ATTR_RDONLY
+            | fdmount::ATTR_NOSUID
+            | fdmount::ATTR_NODEV
+            | fdmount::ATTR_NOEXEC,
+        clear: 0,
+    };
+    fdmount::set_attrs(tree.as_fd(), attrs, false)?;
+    fdmount::attach(tree.as_fd(), fd.as_fd())
 }
 
 /// Check a rootfs directory exists before anything is created for it.

@@ -1,87 +1,141 @@
-//! The `mounts` entries of config.json: option parsing and mounting one entry.
+//! The `mounts` entries of config.json: option parsing and mounting one entry. Every mount
+//! is built detached, given its flags, then attached onto a target held open (see fdmount).
 
-use std::os::fd::BorrowedFd;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use nix::mount::{MsFlags, mount};
+use anyhow::{Context, Result, bail};
+use nix::mount::MsFlags;
 use oci_spec::runtime::Mount;
 
-use super::resolve::{Kind, ensure_in_root, fd_path};
+use super::fdmount::{self, Attrs};
+use super::resolve::{Kind, clean, ensure_in_root};
 
-/// A mount entry's options split the way mount(2) wants them.
-#[derive(Debug, PartialEq)]
+/// A mount entry's options, split into what each step of the mount needs.
+#[derive(Debug, PartialEq, Default)]
 pub struct Options {
-    pub flags: MsFlags,
-    /// Flags that were explicitly cleared (e.g. "rw", "suid"), for bind remounts.
-    pub cleared: MsFlags,
-    pub propagation: MsFlags,
+    /// Attributes of the mount itself (ro, nosuid, noatime, ...).
+    pub attrs: Attrs,
+    /// The r* options (rro, rnosuid, ...): the mount and every submount.
+    pub rec_attrs: Attrs,
+    /// Superblock flags of a new filesystem ("ro", "sync", ...), as mount(2) sets them.
+    pub sb: Vec<&'static str>,
+    pub propagation: Option<MsFlags>,
     pub bind: bool,
     pub recursive: bool,
-    /// Filesystem-specific options, comma-joined (e.g. "mode=755,size=65536k").
-    pub data: String,
+    pub remount: bool,
+    /// Copy the directory's content into the new tmpfs (crun's and runc's extension).
+    pub tmpcopyup: bool,
+    /// Filesystem-specific options (e.g. "mode=755"), for the kernel to judge.
+    pub data: Vec<String>,
 }
 
-pub fn parse_options(opts: &[String]) -> Options {
-    let mut o = Options {
-        flags: MsFlags::empty(),
-        cleared: MsFlags::empty(),
-        propagation: MsFlags::empty(),
-        bind: false,
-        recursive: false,
-        data: String::new(),
-    };
-    let mut data = Vec::new();
+impl Options {
+    /// Mount attributes of the first mount of a new filesystem (which has no submounts).
+    pub fn new_fs_attrs(&self) -> Attrs {
+        self.attrs.union(self.rec_attrs)
+    }
+}
+
+/// A per-mount attribute option: (attributes to set, attributes to clear).
+fn attr_option(name: &str) -> Option<(u64, u64)> {
+    use fdmount::*;
+    let atime = |mode| (mode, ATTR_ATIME_MASK);
+    Some(match name {
+        "ro" => (ATTR_RDONLY, 0),
+        "rw" => (0, ATTR_RDONLY),
+        "nosuid" => (ATTR_NOSUID, 0),
+        "suid" => (0, ATTR_NOSUID),
+        "nodev" => (ATTR_NODEV, 0),
+        "dev" => (0, ATTR_NODEV),
+        "noexec" => (ATTR_NOEXEC, 0),
+        "exec" => (0, ATTR_NOEXEC),
+        "noatime" => atime(ATTR_NOATIME),
+        "strictatime" => atime(ATTR_STRICTATIME),
+        // Without noatime or strictatime the kernel uses relatime.
+        "relatime" | "atime" | "norelatime" | "nostrictatime" => atime(ATTR_RELATIME),
+        "nodiratime" => (ATTR_NODIRATIME, 0),
+        "diratime" => (0, ATTR_NODIRATIME),
+        "nosymfollow" => (ATTR_NOSYMFOLLOW, 0),
+        "symfollow" => (0, ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
+}
+
+/// Superblock options mount(2) takes as flags: (the fsconfig flag, true to set it).
+fn sb_option(name: &str) -> Option<(&'static str, bool)> {
+    Some(match name {
+        "sync" => ("sync", true),
+        "async" => ("sync", false),
+        "dirsync" => ("dirsync", true),
+        "mand" => ("mand", true),
+        "nomand" => ("mand", false),
+        "lazytime" => ("lazytime", true),
+        "nolazytime" => ("lazytime", false),
+        _ => return None,
+    })
+}
+
+/// Split a mount entry's options. `typ` is the filesystem type ("bind" or "none" for binds):
+/// a bind mount has no filesystem to pass unknown options to, so they are refused by name
+/// rather than silently dropped.
+pub fn parse_options(typ: &str, opts: &[String]) -> Result<Options> {
+    let mut o = Options::default();
+    let mut unknown = Vec::new();
     for opt in opts {
-        let (set, clear) = match opt.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
-            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
-            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
-            "bind" => {
-                o.bind = true;
-                continue;
+        let name = opt.as_str();
+        if let Some((set, clear)) = attr_option(name) {
+            o.attrs.apply(set, clear);
+            // mount(2) makes the superblock read-only too when a new filesystem is mounted ro.
+            o.sb.retain(|f| *f != "ro");
+            if name == "ro" {
+                o.sb.push("ro");
             }
+            continue;
+        }
+        if let Some((set, clear)) = name.strip_prefix('r').and_then(attr_option) {
+            o.rec_attrs.apply(set, clear);
+            continue;
+        }
+        if let Some((flag, on)) = sb_option(name) {
+            o.sb.retain(|f| *f != flag);
+            if on {
+                o.sb.push(flag);
+            }
+            continue;
+        }
+        if let Some(p) = propagation_flag(name) {
+            o.propagation = Some(p);
+            continue;
+        }
+        match name {
+            "bind" => o.bind = true,
             "rbind" => {
                 o.bind = true;
                 o.recursive = true;
-                continue;
             }
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => {
-                o.propagation |= propagation_flag(opt).unwrap_or(MsFlags::empty());
-                continue;
-            }
-            // Hints for other runtimes that have no mount(2) meaning here.
-            "tmpcopyup" | "defaults" | "nosymfollow" | "idmap" | "ridmap" => continue,
-            _ => {
-                data.push(opt.as_str());
-                continue;
-            }
-        };
-        o.flags = (o.flags | set) - clear;
-        o.cleared = (o.cleared | clear) - set;
+            "remount" => o.remount = true,
+            "tmpcopyup" => o.tmpcopyup = true,
+            // mount(2) flags with nothing to apply here: logging, and i_version (always on
+            // where a filesystem supports it). runc accepts them too.
+            "defaults" | "silent" | "loud" | "iversion" | "noiversion" => {}
+            _ => unknown.push(opt.clone()),
+        }
     }
-    o.data = data.join(",");
-    o
+    let bind = o.bind || typ == "bind";
+    if bind {
+        if let Some(u) = unknown.first() {
+            bail!("unknown option {u:?} for a bind mount");
+        }
+        if o.tmpcopyup {
+            bail!("option \"tmpcopyup\" applies to tmpfs mounts only");
+        }
+    } else if o.tmpcopyup && typ != "tmpfs" {
+        bail!("option \"tmpcopyup\" applies to tmpfs mounts only");
+    }
+    o.data = unknown;
+    Ok(o)
 }
 
 pub fn propagation_flag(name: &str) -> Option<MsFlags> {
@@ -99,6 +153,27 @@ pub fn propagation_flag(name: &str) -> Option<MsFlags> {
     Some(f)
 }
 
+/// Whether a config entry is a bind mount.
+pub fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Check a config entry's options at create time (one line naming the option).
+pub fn check_options(m: &Mount) -> Result<()> {
+    let typ = if is_bind(m) {
+        "bind"
+    } else {
+        m.typ().as_deref().unwrap_or("")
+    };
+    parse_options(typ, m.options().as_deref().unwrap_or_default())
+        .map(drop)
+        .with_context(|| format!("mount on {}", m.destination().display()))
+}
+
 /// Mount one config entry below `root` (an fd on the rootfs, before pivot_root).
 pub fn mount_entry(
     root: BorrowedFd,
@@ -106,15 +181,19 @@ pub fn mount_entry(
     m: &Mount,
     cgroup: Option<&CgroupMounter>,
 ) -> Result<()> {
-    let dest = m.destination();
+    let dest = clean(m.destination());
     let typ = m.typ().as_deref().unwrap_or("");
-    let opts = parse_options(m.options().as_deref().unwrap_or_default());
-    let bind = opts.bind || typ == "bind";
+    let bind = is_bind(m);
     let what = || format!("mount {} on {}", typ, dest.display());
+    let opts = parse_options(
+        if bind { "bind" } else { typ },
+        m.options().as_deref().unwrap_or_default(),
+    )
+    .with_context(what)?;
 
     if typ == "cgroup" && !bind {
         let cgroup = cgroup.context("internal: cgroup mount without the host's cgroup layout")?;
-        return cgroup.mount(root, dest, &opts).with_context(what);
+        return cgroup.mount(root, &dest, &opts).with_context(what);
     }
     let source = m.source().clone().map(|s| {
         if bind && s.is_relative() {
@@ -123,92 +202,100 @@ pub fn mount_entry(
             s
         }
     });
-    let kind = match (&source, bind) {
-        (Some(src), true) if !src.is_dir() => Kind::File,
-        _ => Kind::Dir,
-    };
-    let target = ensure_in_root(root, dest, kind).with_context(what)?;
-    let target_path = fd_path(&target);
-    let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
 
-    if bind {
+    if opts.remount && !bind {
+        // Only the mount's attributes change; the target must be a mount already.
+        let target = ensure_in_root(root, &dest, Kind::Dir).with_context(what)?;
+        fdmount::set_attrs(target.as_fd(), opts.new_fs_attrs(), false).with_context(what)?;
+        return Ok(());
+    }
+
+    // Build the new mount detached, with its flags, before the target is even looked up.
+    let (tree, kind) = if bind {
         let src = source
             .as_deref()
             .with_context(|| format!("{}: bind mount needs a source", what()))?;
-        let mut flags = MsFlags::MS_BIND;
-        if opts.recursive {
-            flags |= MsFlags::MS_REC;
-        }
-        mount(
-            Some(src),
-            target_path.as_str(),
-            None::<&str>,
-            flags,
-            None::<&str>,
-        )
-        .with_context(|| format!("{}: bind from {}", what(), src.display()))?;
-        // A bind mount ignores other flags: apply them with a remount of the new mount point.
-        if !opts.flags.is_empty() {
-            let fresh = ensure_in_root(root, dest, kind).with_context(what)?;
-            remount_bind(&fd_path(&fresh), opts.flags, opts.cleared).with_context(what)?;
-        }
+        let tree = fdmount::clone_path(src, opts.recursive)
+            .with_context(|| format!("{}: bind from {}", what(), src.display()))?;
+        fdmount::set_attrs(tree.as_fd(), opts.attrs, false).with_context(what)?;
+        fdmount::set_attrs(tree.as_fd(), opts.rec_attrs, true).with_context(what)?;
+        let is_dir = rustix::fs::fstat(&tree).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        });
+        (tree, if is_dir { Kind::Dir } else { Kind::File })
     } else {
-        let src = source.as_deref().map(Path::new).unwrap_or(Path::new(typ));
-        mount(Some(src), target_path.as_str(), Some(typ), opts.flags, data).with_context(what)?;
+        let src = source
+            .as_deref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| typ.to_string());
+        let tree = fdmount::new_fs(typ, &src, &opts.data, &opts.sb, opts.new_fs_attrs())
+            .with_context(what)?;
+        (tree, Kind::Dir)
+    };
+    let target = ensure_in_root(root, &dest, kind).with_context(what)?;
+    check_not_into_proc(&target, &dest, typ, bind.then_some(&tree)).with_context(what)?;
+    if opts.tmpcopyup {
+        super::copyup::copy_dir_into(target.as_fd(), tree.as_fd())
+            .with_context(|| format!("{}: tmpcopyup", what()))?;
     }
-    if !opts.propagation.is_empty() {
-        let fresh = ensure_in_root(root, dest, kind).with_context(what)?;
-        mount(
-            None::<&str>,
-            fd_path(&fresh).as_str(),
-            None::<&str>,
-            opts.propagation,
-            None::<&str>,
-        )
-        .with_context(|| format!("{}: set propagation", what()))?;
+    fdmount::attach(tree.as_fd(), target.as_fd()).with_context(what)?;
+    if let Some(p) = opts.propagation {
+        // The tree fd now refers to the attached mount: no second lookup.
+        fdmount::set_propagation(tree.as_fd(), p).with_context(what)?;
     }
     Ok(())
 }
 
-/// Remount a bind mount with new flags, keeping the flags the kernel locks (in a user
-/// namespace, nosuid/nodev/noexec/ro inherited from the source cannot be cleared).
-pub fn remount_bind(path: &str, set: MsFlags, cleared: MsFlags) -> Result<()> {
-    let current = statvfs_flags(path)?;
-    let flags = ((current | set) - cleared) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
-    match mount(None::<&str>, path, None::<&str>, flags, None::<&str>) {
-        Ok(()) => Ok(()),
-        // Locked flags: retry keeping everything the source had.
-        Err(nix::errno::Errno::EPERM) => mount(
-            None::<&str>,
-            path,
-            None::<&str>,
-            current | set | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
-            None::<&str>,
-        )
-        .with_context(|| format!("remount {path}")),
-        Err(e) => Err(e).with_context(|| format!("remount {path}")),
+/// Entries of /proc that lxcfs emulates: runc allows mounts on exactly these.
+const PROC_OVERRIDES: [&str; 10] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// A mount whose destination resolves into a procfs (through a symlink in the image, say
+/// `/vol/x -> /proc`) could cover the container's /proc, or a file of it, with something
+/// that is not procfs and undo maskedPaths (CVE-2019-19921, CVE-2023-27561). As runc: only
+/// proc itself, a bind of a procfs, or the lxcfs entries may go there.
+fn check_not_into_proc(
+    target: &OwnedFd,
+    dest: &Path,
+    typ: &str,
+    bind_tree: Option<&OwnedFd>,
+) -> Result<()> {
+    let is_proc = |fd: &OwnedFd| {
+        nix::sys::statfs::fstatfs(fd)
+            .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+    };
+    if !is_proc(target) || PROC_OVERRIDES.iter().any(|p| Path::new(p) == dest) {
+        return Ok(());
+    }
+    match bind_tree {
+        None if typ == "proc" => Ok(()),
+        Some(tree) if is_proc(tree) => Ok(()),
+        _ => bail!(
+            "destination {} resolves into procfs: only proc may be mounted there",
+            dest.display()
+        ),
     }
 }
 
-fn statvfs_flags(path: &str) -> Result<MsFlags> {
-    use nix::sys::statvfs::{FsFlags, statvfs};
-    let st = statvfs(path).with_context(|| format!("statvfs {path}"))?;
-    let f = st.flags();
-    let mut out = MsFlags::empty();
-    for (fs, ms) in [
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if f.contains(fs) {
-            out |= ms;
-        }
-    }
-    Ok(out)
+/// Bind-mount a host path (a device node, the notify directory) onto `target` in the rootfs.
+pub fn bind_host_path(src: &Path, target: BorrowedFd) -> Result<()> {
+    let tree = fdmount::clone_path(src, false)?;
+    fdmount::attach(tree.as_fd(), target)
+}
+
+/// Make the mount whose root `dir` is read-only (root.readonly), keeping locked flags.
+pub fn make_readonly(dir: &File) -> Result<()> {
+    make_readonly_fd(dir.as_fd())
 }
 
 /// Mounts `type: cgroup` entries. With a cgroup namespace the kernel roots a fresh cgroup
@@ -285,59 +372,78 @@ impl CgroupMounter {
         fstype: &str,
         options: Option<&str>,
         host: &Path,
-        flags: MsFlags,
+        opts: &Options,
     ) -> Result<()> {
+        let attrs = cgroup_attrs(opts);
+        let tree = if self.cgroupns {
+            let data: Vec<String> = options
+                .into_iter()
+                .flat_map(|o| o.split(','))
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
+            fdmount::new_fs(fstype, fstype, &data, &opts.sb, attrs)
+                .with_context(|| format!("mount {fstype} {}", options.unwrap_or("")))?
+        } else {
+            let own = self.own_path(options.unwrap_or(""));
+            let src = host.join(own.unwrap_or("/").trim_start_matches('/'));
+            let tree = fdmount::clone_path(&src, false)
+                .with_context(|| format!("bind {}", src.display()))?;
+            fdmount::set_attrs(tree.as_fd(), attrs, false)?;
+            tree
+        };
         let target = ensure_in_root(root, dest, Kind::Dir)?;
-        if self.cgroupns {
-            return mount(
-                Some(fstype),
-                fd_path(&target).as_str(),
-                Some(fstype),
-                flags,
-                options,
-            )
-            .with_context(|| format!("mount {fstype} {}", options.unwrap_or("")));
-        }
-        let own = self.own_path(options.unwrap_or(""));
-        let src = host.join(own.unwrap_or("/").trim_start_matches('/'));
-        mount(
-            Some(&src),
-            fd_path(&target).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind {}", src.display()))?;
-        // The flags apply to the new mount: reopen the path to reach it, not what it covers.
-        let mounted = ensure_in_root(root, dest, Kind::Dir)?;
-        remount_bind(&fd_path(&mounted), flags, MsFlags::empty())
+        fdmount::attach(tree.as_fd(), target.as_fd())
     }
 
     fn mount(&self, root: BorrowedFd, dest: &Path, opts: &Options) -> Result<()> {
-        let target = ensure_in_root(root, dest, Kind::Dir)?;
-        let flags = opts.flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         if let Some(host) = &self.unified {
-            return self.mount_one(root, dest, "cgroup2", None, host, flags);
+            return self.mount_one(root, dest, "cgroup2", None, host, opts);
         }
-        let tmpfs_flags = flags - MsFlags::MS_RDONLY;
-        mount(
-            Some("tmpfs"),
-            fd_path(&target).as_str(),
-            Some("tmpfs"),
-            tmpfs_flags,
-            Some("mode=755"),
+        // The tmpfs that holds one directory per hierarchy is made read-only last.
+        let mut tmpfs_attrs = cgroup_attrs(opts);
+        tmpfs_attrs.set &= !fdmount::ATTR_RDONLY;
+        let sb: Vec<&str> = opts.sb.iter().copied().filter(|f| *f != "ro").collect();
+        let tmpfs = fdmount::new_fs(
+            "tmpfs",
+            "tmpfs",
+            &["mode=755".to_string()],
+            &sb,
+            tmpfs_attrs,
         )
         .context("mount tmpfs for cgroups")?;
+        let target = ensure_in_root(root, dest, Kind::Dir)?;
+        fdmount::attach(tmpfs.as_fd(), target.as_fd()).context("mount tmpfs for cgroups")?;
         for (name, options, host) in &self.v1 {
-            self.mount_one(root, &dest.join(name), "cgroup", Some(options), host, flags)
+            self.mount_one(root, &dest.join(name), "cgroup", Some(options), host, opts)
                 .with_context(|| format!("cgroup hierarchy {name}"))?;
         }
-        if opts.flags.contains(MsFlags::MS_RDONLY) {
-            let t = ensure_in_root(root, dest, Kind::Dir)?;
-            remount_bind(&fd_path(&t), MsFlags::MS_RDONLY, MsFlags::empty())?;
+        if opts.new_fs_attrs().set & fdmount::ATTR_RDONLY != 0 {
+            make_readonly_fd(tmpfs.as_fd())?;
         }
         Ok(())
     }
+}
+
+/// cgroup mounts are always nosuid, nodev and noexec.
+fn cgroup_attrs(opts: &Options) -> Attrs {
+    let mut a = opts.new_fs_attrs();
+    a.apply(
+        fdmount::ATTR_NOSUID | fdmount::ATTR_NODEV | fdmount::ATTR_NOEXEC,
+        0,
+    );
+    a
+}
+
+fn make_readonly_fd(fd: BorrowedFd) -> Result<()> {
+    fdmount::set_attrs(
+        fd,
+        Attrs {
+            set: fdmount::ATTR_RDONLY,
+            clear: 0,
+        },
+        false,
+    )
 }
 
 #[cfg(test)]
@@ -350,18 +456,63 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let o = parse_options(&strs(&["nosuid", "strictatime", "mode=755", "size=65536k"]));
-        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
-        assert_eq!(o.data, "mode=755,size=65536k");
+        let o = parse_options(
+            "tmpfs",
+            &strs(&["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        )
+        .unwrap();
+        assert_eq!(
+            o.attrs.set,
+            fdmount::ATTR_NOSUID | fdmount::ATTR_STRICTATIME
+        );
+        assert_eq!(o.attrs.clear, fdmount::ATTR_ATIME_MASK);
+        assert_eq!(o.data, strs(&["mode=755", "size=65536k"]));
         assert!(!o.bind);
     }
 
     #[test]
     fn later_options_win() {
-        let o = parse_options(&strs(&["ro", "rw", "rbind", "rslave"]));
-        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
-        assert!(o.cleared.contains(MsFlags::MS_RDONLY));
+        let o = parse_options("none", &strs(&["ro", "rw", "rbind", "rslave"])).unwrap();
+        assert_eq!(o.attrs.set & fdmount::ATTR_RDONLY, 0);
+        assert_ne!(o.attrs.clear & fdmount::ATTR_RDONLY, 0);
+        assert!(o.sb.is_empty(), "rw takes the superblock's ro back");
         assert!(o.bind && o.recursive);
-        assert_eq!(o.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert_eq!(o.propagation, Some(MsFlags::MS_SLAVE | MsFlags::MS_REC));
+    }
+
+    #[test]
+    fn recursive_options_are_kept_apart() {
+        let o = parse_options(
+            "bind",
+            &strs(&["rbind", "rro", "rnosuid", "nodev", "rnosymfollow"]),
+        )
+        .unwrap();
+        assert_eq!(
+            o.rec_attrs.set,
+            fdmount::ATTR_RDONLY | fdmount::ATTR_NOSUID | fdmount::ATTR_NOSYMFOLLOW
+        );
+        assert_eq!(o.attrs.set, fdmount::ATTR_NODEV);
+        let o = parse_options("bind", &strs(&["rbind", "rro", "rrw"])).unwrap();
+        assert_eq!(o.rec_attrs.set, 0);
+        assert_eq!(o.rec_attrs.clear, fdmount::ATTR_RDONLY);
+    }
+
+    #[test]
+    fn unknown_options_are_refused_on_binds_only() {
+        let e = parse_options("bind", &strs(&["rbind", "rro", "bogus"])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown option \"bogus\" for a bind mount");
+        assert!(parse_options("none", &strs(&["bind", "size=1"])).is_err());
+        assert!(parse_options("tmpfs", &strs(&["size=1", "bogus"])).is_ok());
+        let o = parse_options(
+            "bind",
+            &strs(&["bind", "defaults", "silent", "lazytime", "async"]),
+        );
+        assert_eq!(o.unwrap().sb, ["lazytime"]);
+        assert!(parse_options("proc", &strs(&["tmpcopyup"])).is_err());
+        assert!(
+            parse_options("tmpfs", &strs(&["tmpcopyup"]))
+                .unwrap()
+                .tmpcopyup
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! (openat2 RESOLVE_IN_ROOT): a symlink such as `/dev -> /` or `../../etc` never leads out.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Component, Path};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -18,7 +18,23 @@ fn how(flags: OFlag) -> OpenHow {
 
 /// Open `path` (taken as inside `root`) as an O_PATH handle.
 pub fn open_in_root(root: BorrowedFd, path: &Path) -> nix::Result<OwnedFd> {
-    openat2(root, rel(path), how(OFlag::O_PATH))
+    openat2(root, rel(&clean(path)), how(OFlag::O_PATH))
+}
+
+/// `path` cleaned lexically, as an absolute path (Go's filepath.Clean, as runc and crun do):
+/// `/mnt/../opt/dd` is `/opt/dd`, whatever `/mnt` is in the image. `..` never goes above `/`.
+pub fn clean(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// What to create when a mount point does not exist yet.
@@ -32,11 +48,13 @@ pub enum Kind {
 /// Each step is resolved by the kernel inside the root, so a symlink swapped in meanwhile
 /// still cannot point outside.
 pub fn ensure_in_root(root: BorrowedFd, path: &Path, kind: Kind) -> Result<OwnedFd> {
+    let path = &clean(path);
     match open_in_root(root, path) {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(e).with_context(|| format!("open {} in rootfs", path.display())),
     }
+    // Only normal components are left once the path is clean.
     let comps: Vec<&OsStr> = path
         .components()
         .filter_map(|c| match c {
@@ -82,11 +100,6 @@ pub fn ensure_in_root(root: BorrowedFd, path: &Path, kind: Kind) -> Result<Owned
     Ok(dir)
 }
 
-/// The /proc/self/fd path of a descriptor: mount(2) on it acts on the very file we opened.
-pub fn fd_path(fd: &impl AsRawFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
-}
-
 fn rel(path: &Path) -> &Path {
     path.strip_prefix("/").unwrap_or(path)
 }
@@ -119,5 +132,13 @@ mod tests {
         drop(fd);
         assert!(root.join("etc/f").is_file());
         fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn paths_are_cleaned_lexically() {
+        assert_eq!(clean(Path::new("/mnt/../opt/dd")), Path::new("/opt/dd"));
+        assert_eq!(clean(Path::new("/../../a/./b/")), Path::new("/a/b"));
+        assert_eq!(clean(Path::new("a/b/../../..")), Path::new("/"));
+        assert_eq!(clean(Path::new("/dev//null")), Path::new("/dev/null"));
     }
 }
