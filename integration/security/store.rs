@@ -107,9 +107,18 @@ fn as_nobody(cmd: &str, args: &[&str], stdin: &[u8]) -> std::process::ExitStatus
     c.wait().unwrap()
 }
 
-/// Run `cat /f` in a container whose root is `top@1` over base: its stdout.
-fn cat_in_container(env: &mut Env, store: &Path, top: &str) -> String {
-    let mut b = env.bundle("store", &["cat", "/f"]);
+/// A file big enough to get data blocks of its own (a small one is inlined next to erofs
+/// metadata, which the kernel checks), starting with `marker`.
+fn payload_file(marker: &[u8]) -> Vec<u8> {
+    let mut v = marker.to_vec();
+    v.resize(64 << 10, b'.');
+    v
+}
+
+/// The first bytes of /f, as a container whose root is `top@1` over base reads them.
+fn head_in_container(env: &mut Env, store: &Path, top: &str) -> String {
+    let n = ORIGINAL.len().to_string();
+    let mut b = env.bundle("store", &["head", "-c", &n, "/f"]);
     b.config["root"] = json!({"path": "rootfs", "readonly": true});
     b.config["annotations"] = json!({"org.lrun.layers": format!("{top}@1")});
     b.write();
@@ -169,7 +178,7 @@ fn owner_rewriting_an_added_image_does_not_change_what_containers_get() {
     let mut env = Env::new();
     let store = env.scratch.join("store");
     let base = base(&env);
-    let app = pack(&env, "app", &[("f", ORIGINAL)], &[&base]);
+    let app = pack(&env, "app", &[("f", &payload_file(ORIGINAL))], &[&base]);
     let other = pack(&env, "other", &[("f", b"other")], &[&base]);
     for f in [&app, &other] {
         std::os::unix::fs::chown(f, Some(NOBODY), Some(NOBODY)).unwrap();
@@ -180,7 +189,7 @@ fn owner_rewriting_an_added_image_does_not_change_what_containers_get() {
         &store,
         &["layer", "add", base.to_str().unwrap(), app.to_str().unwrap()],
     ));
-    assert_eq!(cat_in_container(&mut env, &store, "app").as_bytes(), ORIGINAL);
+    assert_eq!(head_in_container(&mut env, &store, "app").as_bytes(), ORIGINAL);
 
     // The attack: the file's owner patches the payload in place (same length, so the header's
     // sizes still hold and only the payload digest, checked once on import, would notice).
@@ -198,13 +207,13 @@ fn owner_rewriting_an_added_image_does_not_change_what_containers_get() {
     assert!(st.success(), "nobody could not write its own file");
     assert_eq!(find(&fs::read(&app).unwrap(), EVIL), off);
     assert_eq!(
-        cat_in_container(&mut env, &store, "app").as_bytes(),
+        head_in_container(&mut env, &store, "app").as_bytes(),
         ORIGINAL,
         "the owner's in-place write reached the stored image"
     );
     // cp over the added file (O_TRUNC, same inode): the store's copy is not that inode.
     assert!(as_nobody("cp", &[other.to_str().unwrap(), app.to_str().unwrap()], b"").success());
-    assert_eq!(cat_in_container(&mut env, &store, "app").as_bytes(), ORIGINAL);
+    assert_eq!(head_in_container(&mut env, &store, "app").as_bytes(), ORIGINAL);
     let out = lrun_with(&env, &store, &["layer", "verify"]);
     assert!(out.status.success(), "verify: {}", stderr(&out));
     let ls = ok(&lrun_with(&env, &store, &["layer", "ls"]));
