@@ -367,7 +367,13 @@ enum Hostile {
     Trickle,
     /// The right Content-Length, then 4 KiB a second: progress, but for ages.
     Slow,
+    /// The data is a header declaring a 1 TiB payload: ranged reads answer as if the file were
+    /// that long; a full download sends the header then zeros (at most 16 MiB, to spare the
+    /// disk of a runtime without the defence).
+    TerabyteImage,
 }
+
+const TIB: u64 = 1 << 40;
 
 struct HostileServer {
     base: String,
@@ -434,7 +440,10 @@ fn serve(
             range = Some(v.trim().to_string());
         }
     }
-    let total = data.len() as u64;
+    let total = match how {
+        Hostile::TerabyteImage => data.len() as u64 + TIB,
+        _ => data.len() as u64,
+    };
     if let Some(range) = range {
         // Honest ranged reads: the header passes its checks.
         let (a, b) = range.split_once('-').unwrap();
@@ -445,16 +454,25 @@ fn serve(
             "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{total}\r\nConnection: close\r\n\r\n",
             b + 1 - a
         )?;
+        if a as usize >= data.len() {
+            let n = (b + 1 - a).min(16 << 20) as usize;
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+            return c.write_all(&vec![0u8; n]);
+        }
+        let b = b.min(data.len() as u64 - 1);
         return c.write_all(&data[a as usize..=b as usize]);
     }
     let head = match how {
         Hostile::HugeLength => "Content-Length: 1099511627776\r\n".to_string(),
+        Hostile::TerabyteImage => format!("Content-Length: {total}\r\n"),
         Hostile::Endless => String::new(),
         Hostile::Trickle | Hostile::Slow => format!("Content-Length: {total}\r\n"),
     };
     write!(c, "HTTP/1.1 200 OK\r\n{head}Connection: close\r\n\r\n")?;
     let (chunk, pause) = match how {
-        Hostile::HugeLength | Hostile::Endless => (64 << 10, Duration::ZERO),
+        Hostile::HugeLength | Hostile::Endless | Hostile::TerabyteImage => {
+            (64 << 10, Duration::ZERO)
+        }
         Hostile::Trickle => (1, Duration::from_secs(1)),
         Hostile::Slow => (4096, Duration::from_secs(1)),
     };
@@ -464,6 +482,8 @@ fn serve(
         let piece = if at < data.len() {
             &data[at..(at + chunk).min(data.len())]
         } else if matches!(how, Hostile::HugeLength | Hostile::Endless) {
+            &junk[..]
+        } else if matches!(how, Hostile::TerabyteImage) && at < 16 << 20 {
             &junk[..]
         } else {
             break;
@@ -521,6 +541,43 @@ fn pull_refuses_a_server_announcing_another_size() {
     assert!(err.contains("refused") && err.contains("1099511627776"), "{err}");
     assert_eq!(partial_files(&store), Vec::<String>::new());
     assert!(!store.join(format!("layers/sha256/{}.lrl", hex(&digest(&img)))).exists());
+}
+
+/// An image whose (correctly checksummed) header declares a 1 TiB payload, served as if it
+/// were that long: refused before a byte is written, because the store cannot hold it; no
+/// partial file is left.
+#[test]
+fn pull_refuses_an_image_larger_than_the_store_can_hold() {
+    use sha2::Digest as _;
+    let env = Env::new();
+    let store = env.scratch.join("store");
+    let img = big_layer(&env, "tera", 4);
+    // Keep the 4096-byte header, declare a 1 TiB payload, fix the header checksum.
+    let mut h = fs::read(&img).unwrap()[..4096].to_vec();
+    h[64..72].copy_from_slice(&TIB.to_le_bytes());
+    h[16..48].fill(0);
+    let sum = sha2::Sha256::digest(&h);
+    h[16..48].copy_from_slice(&sum);
+    let crafted = env.scratch.join("tera-header");
+    fs::write(&crafted, &h).unwrap();
+    let d: String = format!(
+        "sha256:{}",
+        sum.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let srv = HostileServer::start(&crafted, Hostile::TerabyteImage);
+    let (out, ended, _) = lrun_bounded(
+        &env,
+        &store,
+        &["layer", "pull", &srv.base, &d],
+        Duration::from_secs(60),
+    );
+    assert!(ended, "pull did not end");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("1.0 TiB") && err.contains("free"), "{err}");
+    assert_eq!(srv.sent.load(Ordering::Relaxed), 0, "payload bytes were fetched");
+    assert_eq!(partial_files(&store), Vec::<String>::new());
 }
 
 /// A server that streams without end (no Content-Length) gets the declared bytes read and no
