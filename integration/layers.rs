@@ -1158,7 +1158,10 @@ fn add_copies_on_the_same_filesystem_and_across() {
     assert_eq!(fs::metadata(&img).unwrap().nlink(), 1, "not hard-linked");
     let stored = fs::symlink_metadata(env.store().image_path(&d)).unwrap();
     assert!(stored.is_file());
-    assert_eq!((stored.nlink(), stored.uid(), stored.mode() & 0o7777), (1, 0, 0o444));
+    assert_eq!(
+        (stored.nlink(), stored.uid(), stored.mode() & 0o7777),
+        (1, 0, 0o444)
+    );
     // A store on a tmpfs (the state root here) is another filesystem.
     let other = Store::new(&env.ctx.state_root.join("store2"));
     let (d2, _, _) = other.add(&img).unwrap();

@@ -462,6 +462,27 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn open_regular_refuses_devices_and_fifos_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("lrun-open-regular-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = open_regular(&fifo).unwrap_err();
+        assert!(e.to_string().contains("a fifo"), "{e}");
+        let e = open_regular(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("a character device"), "{e}");
+        let e = open_regular(&dir).unwrap_err();
+        assert!(e.to_string().contains("a directory"), "{e}");
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let f = open_regular(&file).unwrap();
+        // Blocking mode again: O_NONBLOCK was only for the open.
+        let fl = rustix::fs::fcntl_getfl(&f).unwrap();
+        assert!(!fl.contains(rustix::fs::OFlags::NONBLOCK));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn sample(ndeps: usize) -> Header {
         Header {
             name: "base".into(),

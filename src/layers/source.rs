@@ -63,7 +63,7 @@ fn parse_secs(v: &str) -> Result<f64> {
         .trim()
         .parse()
         .with_context(|| format!("{v:?}: not a number of seconds"))?;
-    if !s.is_finite() || s < 0.0 || s > 1e9 {
+    if !(0.0..=1e9).contains(&s) {
         bail!("{v:?}: not a number of seconds");
     }
     Ok(s)
@@ -195,7 +195,11 @@ impl Source {
     }
 
     /// A GET whose whole exchange, body included, ends by the pull's deadline.
-    fn get(&self, agent: &ureq::Agent, url: &str) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>> {
+    fn get(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+    ) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>> {
         let req = agent.get(url);
         Ok(match self.deadline {
             Some(at) => {
@@ -630,6 +634,94 @@ mod tests {
             "{msg}"
         );
         t.join().unwrap();
+    }
+
+    #[test]
+    fn limits_parse_seconds() {
+        assert_eq!(parse_stall("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_stall("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_stall("0").is_err());
+        assert!(parse_stall("-1").is_err());
+        assert!(parse_stall("NaN").is_err());
+        assert!(parse_stall("soon").is_err());
+        assert_eq!(parse_deadline("0").unwrap(), None);
+        assert_eq!(parse_deadline("90").unwrap(), Some(Duration::from_secs(90)));
+        assert!(parse_deadline("inf").is_err());
+    }
+
+    /// One byte per `every`, forever.
+    struct Drip {
+        every: Duration,
+    }
+
+    impl Read for Drip {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(self.every);
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+
+    fn guarded<R: Read>(r: R, stall_ms: u64, deadline_ms: Option<u64>) -> StallGuard<R> {
+        StallGuard {
+            inner: r,
+            what: "test".into(),
+            stall: Duration::from_millis(stall_ms),
+            deadline: deadline_ms.map(|d| Instant::now() + Duration::from_millis(d)),
+            deadline_secs: 0.0,
+            window_start: Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    fn drain(mut r: impl Read) -> anyhow::Error {
+        let mut buf = [0u8; 64];
+        loop {
+            if let Err(e) = r.read(&mut buf) {
+                return anyhow::Error::new(e);
+            }
+        }
+    }
+
+    #[test]
+    fn dripping_reader_counts_as_stalled() {
+        let e = drain(guarded(
+            Drip {
+                every: Duration::from_millis(5),
+            },
+            60,
+            None,
+        ));
+        assert!(
+            matches!(TransferError::find(&e), Some(TransferError::Stalled(_))),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn deadline_ends_a_steady_reader() {
+        // Fast enough never to stall (64 KiB per 5 ms window), ended by the deadline.
+        let r = std::io::repeat(b'x');
+        let e = drain(guarded(r, 5, Some(50)));
+        assert!(
+            matches!(TransferError::find(&e), Some(TransferError::Deadline(_))),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn steady_reader_is_not_stalled() {
+        let mut r = guarded(std::io::repeat(b'x').take(1 << 20), 1, None);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 1 << 20);
+    }
+
+    #[test]
+    fn index_entries_are_bounded() {
+        let ok = format!("{}\n", Digest::of(b"x"));
+        assert_eq!(read_bounded(ok.as_bytes()).unwrap(), ok);
+        assert!(read_bounded(std::io::repeat(b'a')).is_err());
     }
 
     #[test]

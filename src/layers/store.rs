@@ -269,8 +269,8 @@ impl Store {
     /// (damaged, foreign) is replaced.
     pub fn add(&self, src: &Path) -> Result<(Digest, Header, bool)> {
         let from = header::open_regular(src).with_context(|| format!("open {}", src.display()))?;
-        let (h, d) =
-            header::read_header_from(&from).with_context(|| format!("layer image {}", src.display()))?;
+        let (h, d) = header::read_header_from(&from)
+            .with_context(|| format!("layer image {}", src.display()))?;
         self.ensure_dirs()?;
         let fin = self.image_path(&d);
         let new = !self.holds_intact(&d);
@@ -280,7 +280,8 @@ impl Store {
             let to = copy_owned(&from, h.payload_offset + h.payload_len, &tmp)
                 .with_context(|| format!("copy {} into the store", src.display()))?;
             // Check what will be stored, read back from the copy: it is what gets mounted.
-            let (h2, d2) = verify_file(&to).with_context(|| format!("layer image {}", src.display()))?;
+            let (h2, d2) =
+                verify_file(&to).with_context(|| format!("layer image {}", src.display()))?;
             if d2 != d || h2 != h {
                 bail!("{} changed while it was imported", src.display());
             }
@@ -562,10 +563,7 @@ pub fn ownership_problem(m: &fs::Metadata) -> Option<String> {
         ));
     }
     if m.mode() & 0o7222 != 0 {
-        return Some(format!(
-            "has mode {:o}, not read-only",
-            m.mode() & 0o7777
-        ));
+        return Some(format!("has mode {:o}, not read-only", m.mode() & 0o7777));
     }
     None
 }
@@ -640,6 +638,34 @@ pub fn verify_file(f: &File) -> Result<(Header, Digest)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_single_link_read_only_files_of_ours_are_trusted() {
+        let dir = std::env::temp_dir().join(format!("lrun-store-own-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("img");
+        fs::write(&f, b"x").unwrap();
+        fs::set_permissions(&f, Permissions::from_mode(0o644)).unwrap();
+        let m = || fs::symlink_metadata(&f).unwrap();
+        assert!(ownership_problem(&m()).unwrap().contains("not read-only"));
+        fs::set_permissions(&f, Permissions::from_mode(IMAGE_MODE)).unwrap();
+        assert_eq!(ownership_problem(&m()), None);
+        fs::hard_link(&f, dir.join("other-name")).unwrap();
+        assert!(ownership_problem(&m()).unwrap().contains("2 links"));
+        fs::remove_file(dir.join("other-name")).unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+            assert!(
+                ownership_problem(&m())
+                    .unwrap()
+                    .contains("owned by uid 65534")
+            );
+        }
+        std::os::unix::fs::symlink(&f, dir.join("link")).unwrap();
+        let e = open_image(&dir.join("link")).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn references_parse_by_shape() {
