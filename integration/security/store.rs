@@ -287,27 +287,27 @@ fn stored_images_are_root_owned_read_only_copies_never_links() {
             other.to_str().unwrap(),
         ],
     ));
-    ok(&lrun_with(
-        &env,
-        &store,
-        &["layer", "pull", src.to_str().unwrap(), "pulled@1"],
-    ));
-    for dir in ["", "layers", "layers/sha256", "names", "tmp", "partial"] {
-        let m = fs::symlink_metadata(store.join(dir)).unwrap();
-        assert!(m.is_dir());
-        assert_eq!(m.uid(), 0);
-        assert_eq!(
-            m.mode() & 0o077,
-            0,
-            "{dir}/ has mode {:o}",
-            m.mode() & 0o7777
-        );
-    }
-    assert_eq!(fs::metadata(store.join("lock")).unwrap().mode() & 0o077, 0);
-    for e in fs::read_dir(store.join("layers/sha256")).unwrap() {
-        let m = fs::symlink_metadata(e.unwrap().path()).unwrap();
-        assert!(m.file_type().is_file());
-        assert_eq!((m.nlink(), m.uid(), m.mode() & 0o7222), (1, 0, 0));
+    // Into the store that has the added image, and into a new one the pull creates.
+    let fresh = env.scratch.join("fresh-store");
+    for st in [&store, &fresh] {
+        ok(&lrun_with(
+            &env,
+            st,
+            &["layer", "pull", src.to_str().unwrap(), "pulled@1"],
+        ));
+        for dir in ["", "layers", "layers/sha256", "names", "tmp", "partial"] {
+            let m = fs::symlink_metadata(st.join(dir)).unwrap();
+            assert!(m.is_dir());
+            assert_eq!(m.uid(), 0);
+            let mode = m.mode() & 0o7777;
+            assert_eq!(mode & 0o077, 0, "{dir}/ has mode {mode:o}");
+        }
+        assert_eq!(fs::metadata(st.join("lock")).unwrap().mode() & 0o077, 0);
+        for e in fs::read_dir(st.join("layers/sha256")).unwrap() {
+            let m = fs::symlink_metadata(e.unwrap().path()).unwrap();
+            assert!(m.file_type().is_file());
+            assert_eq!((m.nlink(), m.uid(), m.mode() & 0o7222), (1, 0, 0));
+        }
     }
 
     // A FIFO named as an image: refused at once, not a hang in open(2).

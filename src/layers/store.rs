@@ -127,25 +127,25 @@ impl Store {
     }
 
     fn ensure_dirs(&self) -> Result<()> {
-        for d in [
-            self.root.clone(),
-            self.root.join("layers"),
-            self.images_dir(),
-            self.names_dir(),
-            self.tmp_dir(),
-        ] {
+        for d in [self.images_dir(), self.names_dir(), self.tmp_dir()] {
             self.ensure_dir(&d)?;
         }
         Ok(())
     }
 
-    /// Create a store directory owned by us with DIR_MODE, or check an existing one: another
-    /// owner is refused (they could swap images), write access for group/others is removed.
+    /// Create a store directory (and the store's directories above it) owned by us with
+    /// DIR_MODE, or check an existing one: another owner is refused (they could swap images).
+    /// Directories inside the store are kept at DIR_MODE; the root itself (which an admin may
+    /// have made, or made a symlink) only loses group/other write access.
     pub(crate) fn ensure_dir(&self, d: &Path) -> Result<()> {
-        if let Some(parent) = d.parent()
-            && !parent.exists()
-        {
-            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        let is_root = d == self.root;
+        match d.parent() {
+            Some(parent) if !is_root && d.starts_with(&self.root) => self.ensure_dir(parent)?,
+            Some(parent) if !parent.as_os_str().is_empty() && !parent.exists() => {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?
+            }
+            _ => {}
         }
         match fs::DirBuilder::new().mode(DIR_MODE).create(d) {
             Ok(()) => {
@@ -156,7 +156,12 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("create {}", d.display())),
         }
-        let m = fs::symlink_metadata(d).with_context(|| format!("stat {}", d.display()))?;
+        let m = if is_root {
+            fs::metadata(d)
+        } else {
+            fs::symlink_metadata(d)
+        }
+        .with_context(|| format!("stat {}", d.display()))?;
         if !m.is_dir() {
             bail!("store directory {} is not a directory", d.display());
         }
@@ -168,8 +173,9 @@ impl Store {
                 m.uid()
             );
         }
-        if m.mode() & 0o022 != 0 {
-            fs::set_permissions(d, Permissions::from_mode(m.mode() & 0o7755))
+        let want = if is_root { m.mode() & 0o7755 } else { DIR_MODE };
+        if m.mode() & 0o7777 != want {
+            fs::set_permissions(d, Permissions::from_mode(want))
                 .with_context(|| format!("chmod {}", d.display()))?;
         }
         Ok(())
