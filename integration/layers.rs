@@ -573,6 +573,8 @@ fn a_failing_mount_midway_leaves_nothing() {
     b[off..off + 4].copy_from_slice(b"XXXX");
     fs::remove_file(&img).unwrap();
     fs::write(&img, &b).unwrap();
+    // Read-only like the store's own files, so only the mount notices (not the ownership check).
+    fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
     let e = format!("{:#}", env.prepare("c1", "top@1").unwrap_err());
     assert!(e.contains("mount layer base@1"), "{e}");
     assert!(!env.ctx.state_root.join("c1/layers.json").exists());
