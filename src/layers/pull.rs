@@ -212,7 +212,7 @@ fn fetch_one(
     let dir = store.root.join("partial");
     store.ensure_dir(&dir)?;
     let lock = DigestLock::take(&dir.join(format!("{}.lock", d.hex())))?;
-    if store.image_path(d).exists() && store.header(d).is_ok() {
+    if matches!(store.header(d), Ok(Some(_))) {
         lock.release();
         return Ok(None);
     }
@@ -269,7 +269,7 @@ fn fetch_one(
         return Err(e.context(msg));
     }
     let res = import(store, d, h, &partial);
-    // Verified and linked into the store, or rejected: either way the partial has served.
+    // Verified and renamed into the store, or rejected: either way the partial has served.
     let _ = fs::remove_file(&partial);
     lock.release();
     if let Err(e) = res {
