@@ -620,6 +620,11 @@ fn pull_refuses_an_image_larger_than_the_store_can_hold() {
     use sha2::Digest as _;
     let env = Env::new();
     let store = env.scratch.join("store");
+    let vfs = rustix::fs::statvfs(&env.scratch).unwrap();
+    if vfs.f_bfree.saturating_mul(vfs.f_frsize) > TIB {
+        eprintln!("skipped: the scratch filesystem has more than 1 TiB free");
+        return;
+    }
     let img = big_layer(&env, "tera", 4);
     // Keep the 4096-byte header, declare a 1 TiB payload, fix the header checksum.
     let mut h = fs::read(&img).unwrap()[..4096].to_vec();
