@@ -47,7 +47,9 @@ pub enum LayerCommand {
         json: bool,
     },
     /// Check a layer image completely: header checksum, payload digest, filesystem magic.
-    Verify { file: PathBuf },
+    /// Without FILE, check every image in the node store, and that each is a read-only file
+    /// the store owns; one line per problem, exit status 1 if any.
+    Verify { file: Option<PathBuf> },
     /// Import layer images into the node store (verified once, here).
     Add {
         #[arg(required = true)]
@@ -79,6 +81,14 @@ pub enum LayerCommand {
         /// Print a JSON summary (for schedulers) instead of one line per layer.
         #[arg(long)]
         json: bool,
+        /// Give up a transfer that gets less than 1 KiB in this many seconds (default 30,
+        /// env LRUN_PULL_STALL_TIMEOUT).
+        #[arg(long, value_name = "SECS")]
+        stall_timeout: Option<String>,
+        /// Give up the whole pull after this many seconds (default 3600, 0 for none, env
+        /// LRUN_PULL_DEADLINE).
+        #[arg(long, value_name = "SECS")]
+        deadline: Option<String>,
     },
     /// Copy layer images into a directory laid out for `pull` (any static web server can
     /// serve that directory).
@@ -135,10 +145,24 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
             let (h, d) = header::read_header(&file)?;
             print_header(&h, &d, json);
         }
-        LayerCommand::Verify { file } => {
+        LayerCommand::Verify { file: Some(file) } => {
             let (h, d) =
                 store::verify(&file).with_context(|| format!("layer image {}", file.display()))?;
             println!("{} {d}: ok", h.label());
+        }
+        LayerCommand::Verify { file: None } => {
+            let (intact, problems) = Store::new(&ctx.store).verify_all()?;
+            for p in &problems {
+                eprintln!("lrun: layer verify: {p}");
+            }
+            println!(
+                "{intact} image(s) checked in {}, {} problem(s)",
+                ctx.store.display(),
+                problems.len()
+            );
+            if !problems.is_empty() {
+                return Ok(1);
+            }
         }
         LayerCommand::Add { files } => {
             let s = Store::new(&ctx.store);
@@ -154,9 +178,9 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
         LayerCommand::Ls { json } => {
             let s = Store::new(&ctx.store);
             let used = layers::layers_in_use(&ctx)?;
-            let entries = s.list()?;
+            let (entries, damaged) = s.scan()?;
             if json {
-                let v: Vec<_> = entries
+                let mut v: Vec<_> = entries
                     .iter()
                     .map(|e| {
                         json!({
@@ -167,6 +191,13 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                         })
                     })
                     .collect();
+                v.extend(damaged.iter().map(|b| {
+                    json!({
+                        "digest": b.digest.map(|d| d.to_string()), "path": b.path,
+                        "size": b.size, "damaged": b.problem,
+                        "inUse": b.digest.is_some_and(|d| used.contains(&d)),
+                    })
+                }));
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
@@ -189,6 +220,20 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                         }
                     );
                 }
+                // Damaged files: listed, never fatal (`verify` details, `rm --force`/`gc` remove).
+                for b in damaged {
+                    let digest = b.digest.map(|d| d.to_string()).unwrap_or_default();
+                    println!(
+                        "{:<32} {:<20} {:<19} {:<8} {:>10} {:>4} DAMAGED: {}",
+                        "?",
+                        "?",
+                        digest.get(..19).unwrap_or("?"),
+                        "?",
+                        b.size,
+                        "?",
+                        b.problem
+                    );
+                }
             }
         }
         LayerCommand::Rm {
@@ -207,12 +252,21 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
             source,
             layers: refs,
             json,
+            stall_timeout,
+            deadline,
         } => {
             let refs = refs
                 .iter()
                 .map(|r| LayerRef::parse(r))
                 .collect::<Result<Vec<_>>>()?;
-            let src = Source::parse(&source)?;
+            let mut limits = source::Limits::from_env()?;
+            if let Some(v) = stall_timeout {
+                limits.stall = source::parse_stall(&v).context("--stall-timeout")?;
+            }
+            if let Some(v) = deadline {
+                limits.deadline = source::parse_deadline(&v).context("--deadline")?;
+            }
+            let src = Source::parse_with(&source, limits)?;
             let r = pull::pull(
                 &Store::new(&ctx.store),
                 &src,

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -400,17 +399,19 @@ impl Header {
 /// Read and check the header of an image file. Cost: one or two reads and one SHA-256 of the
 /// header, so it is fine on the container start path.
 pub fn read_header(path: &Path) -> Result<(Header, Digest)> {
-    let f = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let f = open_regular(path).with_context(|| format!("open {}", path.display()))?;
     read_header_from(&f).with_context(|| format!("layer image {}", path.display()))
 }
 
+/// Reads at absolute offsets, so the file position (e.g. after writing a copy) does not matter.
 pub fn read_header_from(f: &File) -> Result<(Header, Digest)> {
     let file_len = f.metadata().context("fstat")?.len();
     let mut first = vec![0u8; ALIGN as usize];
     let mut got = 0;
-    let mut r = f;
     while got < first.len() {
-        let n = r.read(&mut first[got..]).context("read header")?;
+        let n = f
+            .read_at(&mut first[got..], got as u64)
+            .context("read header")?;
         if n == 0 {
             break;
         }
@@ -422,9 +423,65 @@ pub fn read_header_from(f: &File) -> Result<(Header, Digest)> {
     })
 }
 
+/// Open `path` for reading only if it is a regular file (symlinks followed). Layer files come
+/// from users and sources: a FIFO would block open(2) and read(2) forever and a device such as
+/// /dev/zero reads without end, so the open is non-blocking and the kind is checked with fstat
+/// on the opened file (not a second lookup) before anything is read.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    let t = f.metadata()?.file_type();
+    if !t.is_file() {
+        let kind = if t.is_fifo() {
+            "a fifo"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_dir() {
+            "a directory"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file ({kind})"),
+        ));
+    }
+    // Back to blocking reads: O_NONBLOCK only had to get the open past a FIFO.
+    rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty())?;
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_regular_refuses_devices_and_fifos_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("lrun-open-regular-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = open_regular(&fifo).unwrap_err();
+        assert!(e.to_string().contains("a fifo"), "{e}");
+        let e = open_regular(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("a character device"), "{e}");
+        let e = open_regular(&dir).unwrap_err();
+        assert!(e.to_string().contains("a directory"), "{e}");
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let f = open_regular(&file).unwrap();
+        // Blocking mode again: O_NONBLOCK was only for the open.
+        let fl = rustix::fs::fcntl_getfl(&f).unwrap();
+        assert!(!fl.contains(rustix::fs::OFlags::NONBLOCK));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn sample(ndeps: usize) -> Header {
         Header {

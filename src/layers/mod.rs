@@ -445,7 +445,18 @@ pub fn gc_with(ctx: &LayerContext, dry_run: bool) -> Result<GcReport> {
             keep.insert(d);
         }
     }
-    let entries = store.list()?;
+    let (entries, damaged) = store.scan()?;
+    // A stored file the store cannot vouch for is removed even if in use: what it holds is
+    // not what its digest names (running containers keep their mount).
+    for b in &damaged {
+        if !dry_run {
+            store.remove_damaged(b)?;
+        }
+        report
+            .removed
+            .push(format!("{} (damaged: {})", b.path.display(), b.problem));
+        report.bytes_freed += b.size;
+    }
     // Mark: everything reachable from what is in use.
     let mut stack: Vec<Digest> = keep.iter().copied().collect();
     while let Some(d) = stack.pop() {

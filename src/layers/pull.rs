@@ -4,9 +4,11 @@
 //! the others: a header is the first 4 KiB of an image), so only missing layers cross the
 //! network. Downloads go to `STORE/partial/<hex>.lrl.partial` under a per-digest flock, so
 //! concurrent pulls of one layer on a node download it once; an interrupted download resumes
-//! from the partial file (HTTP Range); a complete one is imported through the store's path
-//! (link into tmp/, verify the payload digest, rename), so an image never appears in the
-//! store unverified, and a corrupt download is removed.
+//! from the partial file (HTTP Range); a complete one is made read-only, verified from its fd
+//! and renamed into the store, so an image never appears in the store unverified, and a
+//! corrupt download is removed. Every read of the source is bounded: exactly the size the
+//! verified header declares (a source announcing or sending another size is refused and its
+//! partial file removed), a stall timeout and a deadline (source::Limits).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -20,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::header::{self, Digest, Header};
-use super::source::Source;
+use super::source::{Source, TransferError};
 use super::store::{LayerRef, Store};
 
 /// Attempts per layer: a transfer cut short is resumed this many times before giving up.
@@ -104,7 +106,8 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
             .as_ref()
             .map(|(n, v)| format!("{n}@{v} "))
             .unwrap_or_default();
-        let (h, present) = match store.header(&d)? {
+        // A stored image the store cannot vouch for counts as missing: the pull replaces it.
+        let (h, present) = match store.header(&d).ok().flatten() {
             Some(h) => (h, true),
             None => match src.header(&d)? {
                 Some(h) => (h, false),
@@ -207,14 +210,29 @@ fn fetch_one(
     o: &PullOptions,
 ) -> Result<Option<u64>> {
     let dir = store.root.join("partial");
-    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    store.ensure_dir(&dir)?;
     let lock = DigestLock::take(&dir.join(format!("{}.lock", d.hex())))?;
-    if store.image_path(d).exists() {
+    if matches!(store.header(d), Ok(Some(_))) {
         lock.release();
         return Ok(None);
     }
     let partial = dir.join(format!("{}.{}.partial", d.hex(), header::EXTENSION));
     let total = h.payload_offset + h.payload_len;
+    let what = || format!("pull {} ({d}) from {}", h.label(), src.describe());
+    // A header can declare any size (its digest covers the claim, not its sense): refuse one
+    // that cannot fit before writing a byte, rather than filling the disk.
+    let have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let free = free_bytes(&dir)?;
+    if total.saturating_sub(have) > free {
+        lock.release();
+        bail!(
+            "{}: the image is {} ({total} bytes), {} has {} free",
+            what(),
+            human(total),
+            dir.display(),
+            human(free)
+        );
+    }
     let mut bytes = 0u64;
     let mut last_err = None;
     let mut progress = Progress::new(o.progress, &h.label(), total);
@@ -224,21 +242,34 @@ fn fetch_one(
                 last_err = None;
                 break;
             }
+            // Refusals, stalls and the deadline are final: retrying would only repeat them.
+            Err(e) if TransferError::find(&e).is_some() => {
+                last_err = Some(e);
+                break;
+            }
             Err(e) => last_err = Some(e),
         }
     }
     progress.finish();
     if let Some(e) = last_err {
+        let msg = match TransferError::find(&e) {
+            Some(TransferError::Refused(_)) => {
+                // Nothing of a refused download is kept: it is not the declared image.
+                let _ = fs::remove_file(&partial);
+                format!("{}: download refused and removed", what())
+            }
+            // The partial file stays: the next pull resumes it.
+            Some(_) => format!("{}: {bytes} bytes transferred, partial file kept", what()),
+            None => format!(
+                "{}: {bytes} bytes transferred, giving up after {ATTEMPTS} attempts",
+                what()
+            ),
+        };
         lock.release();
-        // The partial file stays: the next pull resumes it.
-        return Err(e.context(format!(
-            "pull {} ({d}) from {}: {bytes} bytes transferred, giving up after {ATTEMPTS} attempts",
-            h.label(),
-            src.describe()
-        )));
+        return Err(e.context(msg));
     }
     let res = import(store, d, h, &partial);
-    // Verified and linked into the store, or rejected: either way the partial has served.
+    // Verified and renamed into the store, or rejected: either way the partial has served.
     let _ = fs::remove_file(&partial);
     lock.release();
     if let Err(e) = res {
@@ -275,7 +306,7 @@ fn download(
     if have == total {
         return Ok(());
     }
-    let body = src.open(d, have)?;
+    let body = src.open(d, have, total)?;
     if !body.from_offset {
         have = 0;
     }
@@ -285,7 +316,8 @@ fn download(
         .with_context(|| format!("seek {}", partial.display()))?;
     progress.at(have);
     // More than the header promises is not ours to store.
-    let mut r = body.reader.take(total - have);
+    let mut reader = body.reader;
+    let mut r = (&mut reader).take(total - have);
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = match r.read(&mut buf) {
@@ -306,6 +338,16 @@ fn download(
         *bytes += n as u64;
         progress.at(have);
     }
+    if have == total {
+        // A source with more to send than the header declares is not serving this image.
+        let mut one = [0u8; 1];
+        if matches!(reader.read(&mut one), Ok(n) if n > 0) {
+            return Err(anyhow::Error::new(TransferError::Refused(format!(
+                "{d} from {}: more than the {total} bytes the header declares",
+                src.describe()
+            ))));
+        }
+    }
     f.sync_all()
         .with_context(|| format!("fsync {}", partial.display()))?;
     if have != total {
@@ -318,17 +360,20 @@ fn download(
 }
 
 fn import(store: &Store, d: &Digest, h: &Header, partial: &Path) -> Result<()> {
-    let (h2, got) = header::read_header(partial)?;
-    if got != *d || h2 != *h {
-        bail!("downloaded header has digest {got}, expected {d}");
-    }
-    // Store::add links the file into the store's tmp/, checks the payload digest there and
-    // renames it into place: the one verified import path.
-    let (got, _, _) = store.add(partial)?;
-    if got != *d {
-        bail!("stored image has digest {got}, expected {d}");
+    // The partial file is the store's own (root-owned, in a 0700 directory): Store::adopt
+    // makes it read-only, checks header and payload digest from its fd and renames it into
+    // place, with no copy.
+    let got = store.adopt(partial, d)?;
+    if got != *h {
+        bail!("downloaded header differs from the one checked before the download");
     }
     Ok(())
+}
+
+/// Bytes root may still write on the filesystem holding `dir` (f_bfree: root's reserve too).
+fn free_bytes(dir: &Path) -> Result<u64> {
+    let v = rustix::fs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    Ok(v.f_bfree.saturating_mul(v.f_frsize))
 }
 
 /// An exclusive flock on a per-digest lock file that is removed on release. A waiter that

@@ -8,20 +8,130 @@
 //! Nothing read from a source is trusted: headers are checked against the digest that named
 //! them, and whole images are verified by the store's import before they become visible.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use super::header::{self, Digest, Header};
 use super::store;
 
+/// An index entry is one line ("sha256:<64 hex>\n"); anything much longer is not one.
+const INDEX_MAX: u64 = 4096;
+
+/// Below this many bytes per stall window a transfer counts as stalled (curl's
+/// --speed-limit/--speed-time idea: a server dripping bytes makes "progress" forever).
+const STALL_MIN_BYTES: u64 = 1024;
+
+/// How long a pull may take: `--stall-timeout` / `LRUN_PULL_STALL_TIMEOUT` (seconds, default
+/// 30) and `--deadline` / `LRUN_PULL_DEADLINE` (seconds for the whole pull, default 3600; 0
+/// for none). runtime-spec/distribution.md "Limits".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub stall: Duration,
+    pub deadline: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            stall: Duration::from_secs(30),
+            deadline: Some(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, overridden by LRUN_PULL_STALL_TIMEOUT and LRUN_PULL_DEADLINE.
+    pub fn from_env() -> Result<Limits> {
+        let mut l = Limits::default();
+        if let Ok(v) = std::env::var("LRUN_PULL_STALL_TIMEOUT") {
+            l.stall = parse_stall(&v).context("LRUN_PULL_STALL_TIMEOUT")?;
+        }
+        if let Ok(v) = std::env::var("LRUN_PULL_DEADLINE") {
+            l.deadline = parse_deadline(&v).context("LRUN_PULL_DEADLINE")?;
+        }
+        Ok(l)
+    }
+}
+
+fn parse_secs(v: &str) -> Result<f64> {
+    let s: f64 = v
+        .trim()
+        .parse()
+        .with_context(|| format!("{v:?}: not a number of seconds"))?;
+    if !(0.0..=1e9).contains(&s) {
+        bail!("{v:?}: not a number of seconds");
+    }
+    Ok(s)
+}
+
+/// Seconds without progress before a transfer is abandoned; more than zero.
+pub fn parse_stall(v: &str) -> Result<Duration> {
+    let s = parse_secs(v)?;
+    if s == 0.0 {
+        bail!("{v:?}: the stall timeout must be more than 0 seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Seconds for a whole pull; 0 means no deadline.
+pub fn parse_deadline(v: &str) -> Result<Option<Duration>> {
+    let s = parse_secs(v)?;
+    Ok((s > 0.0).then(|| Duration::from_secs_f64(s)))
+}
+
+/// Why a transfer was given up rather than retried.
+#[derive(Debug)]
+pub enum TransferError {
+    /// The source sent or announced something other than what the verified header declares:
+    /// never retried, and its partial download is removed.
+    Refused(String),
+    /// Less than STALL_MIN_BYTES within the stall timeout; the partial file stays.
+    Stalled(String),
+    /// The pull's deadline passed; the partial file stays.
+    Deadline(String),
+}
+
+impl std::fmt::Display for TransferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferError::Refused(m) | TransferError::Stalled(m) | TransferError::Deadline(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl std::error::Error for TransferError {}
+
+impl TransferError {
+    /// The TransferError inside an error chain, if any (also wrapped in an io::Error).
+    pub fn find(e: &anyhow::Error) -> Option<&TransferError> {
+        e.chain().find_map(|c| {
+            c.downcast_ref::<TransferError>().or_else(|| {
+                c.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|i| i.downcast_ref::<TransferError>())
+            })
+        })
+    }
+}
+
 /// A layer source.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub struct Source {
+    kind: Kind,
+    limits: Limits,
+    /// When the pull must be over (from `limits.deadline`, counted from `parse`).
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
     Dir(PathBuf),
     /// Base URL without a trailing '/'.
     Http {
@@ -38,33 +148,88 @@ pub struct Body {
 }
 
 impl Source {
-    /// `http://…` / `https://…` is a server, anything else a directory.
+    /// `http://…` / `https://…` is a server, anything else a directory. Limits from the
+    /// environment (`Limits::from_env`).
     pub fn parse(s: &str) -> Result<Source> {
+        Self::parse_with(s, Limits::from_env()?)
+    }
+
+    /// As `parse`, with explicit limits; the deadline starts now.
+    pub fn parse_with(s: &str, limits: Limits) -> Result<Source> {
+        let deadline = limits.deadline.map(|d| Instant::now() + d);
         if s.starts_with("http://") || s.starts_with("https://") {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 // Statuses are handled here (404 → "not in the source", 206/200 for ranges).
                 .http_status_as_error(false)
-                .timeout_connect(Some(Duration::from_secs(10)))
-                // A stalled server fails the transfer (resumed on retry) instead of hanging.
-                .timeout_per_read(Some(Duration::from_secs(30)))
+                .timeout_connect(Some(Duration::from_secs(10).min(limits.stall)))
+                // A silent server wakes the reader after the stall timeout (StallGuard then
+                // decides); a dripping one is caught by StallGuard's byte count.
+                .timeout_per_read(Some(limits.stall))
                 .build()
                 .into();
-            return Ok(Source::Http {
-                base: s.trim_end_matches('/').to_string(),
-                agent,
+            return Ok(Source {
+                kind: Kind::Http {
+                    base: s.trim_end_matches('/').to_string(),
+                    agent,
+                },
+                limits,
+                deadline,
             });
         }
         let p = PathBuf::from(s);
         if !p.is_dir() {
             bail!("layer source {s}: not a directory (or an http:// or https:// URL)");
         }
-        Ok(Source::Dir(p))
+        Ok(Source {
+            kind: Kind::Dir(p),
+            limits,
+            deadline,
+        })
     }
 
     pub fn describe(&self) -> String {
-        match self {
-            Source::Dir(p) => p.display().to_string(),
-            Source::Http { base, .. } => base.clone(),
+        match &self.kind {
+            Kind::Dir(p) => p.display().to_string(),
+            Kind::Http { base, .. } => base.clone(),
+        }
+    }
+
+    /// A GET whose whole exchange, body included, ends by the pull's deadline.
+    fn get(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+    ) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>> {
+        let req = agent.get(url);
+        Ok(match self.deadline {
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(self.deadline_error()).with_context(|| format!("GET {url}"));
+                }
+                req.config().timeout_global(Some(left)).build()
+            }
+            None => req,
+        })
+    }
+
+    fn deadline_error(&self) -> TransferError {
+        TransferError::Deadline(format!(
+            "pull deadline of {} s passed",
+            self.limits.deadline.map(|d| d.as_secs_f64()).unwrap_or(0.0)
+        ))
+    }
+
+    /// `r` with the stall timeout and the deadline enforced on every read.
+    fn guard<R: Read>(&self, r: R, what: String) -> StallGuard<R> {
+        StallGuard {
+            inner: r,
+            what,
+            stall: self.limits.stall,
+            deadline: self.deadline,
+            deadline_secs: self.limits.deadline.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            window_start: Instant::now(),
+            window_bytes: 0,
         }
     }
 
@@ -79,18 +244,21 @@ impl Source {
     /// The digest the source's index gives for name@version; None if it has none.
     pub fn lookup(&self, name: &str, version: &str) -> Result<Option<Digest>> {
         let rel = format!("index/{name}/{version}");
-        let text = match self {
-            Source::Dir(root) => match fs::read_to_string(root.join(&rel)) {
-                Ok(t) => t,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("read {}", root.join(&rel).display()));
-                }
-            },
-            Source::Http { base, agent } => {
+        let text = match &self.kind {
+            Kind::Dir(root) => {
+                let p = root.join(&rel);
+                let f = match header::open_regular(&p) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e).with_context(|| format!("open {}", p.display())),
+                };
+                read_bounded(self.guard(f, p.display().to_string()))
+                    .with_context(|| format!("read {}", p.display()))?
+            }
+            Kind::Http { base, agent } => {
                 let url = Self::url(base, &rel);
-                let mut r = agent
-                    .get(&url)
+                let r = self
+                    .get(agent, &url)?
                     .call()
                     .with_context(|| format!("GET {url}"))?;
                 match r.status().as_u16() {
@@ -98,10 +266,8 @@ impl Source {
                     404 | 410 => return Ok(None),
                     s => bail!("GET {url}: HTTP {s}"),
                 }
-                r.body_mut()
-                    .with_config()
-                    .limit(4096)
-                    .read_to_string()
+                let (_, body) = r.into_parts();
+                read_bounded(self.guard(body.into_reader(), url.clone()))
                     .with_context(|| format!("GET {url}"))?
             }
         };
@@ -113,10 +279,10 @@ impl Source {
     /// `len` bytes from `start` and the image's total size; None if the source lacks it.
     fn read_range(&self, d: &Digest, start: u64, len: usize) -> Result<Option<(Vec<u8>, u64)>> {
         let rel = Self::rel_image(d);
-        match self {
-            Source::Dir(root) => {
+        match &self.kind {
+            Kind::Dir(root) => {
                 let p = root.join(&rel);
-                let f = match File::open(&p) {
+                let f = match header::open_regular(&p) {
                     Ok(f) => f,
                     Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e).with_context(|| format!("open {}", p.display())),
@@ -128,11 +294,11 @@ impl Source {
                     .with_context(|| format!("read {}", p.display()))?;
                 Ok(Some((buf, total)))
             }
-            Source::Http { base, agent } => {
+            Kind::Http { base, agent } => {
                 let url = Self::url(base, &rel);
                 let last = start + len as u64 - 1;
-                let mut r = agent
-                    .get(&url)
+                let mut r = self
+                    .get(agent, &url)?
                     .header("Range", &format!("bytes={start}-{last}"))
                     .call()
                     .with_context(|| format!("GET {url}"))?;
@@ -150,7 +316,7 @@ impl Source {
                 };
                 let mut buf = Vec::with_capacity(len);
                 if status != 416 {
-                    let mut rd = r.body_mut().as_reader();
+                    let mut rd = self.guard(r.body_mut().as_reader(), url.clone());
                     // A server ignoring Range sends the whole file: skip to `start`, keep `len`.
                     if status == 200 && start > 0 {
                         std::io::copy(&mut (&mut rd).take(start), &mut std::io::sink())
@@ -189,48 +355,156 @@ impl Source {
         Ok(Some(h))
     }
 
-    /// The image's bytes from `offset` on.
-    pub fn open(&self, d: &Digest, offset: u64) -> Result<Body> {
+    /// The image's bytes from `offset` on; `total` is the image size its verified header
+    /// declares. A server announcing another size is refused before anything is read.
+    pub fn open(&self, d: &Digest, offset: u64, total: u64) -> Result<Body> {
         let rel = Self::rel_image(d);
-        match self {
-            Source::Dir(root) => {
+        match &self.kind {
+            Kind::Dir(root) => {
                 let p = root.join(&rel);
-                let mut f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
+                let mut f =
+                    header::open_regular(&p).with_context(|| format!("open {}", p.display()))?;
                 f.seek(SeekFrom::Start(offset))
                     .with_context(|| format!("seek {}", p.display()))?;
                 Ok(Body {
-                    reader: Box::new(f),
+                    reader: Box::new(self.guard(f, p.display().to_string())),
                     from_offset: true,
                 })
             }
-            Source::Http { base, agent } => {
+            Kind::Http { base, agent } => {
                 let url = Self::url(base, &rel);
-                let mut req = agent.get(&url);
+                let mut req = self.get(agent, &url)?;
                 if offset > 0 {
                     req = req.header("Range", &format!("bytes={offset}-"));
                 }
                 let r = req.call().with_context(|| format!("GET {url}"))?;
+                let refuse = |what: String| -> anyhow::Error {
+                    anyhow::Error::new(TransferError::Refused(format!(
+                        "GET {url}: {what}, but the header declares {total} bytes"
+                    )))
+                };
+                let length = content_length(r.headers());
                 let from_offset = match r.status().as_u16() {
                     206 => {
                         let start = content_range_start(r.headers());
                         if start != Some(offset) {
                             bail!("GET {url}: asked for bytes from {offset}, got {start:?}");
                         }
+                        if let Some(t) = content_range_total(r.headers())
+                            && t != total
+                        {
+                            return Err(refuse(format!("the server says the file has {t} bytes")));
+                        }
+                        if let Some(n) = length
+                            && n != total - offset
+                        {
+                            return Err(refuse(format!(
+                                "the server announces {n} bytes from byte {offset}"
+                            )));
+                        }
                         true
                     }
-                    200 => offset == 0,
+                    200 => {
+                        if let Some(n) = length
+                            && n != total
+                        {
+                            return Err(refuse(format!("the server announces {n} bytes")));
+                        }
+                        offset == 0
+                    }
                     // Our partial file is as long as (or longer than) the image: start over.
-                    416 => return self.open(d, 0),
+                    416 => return self.open(d, 0, total),
                     s => bail!("GET {url}: HTTP {s}"),
                 };
                 let (_, body) = r.into_parts();
                 Ok(Body {
-                    reader: Box::new(body.into_reader()),
+                    reader: Box::new(self.guard(body.into_reader(), url)),
                     from_offset,
                 })
             }
         }
     }
+}
+
+/// Read an index entry: at most INDEX_MAX bytes, else refused.
+fn read_bounded(r: impl Read) -> Result<String> {
+    let mut buf = Vec::new();
+    r.take(INDEX_MAX + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > INDEX_MAX {
+        bail!("index entry longer than {INDEX_MAX} bytes");
+    }
+    String::from_utf8(buf).context("index entry is not text")
+}
+
+/// A reader that fails with TransferError::Stalled when fewer than STALL_MIN_BYTES arrive
+/// within the stall timeout, and with TransferError::Deadline once the deadline has passed.
+struct StallGuard<R> {
+    inner: R,
+    what: String,
+    stall: Duration,
+    deadline: Option<Instant>,
+    deadline_secs: f64,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl<R: Read> StallGuard<R> {
+    fn fail(&self, e: TransferError) -> std::io::Error {
+        std::io::Error::new(ErrorKind::TimedOut, e)
+    }
+
+    fn stalled(&self) -> std::io::Error {
+        self.fail(TransferError::Stalled(format!(
+            "{}: stalled: less than {STALL_MIN_BYTES} bytes in {} s (--stall-timeout)",
+            self.what,
+            self.stall.as_secs_f64()
+        )))
+    }
+
+    fn past_deadline(&self) -> std::io::Error {
+        self.fail(TransferError::Deadline(format!(
+            "{}: pull deadline of {} s passed (--deadline)",
+            self.what, self.deadline_secs
+        )))
+    }
+}
+
+impl<R: Read> Read for StallGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Err(self.past_deadline());
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if is_timeout(&e) => {
+                // The client's own per-read or global timeout: no data came at all.
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(self.past_deadline());
+                }
+                return Err(self.stalled());
+            }
+            Err(e) => return Err(e),
+        };
+        self.window_bytes += n as u64;
+        let now = Instant::now();
+        if n > 0 && now.duration_since(self.window_start) >= self.stall {
+            if self.window_bytes < STALL_MIN_BYTES {
+                return Err(self.stalled());
+            }
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+        Ok(n)
+    }
+}
+
+/// A client timeout, as ureq reports it through its body reader.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock)
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
 }
 
 /// The header length the first bytes declare (0 if they are too short to say).
@@ -360,6 +634,94 @@ mod tests {
             "{msg}"
         );
         t.join().unwrap();
+    }
+
+    #[test]
+    fn limits_parse_seconds() {
+        assert_eq!(parse_stall("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_stall("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_stall("0").is_err());
+        assert!(parse_stall("-1").is_err());
+        assert!(parse_stall("NaN").is_err());
+        assert!(parse_stall("soon").is_err());
+        assert_eq!(parse_deadline("0").unwrap(), None);
+        assert_eq!(parse_deadline("90").unwrap(), Some(Duration::from_secs(90)));
+        assert!(parse_deadline("inf").is_err());
+    }
+
+    /// One byte per `every`, forever.
+    struct Drip {
+        every: Duration,
+    }
+
+    impl Read for Drip {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(self.every);
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+
+    fn guarded<R: Read>(r: R, stall_ms: u64, deadline_ms: Option<u64>) -> StallGuard<R> {
+        StallGuard {
+            inner: r,
+            what: "test".into(),
+            stall: Duration::from_millis(stall_ms),
+            deadline: deadline_ms.map(|d| Instant::now() + Duration::from_millis(d)),
+            deadline_secs: 0.0,
+            window_start: Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    fn drain(mut r: impl Read) -> anyhow::Error {
+        let mut buf = [0u8; 64];
+        loop {
+            if let Err(e) = r.read(&mut buf) {
+                return anyhow::Error::new(e);
+            }
+        }
+    }
+
+    #[test]
+    fn dripping_reader_counts_as_stalled() {
+        let e = drain(guarded(
+            Drip {
+                every: Duration::from_millis(5),
+            },
+            60,
+            None,
+        ));
+        assert!(
+            matches!(TransferError::find(&e), Some(TransferError::Stalled(_))),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn deadline_ends_a_steady_reader() {
+        // Fast enough never to stall (64 KiB per 5 ms window), ended by the deadline.
+        let r = std::io::repeat(b'x');
+        let e = drain(guarded(r, 5, Some(50)));
+        assert!(
+            matches!(TransferError::find(&e), Some(TransferError::Deadline(_))),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn steady_reader_is_not_stalled() {
+        let mut r = guarded(std::io::repeat(b'x').take(1 << 20), 1, None);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 1 << 20);
+    }
+
+    #[test]
+    fn index_entries_are_bounded() {
+        let ok = format!("{}\n", Digest::of(b"x"));
+        assert_eq!(read_bounded(ok.as_bytes()).unwrap(), ok);
+        assert!(read_bounded(std::io::repeat(b'a')).is_err());
     }
 
     #[test]
