@@ -4,10 +4,14 @@
 //! container shares, writes redirected by a mount over /proc/sys).
 
 use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::common::{Bundle, Env, run};
+use crate::common::{Bundle, Env, lrun_with, ok, run};
 
 /// The host's current value of a sysctl (read only: tests never write the host's).
 fn host_sysctl(path: &str) -> String {
@@ -103,8 +107,7 @@ fn namespaced_sysctls_apply_inside_the_container() {
             "cat /proc/sys/kernel/shmmax /proc/sys/net/ipv4/ip_forward",
         ],
     );
-    b.config["linux"]["sysctl"] =
-        json!({"kernel.shmmax": "12345678", "net/ipv4/ip_forward": "1"});
+    b.config["linux"]["sysctl"] = json!({"kernel.shmmax": "12345678", "net/ipv4/ip_forward": "1"});
     let (code, out, err) = run(&mut env, &b);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "12345678\n1\n");
@@ -134,4 +137,201 @@ fn sysctl_write_is_not_redirected_by_a_mount_over_proc_sys() {
     if code == 0 {
         assert_eq!(out, "untouched\n");
     }
+}
+
+// ---- a `create` killed half-way: delete --force and gc recover it ----
+
+/// The store the layered tests use (removed with the test's scratch directory).
+fn store(env: &Env) -> std::path::PathBuf {
+    env.scratch.join("store")
+}
+
+/// busybox@1 (the shared busybox rootfs) packed and added to the test's store.
+fn busybox_layer(env: &Env) {
+    let img = env.scratch.join("busybox.lrl");
+    let args = [
+        "layer",
+        "pack",
+        crate::common::rootfs().to_str().unwrap(),
+        "--name",
+        "busybox",
+        "--version",
+        "1",
+        "-o",
+        img.to_str().unwrap(),
+    ];
+    ok(&lrun_with(env, &store(env), &args));
+    ok(&lrun_with(
+        env,
+        &store(env),
+        &["layer", "add", img.to_str().unwrap()],
+    ));
+}
+
+/// Start `create` with a prestart hook that records its own pid and sleeps, wait until the
+/// hook runs (the layers, if any, are mounted by then), and SIGKILL that create (by its pid).
+fn kill_create_in_prestart(env: &mut Env, b: &mut Bundle, name: &str) -> String {
+    let marker = env.scratch.join(format!("{name}.hookpid"));
+    b.config["hooks"] = json!({"prestart": [{
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 60", marker.display())]
+    }]});
+    b.write();
+    let id = env.id(name);
+    let mut create = env
+        .lrun()
+        .arg("--store")
+        .arg(store(env))
+        .args(["create", "--bundle", b.path(), &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the prestart hook never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let create_pid = Pid::from_raw(create.id() as i32);
+    kill(create_pid, Signal::SIGKILL).unwrap();
+    create.wait().unwrap();
+    let hook: i32 = fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let _ = kill(Pid::from_raw(hook), Signal::SIGKILL);
+    id
+}
+
+/// busybox@1 and six small layers above it (l1@1 .. l6@1), so that mounting the stack takes
+/// long enough to be caught half-way.
+fn layer_stack(env: &Env) {
+    busybox_layer(env);
+    let mut dep = env.scratch.join("busybox.lrl");
+    for i in 1..=6 {
+        let tree = env.scratch.join(format!("l{i}-tree"));
+        fs::create_dir_all(tree.join("layers")).unwrap();
+        fs::write(tree.join("layers").join(i.to_string()), "x\n").unwrap();
+        let img = env.scratch.join(format!("l{i}.lrl"));
+        let name = format!("l{i}");
+        ok(&lrun_with(
+            env,
+            &store(env),
+            &[
+                "layer",
+                "pack",
+                tree.to_str().unwrap(),
+                "--name",
+                &name,
+                "--version",
+                "1",
+                "--dep",
+                dep.to_str().unwrap(),
+                "-o",
+                img.to_str().unwrap(),
+            ],
+        ));
+        ok(&lrun_with(
+            env,
+            &store(env),
+            &["layer", "add", img.to_str().unwrap()],
+        ));
+        dep = img;
+    }
+}
+
+fn layer_mounts(env: &Env) -> usize {
+    let layers = env.root.join("@layers").to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&layers))
+        .count()
+}
+
+#[test]
+fn create_killed_while_mounting_layers_is_removed_by_delete_force() {
+    let mut env = Env::new();
+    layer_stack(&env);
+    let mut b = env.bundle("killed", &["true"]);
+    b.config["root"] = json!({"path": "rootfs", "readonly": false});
+    b.config["annotations"] = json!({"org.lrun.layers": "l6@1"});
+    b.write();
+    let id = env.id("killed");
+    let mut create = env
+        .lrun()
+        .arg("--store")
+        .arg(store(&env))
+        .args(["create", "--bundle", b.path(), &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL it (by its pid) as soon as its first layer is mounted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while layer_mounts(&env) == 0 {
+        assert!(Instant::now() < deadline, "the layers were never mounted");
+    }
+    kill(Pid::from_raw(create.id() as i32), Signal::SIGKILL).unwrap();
+    create.wait().unwrap();
+    let out = lrun_with(&env, &store(&env), &["delete", "--force", &id]);
+    ok(&out);
+    assert!(!env.root.join(&id).exists(), "state left");
+    assert_eq!(layer_mounts(&env), 0, "layer mounts left");
+}
+
+#[test]
+fn create_killed_in_prestart_with_layers_mounted_is_removed_by_delete_force() {
+    let mut env = Env::new();
+    busybox_layer(&env);
+    let mut b = env.bundle("killed", &["true"]);
+    b.config["root"] = json!({"path": "rootfs", "readonly": false});
+    b.config["annotations"] = json!({"org.lrun.layers": "busybox@1"});
+    let id = kill_create_in_prestart(&mut env, &mut b, "killed");
+    assert!(layer_mounts(&env) > 0, "the layers were never mounted");
+    let out = lrun_with(&env, &store(&env), &["delete", "--force", &id]);
+    ok(&out);
+    assert!(!env.root.join(&id).exists(), "state left");
+    assert_eq!(layer_mounts(&env), 0, "layer mounts left");
+}
+
+#[test]
+fn gc_goes_on_past_a_container_it_cannot_delete_and_reports_it() {
+    let mut env = Env::new();
+    let mut b = env.bundle("gc-a", &["true"]);
+    let stuck = kill_create_in_prestart(&mut env, &mut b, "gc-stuck");
+    let mut b = env.bundle("gc-b", &["true"]);
+    let other = kill_create_in_prestart(&mut env, &mut b, "gc-other");
+    // Something lrun did not make holds the first one's state directory: its delete fails.
+    let blocker = env.root.join(&stuck).join("blocker");
+    fs::create_dir(&blocker).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "lrun-test-blocker"])
+        .arg(&blocker)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = env.out(&["gc"]);
+    let umount = Command::new("umount").arg(&blocker).status().unwrap();
+    assert!(umount.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "gc must report the failure: {stdout}{stderr}"
+    );
+    assert!(
+        !env.root.join(&other).exists(),
+        "gc stopped before {other}: {stderr}"
+    );
+    assert!(stdout.contains(&format!("removed {other}")), "{stdout}");
+    let failed: Vec<&str> = stderr.lines().filter(|l| l.contains(&stuck)).collect();
+    assert_eq!(failed.len(), 1, "one line for {stuck}: {stderr}");
+    // Once the blocker is gone, gc finishes the job.
+    let out = env.out(&["gc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!env.root.join(&stuck).exists());
 }
