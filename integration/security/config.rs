@@ -335,3 +335,94 @@ fn gc_goes_on_past_a_container_it_cannot_delete_and_reports_it() {
     );
     assert!(!env.root.join(&stuck).exists());
 }
+
+// ---- NOTIFY_SOCKET under a long --root and id ----
+
+/// The sd-notify fixture of process_io.rs, built statically (it runs in the busybox rootfs).
+fn sd_notify_binary() -> Option<std::path::PathBuf> {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sd-notify");
+    if !out.exists() {
+        let src = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/integration/fixtures/sd-notify.c"
+        );
+        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+        let st = Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&tmp)
+            .arg(src)
+            .status()
+            .ok()?;
+        if !st.success() {
+            return None;
+        }
+        fs::rename(&tmp, &out).ok()?;
+    }
+    Some(out)
+}
+
+#[test]
+fn notify_socket_works_with_a_long_root_and_id() {
+    let Some(notifier) = sd_notify_binary() else {
+        println!("skipped: building the sd-notify fixture needs cc and static libc");
+        return;
+    };
+    let mut env = Env::new();
+    let host = env.scratch.join("host-notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&host).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A state root of ~150 bytes and an id near the 255-byte limit of a directory name: the
+    // socket path is far beyond the 107 bytes a socket address holds.
+    let root = env.scratch.join(format!("r{}", "o".repeat(120)));
+    let mut id = env.id("notify");
+    id.push_str(&"x".repeat(250 - id.len()));
+    env.ids.push(id.clone());
+    let mut b = env.bundle(
+        "notify",
+        &["sh", "-c", "/sd-notify READY=1; exec sleep 1000"],
+    );
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/sd-notify", "type": "bind", "source": notifier,
+        "options": ["bind", "ro"]
+    }));
+    b.write();
+    let lrun = |args: &[&str]| {
+        let log = env.scratch.join("notify.err");
+        let st = Command::new(crate::common::LRUN)
+            .arg("--root")
+            .arg(&root)
+            .env("NOTIFY_SOCKET", &host)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .status()
+            .unwrap();
+        (st.success(), fs::read_to_string(&log).unwrap())
+    };
+    let (created, err) = lrun(&["create", "--bundle", b.path(), &id]);
+    let (started, start_err) = if created {
+        lrun(&["start", &id])
+    } else {
+        (false, String::new())
+    };
+    let mut buf = [0u8; 4096];
+    let got = if started {
+        listener.recv(&mut buf).ok()
+    } else {
+        None
+    };
+    let (deleted, _) = lrun(&["delete", "--force", &id]);
+    // create may refuse, but what it accepts must start.
+    assert!(
+        !created || started,
+        "create succeeded but start failed: {start_err}"
+    );
+    assert!(created, "create refused: {err}");
+    let msg = String::from_utf8_lossy(&buf[..got.expect("READY=1 was not relayed")]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    assert!(deleted || !created);
+    assert!(!root.join(&id).exists(), "state left");
+}
