@@ -426,3 +426,133 @@ fn notify_socket_works_with_a_long_root_and_id() {
     assert!(deleted || !created);
     assert!(!root.join(&id).exists(), "state left");
 }
+
+// ---- lrun image import: what an OCI image can make lrun write ----
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+fn oci_blob(layout: &std::path::Path, media: &str, data: &[u8]) -> serde_json::Value {
+    let d = sha256(data);
+    let p = layout
+        .join("blobs/sha256")
+        .join(d.strip_prefix("sha256:").unwrap());
+    fs::write(p, data).unwrap();
+    json!({"mediaType": media, "digest": d, "size": data.len()})
+}
+
+/// An OCI image layout in `dir` with one gzip layer holding `files` and the image config's
+/// `config` object.
+fn oci_layout(
+    dir: &std::path::Path,
+    files: &[(&str, &[u8])],
+    config: serde_json::Value,
+) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let layout = dir.join("oci");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let mut t = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        t.append_data(&mut h, path, *data).unwrap();
+    }
+    let layer_tar = t.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&layer_tar).unwrap();
+    let layer = oci_blob(
+        &layout,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &gz.finish().unwrap(),
+    );
+    let image_config = json!({
+        "architecture": "amd64", "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer_tar)]}
+    });
+    let cfg = oci_blob(
+        &layout,
+        "application/vnd.oci.image.config.v1+json",
+        image_config.to_string().as_bytes(),
+    );
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": cfg, "layers": [layer]
+    });
+    let md = oci_blob(
+        &layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    fs::write(
+        layout.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": [md]}).to_string(),
+    )
+    .unwrap();
+    layout
+}
+
+/// Bytes the files under `dir` take on disk.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            disk_usage(&e.path())
+        } else {
+            m.blocks() * 512
+        };
+    }
+    total
+}
+
+#[test]
+fn zero_filled_layer_imports_as_a_small_image() {
+    let env = Env::new();
+    // 64 MiB of zeros: a ~64 KB gzip blob.
+    let zeros = vec![0u8; 64 << 20];
+    let layout = oci_layout(
+        &env.scratch,
+        &[("big", &zeros), ("small", b"x\n")],
+        json!({"Cmd": ["/bin/sh"]}),
+    );
+    drop(zeros);
+    let blob_bytes = disk_usage(&layout.join("blobs"));
+    let store = store(&env);
+    let out = lrun_with(
+        &env,
+        &store,
+        &[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--name",
+            "bomb",
+            "--version",
+            "1",
+        ],
+    );
+    ok(&out);
+    let image_bytes = disk_usage(&store);
+    println!("OCI blobs {blob_bytes} bytes on disk, layer store {image_bytes} bytes");
+    assert!(
+        image_bytes < 4 << 20,
+        "a {blob_bytes}-byte image of zeros took {image_bytes} bytes in the store"
+    );
+}
