@@ -556,3 +556,53 @@ fn zero_filled_layer_imports_as_a_small_image() {
         "a {blob_bytes}-byte image of zeros took {image_bytes} bytes in the store"
     );
 }
+
+/// CVE-2024-21626 through an image: a WorkingDir of /proc/self/fd/N would start the process
+/// in a leaked host directory. `image import` refuses it, and other unclean paths, before it
+/// writes anything.
+#[test]
+fn image_import_refuses_unclean_working_dir_and_writes_nothing() {
+    let env = Env::new();
+    for (i, (field, value)) in [
+        ("WorkingDir", json!("/proc/self/fd/4")),
+        ("WorkingDir", json!("../x")),
+        ("WorkingDir", json!("/data/../../x")),
+        ("Env", json!(["NOT-KEY-VALUE"])),
+        ("User", json!("a:b:c")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = env.scratch.join(format!("img{i}"));
+        let mut config = json!({"Cmd": ["/bin/sh"]});
+        config[field] = value.clone();
+        let layout = oci_layout(&dir, &[("file", b"x\n")], config);
+        let store = dir.join("store");
+        let bundle = dir.join("bundle");
+        let out = lrun_with(
+            &env,
+            &store,
+            &[
+                "image",
+                "import",
+                layout.to_str().unwrap(),
+                "--name",
+                "evil",
+                "--version",
+                "1",
+                "-o",
+                bundle.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{field} {value} was imported");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(field), "the error must name {field}: {err}");
+        assert_eq!(
+            disk_usage(&store),
+            0,
+            "{field} {value}: layers reached the store"
+        );
+        assert!(!bundle.exists(), "{field} {value}: a bundle was written");
+    }
+}

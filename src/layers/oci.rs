@@ -70,6 +70,8 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
         .context("parse the image manifest")?;
     let config: Value = serde_json::from_slice(&read_blob(layout, &manifest["config"])?)
         .context("parse the image config")?;
+    // Before any layer reaches the store: a refused image leaves nothing behind.
+    check_process_fields(&config["config"])?;
     let layers = manifest["layers"]
         .as_array()
         .context("image manifest: no layers")?;
@@ -162,6 +164,84 @@ pub fn bundle_config(mut spec: Value, top: &str, p: &ProcessConfig) -> Value {
     spec["root"] = json!({"path": "rootfs", "readonly": false});
     spec["annotations"] = json!({ super::ANNOTATION_LAYERS: top });
     spec
+}
+
+/// The image config fields that become config.json's process, checked as untrusted input:
+/// WorkingDir a clean absolute path (CVE-2024-21626 used `/proc/self/fd/N`), Env entries
+/// KEY=VALUE, User of a form `resolve_user` can read. Errors name the field, in one line.
+fn check_process_fields(c: &Value) -> Result<()> {
+    match &c["WorkingDir"] {
+        Value::Null => {}
+        Value::String(w) if w.is_empty() => {}
+        Value::String(w) => check_working_dir(w)?,
+        v => bail!("image config: WorkingDir {v} is not a string"),
+    }
+    match &c["Env"] {
+        Value::Null => {}
+        Value::Array(a) => {
+            for v in a {
+                let e = v.as_str().unwrap_or_default();
+                let key = e.split_once('=').map(|(k, _)| k).unwrap_or_default();
+                if key.is_empty() || e.contains('\0') {
+                    bail!("image config: Env entry {v} is not KEY=VALUE");
+                }
+            }
+        }
+        v => bail!("image config: Env {v} is not a list"),
+    }
+    match &c["User"] {
+        Value::Null => {}
+        Value::String(u) => check_user(u)?,
+        v => bail!("image config: User {v} is not a string"),
+    }
+    for field in ["Entrypoint", "Cmd"] {
+        match &c[field] {
+            Value::Null => {}
+            Value::Array(a)
+                if a.iter()
+                    .all(|v| v.as_str().is_some_and(|s| !s.contains('\0'))) => {}
+            v => bail!("image config: {field} {v} is not a list of strings"),
+        }
+    }
+    Ok(())
+}
+
+/// A clean absolute path ("/" or "/a/b": no empty, "." or ".." components, no NUL), and not
+/// in /proc, which the runtime mounts and where a directory can lead to the host's files.
+fn check_working_dir(w: &str) -> Result<()> {
+    let rest = w.strip_prefix('/');
+    let clean = rest.is_some_and(|r| {
+        r.is_empty()
+            || r.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+    });
+    if !clean {
+        bail!("image config: WorkingDir {w:?} is not a clean absolute path");
+    }
+    if rest.is_some_and(|r| r == "proc" || r.starts_with("proc/")) {
+        bail!("image config: WorkingDir {w:?} is inside /proc");
+    }
+    Ok(())
+}
+
+/// `user`, `user:group`, names or ids, each part non-empty.
+fn check_user(u: &str) -> Result<()> {
+    if u.is_empty() {
+        return Ok(());
+    }
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-$".contains(c))
+    };
+    let ok = match u.split_once(':') {
+        Some((name, group)) => ok_part(name) && ok_part(group),
+        None => ok_part(u),
+    };
+    if !ok {
+        bail!("image config: User {u:?} is not user, uid, user:group or uid:gid");
+    }
+    Ok(())
 }
 
 fn process_config(c: &Value, passwd: Option<&str>, group: Option<&str>) -> Result<ProcessConfig> {
@@ -555,6 +635,54 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nstaff:x:50:\n";
+
+    #[test]
+    fn working_dir_must_be_a_clean_absolute_path() {
+        for ok in ["/", "/data", "/usr/local/app", "/a.b/c..d"] {
+            assert!(check_working_dir(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/proc/self/fd/4",
+            "/proc",
+            "../x",
+            "x",
+            "/a/../b",
+            "/a/./b",
+            "//a",
+            "/a/",
+            "/a//b",
+            "/..",
+            "/a\0b",
+        ] {
+            let err = check_working_dir(bad).unwrap_err().to_string();
+            assert!(err.contains("WorkingDir"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_and_user_fields_are_checked() {
+        let ok = json!({"Env": ["A=1", "B="], "User": "app:staff", "Cmd": ["sh"]});
+        assert!(check_process_fields(&ok).is_ok());
+        for bad in [
+            json!({"Env": ["NOVALUE"]}),
+            json!({"Env": ["=x"]}),
+            json!({"Env": ["A=\0"]}),
+            json!({"Env": [1]}),
+            json!({"Env": "A=1"}),
+            json!({"User": "a:b:c"}),
+            json!({"User": ":0"}),
+            json!({"User": "a\nb"}),
+            json!({"User": 0}),
+            json!({"WorkingDir": 5}),
+            json!({"Cmd": ["a\0b"]}),
+        ] {
+            let err = check_process_fields(&bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("image config:") && !err.contains('\n'),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn user_forms_resolve_to_ids() {
