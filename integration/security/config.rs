@@ -606,3 +606,70 @@ fn image_import_refuses_unclean_working_dir_and_writes_nothing() {
         assert!(!bundle.exists(), "{field} {value}: a bundle was written");
     }
 }
+
+// ---- CVE-2022-29162: capabilities must not reach the inheritable set ----
+
+fn cap_line(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `run` with the default spec, and `exec --cap` (with the spec's capabilities and with none
+/// in config.json): the inheritable and ambient sets stay empty, so a file capability or an
+/// exec'd program cannot pick the capability up.
+#[test]
+fn capabilities_never_reach_the_inheritable_set() {
+    let mut env = Env::new();
+    let b = env.bundle(
+        "caps",
+        &["grep", "-E", "^Cap(Inh|Amb)", "/proc/self/status"],
+    );
+    let (code, out, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cap_line(&out, "CapInh"), "CapInh:\t0000000000000000");
+    assert_eq!(cap_line(&out, "CapAmb"), "CapAmb:\t0000000000000000");
+    for with_caps in [true, false] {
+        let mut b = env.bundle("caps-exec", &["sleep", "100"]);
+        if !with_caps {
+            b.config["process"]
+                .as_object_mut()
+                .unwrap()
+                .remove("capabilities");
+        }
+        b.write();
+        let id = env.id("caps-exec");
+        let (ok_run, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+        assert!(ok_run, "{err}");
+        let out = env.out(&[
+            "exec",
+            "--cap",
+            "CAP_NET_RAW",
+            &id,
+            "grep",
+            "-E",
+            "^Cap(Inh|Amb|Eff)",
+            "/proc/self/status",
+        ]);
+        let status = ok(&out);
+        assert!(env.quiet(&["delete", "--force", &id]).0);
+        // CAP_NET_RAW is bit 13: it is effective, and nowhere else it should not be.
+        assert!(
+            cap_line(&status, "CapEff").ends_with("2000")
+                || cap_line(&status, "CapEff").ends_with("2420"),
+            "with_caps={with_caps}: {status}"
+        );
+        assert_eq!(
+            cap_line(&status, "CapInh"),
+            "CapInh:\t0000000000000000",
+            "with_caps={with_caps}"
+        );
+        assert_eq!(
+            cap_line(&status, "CapAmb"),
+            "CapAmb:\t0000000000000000",
+            "with_caps={with_caps}"
+        );
+    }
+}
