@@ -460,6 +460,11 @@ fn extract_layer(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
                 continue;
             }
             let kind = e.header().entry_type();
+            if kind.is_file() || kind == tar::EntryType::Continuous {
+                extract_file(tree, &rel, &mut e)
+                    .with_context(|| format!("extract {}", path.display()))?;
+                continue;
+            }
             if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
                 make_node(tree, &rel, e.header())
                     .with_context(|| format!("tar entry {}", path.display()))?;
@@ -541,6 +546,79 @@ fn safe_path(tree: &Path, rel: &Path) -> Result<PathBuf> {
         }
     }
     Ok(cur)
+}
+
+/// A regular file, written sparse: runs of zeros become holes, so a layer of zeros (a few KB
+/// of gzip) takes no room in the temporary tree. Owner, mode, xattrs and mtime as tar's
+/// `unpack` sets them.
+fn extract_file<R: Read>(tree: &Path, rel: &Path, e: &mut tar::Entry<R>) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let at = safe_path(tree, rel)?;
+    match fs::symlink_metadata(&at) {
+        Ok(m) if m.is_dir() => bail!("{}: a directory is in the way", rel.display()),
+        Ok(_) => fs::remove_file(&at).with_context(|| format!("remove {}", at.display()))?,
+        Err(_) => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&at)
+        .with_context(|| format!("create {}", at.display()))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = read_full(e, &mut buf).context("read tar entry")?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|b| *b == 0) {
+            f.seek(SeekFrom::Current(n as i64)).context("seek")?;
+        } else {
+            f.write_all(&buf[..n])
+                .with_context(|| format!("write {}", at.display()))?;
+        }
+        len += n as u64;
+    }
+    f.set_len(len)
+        .with_context(|| format!("truncate {}", at.display()))?;
+    let h = e.header();
+    let (uid, gid) = (h.uid().context("uid")?, h.gid().context("gid")?);
+    // Owner before mode: chown clears the set-id bits.
+    std::os::unix::fs::fchown(&f, Some(uid as u32), Some(gid as u32))
+        .with_context(|| format!("chown {}", at.display()))?;
+    let mode = h.mode().context("mode")? & 0o7777;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| format!("chmod {}", at.display()))?;
+    if let Some(exts) = e.pax_extensions().context("pax extensions")? {
+        for ext in exts {
+            let ext = ext.context("pax extension")?;
+            if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                set_xattr(&at, name, ext.value_bytes())?;
+            }
+        }
+    }
+    // As tar's unpack: a zero mtime becomes 1.
+    let mtime = e.header().mtime().context("mtime")?.max(1) as i64;
+    let t = nix::sys::time::TimeSpec::new(mtime, 0);
+    nix::sys::stat::futimens(&f, &t, &t).with_context(|| format!("utimes {}", at.display()))?;
+    Ok(())
+}
+
+/// Fill `buf` unless the reader ends first: zero runs are judged on whole blocks.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn make_node(tree: &Path, rel: &Path, h: &tar::Header) -> Result<()> {
