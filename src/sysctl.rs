@@ -308,6 +308,21 @@ mod tests {
     }
 
     #[test]
+    fn only_the_root_of_a_procfs_is_accepted() {
+        let open = |p: &str| {
+            nix::fcntl::open(
+                p,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap()
+        };
+        assert!(check_proc_root(open("/proc").as_fd()).is_ok());
+        assert!(check_proc_root(open("/proc/self").as_fd()).is_err());
+        assert!(check_proc_root(open("/").as_fd()).is_err());
+    }
+
+    #[test]
     fn both_separators_give_the_same_file() {
         assert_eq!(
             components("net.ipv4.ip_forward").unwrap(),
