@@ -22,6 +22,11 @@ impl Bundle {
         let path = dir.join("config.json");
         let text = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let spec = parse_config(&text).with_context(|| format!("{}", path.display()))?;
+        // Needs the namespace files (not pure), so here rather than in `validate`, which `exec`
+        // also runs on the saved config.
+        if let Some(linux) = spec.linux() {
+            crate::sysctl::validate(linux).with_context(|| format!("{}", path.display()))?;
+        }
         Ok(Bundle {
             dir,
             spec,

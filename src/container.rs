@@ -109,6 +109,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     let cgroup = cgroups::Manager::new(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
 
     // 2. Claim the id: from here on, every failure goes through the guard.
+    // Recorded as layered before the layers are taken: a create killed while they are mounted
+    // leaves state that tells `delete --force` to release them.
+    let layered = layers::layer_spec(spec)?.is_some();
     let states = rt.states();
     let dir = states.claim(opts.id)?;
     let lock = state::lock(&dir)?;
@@ -117,7 +120,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         dir: dir.clone(),
         pids: Vec::new(),
         cgroup: None,
-        layered: false,
+        layered,
         done: false,
     };
     let mut st = ContainerState {
@@ -136,7 +139,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         annotations: spec.annotations().clone().unwrap_or_default(),
         created_ok: false,
         cgroups: cgroup.clone(),
-        layered: false,
+        layered,
         hooks: spec.hooks().clone(),
         notify_socket: notify::host_socket(),
     };
@@ -145,17 +148,12 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .context("save config.json with the state")?;
 
     // 3. Root filesystem: layers (if any) mounted in the host namespace.
-    guard.layered = true;
     match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir)? {
         Some(merged) => {
-            st.layered = true;
             st.rootfs = merged;
             state::save(&dir, &st)?;
         }
-        None => {
-            guard.layered = false;
-            rootfs::check_exists(&st.rootfs)?;
-        }
+        None => rootfs::check_exists(&st.rootfs)?,
     }
 
     // 4. cgroups, before any container process exists.
@@ -591,29 +589,47 @@ fn wait_gone(pid: i32, start_time: u64) {
     }
 }
 
+/// What `gc` did: the ids it removed, and each container it could not judge or delete, with
+/// why (one failing container must not keep gc from the others).
+#[derive(Default)]
+pub struct GcOutcome {
+    pub removed: Vec<String>,
+    pub failed: Vec<(String, anyhow::Error)>,
+}
+
 /// `gc`: recover after crashes. A container whose `create` died half-way (never marked
 /// created, and no process holds its lock) is deleted; with `stopped`, stopped containers
-/// too. Returns the ids removed.
-pub fn gc(rt: &Runtime, stopped: bool) -> Result<Vec<String>> {
+/// too.
+pub fn gc(rt: &Runtime, stopped: bool) -> Result<GcOutcome> {
     let states = rt.states();
-    let mut removed = Vec::new();
+    let mut outcome = GcOutcome::default();
     for id in states.list()? {
-        let dir = states.container_dir(&id)?;
-        let Some(lock) = state::try_lock(&dir)? else {
-            continue;
-        };
-        let stale = match states.load(&id) {
-            Ok((_, st)) => !st.created_ok || (stopped && st.status(&dir) == Status::Stopped),
-            // No state.json and nobody creating: the creator died before writing it.
-            Err(_) => !dir.join(state::STATE_FILE).exists(),
-        };
-        drop(lock);
-        if stale {
-            delete(rt, &id, true).with_context(|| format!("gc {id}"))?;
-            removed.push(id);
+        match gc_one(rt, &id, stopped) {
+            Ok(true) => outcome.removed.push(id),
+            Ok(false) => {}
+            Err(e) => outcome.failed.push((id, e)),
         }
     }
     // Shared layer mounts whose last user died without releasing them.
     layers::gc_mounts(&rt.layers())?;
-    Ok(removed)
+    Ok(outcome)
+}
+
+/// Delete one container if it is stale; returns whether it was.
+fn gc_one(rt: &Runtime, id: &str, stopped: bool) -> Result<bool> {
+    let states = rt.states();
+    let dir = states.container_dir(id)?;
+    let Some(lock) = state::try_lock(&dir)? else {
+        return Ok(false);
+    };
+    let stale = match states.load(id) {
+        Ok((_, st)) => !st.created_ok || (stopped && st.status(&dir) == Status::Stopped),
+        // No state.json and nobody creating: the creator died before writing it.
+        Err(_) => !dir.join(state::STATE_FILE).exists(),
+    };
+    drop(lock);
+    if stale {
+        delete(rt, id, true)?;
+    }
+    Ok(stale)
 }

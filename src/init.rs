@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use nix::fcntl::{OFlag, openat};
@@ -181,14 +181,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let agent = connect_seccomp_agent(a)?;
     rootfs::enter(a.rootfs, a.no_pivot)?;
     // Before readonlyPaths, which usually include /proc/sys.
-    for (key, value) in linux
-        .and_then(|l| l.sysctl().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).with_context(|| format!("linux.sysctl {key}={value}"))?;
-    }
+    crate::sysctl::apply(linux.and_then(|l| l.sysctl().as_ref()))?;
     rootfs::finalize(spec)?;
     if process.terminal() == Some(true) {
         setup_terminal(chan)?;

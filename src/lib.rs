@@ -24,5 +24,6 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod state;
 pub mod sync;
+pub mod sysctl;
 pub mod terminal;
 pub mod utils;

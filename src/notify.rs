@@ -2,11 +2,13 @@
 //! at /run/notify, and lrun relays what the service says (READY=1, STATUS=...) to the socket
 //! lrun itself was given, so a systemd unit with Type=notify can run a container.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 /// Where the socket directory appears inside the container.
 pub const CONTAINER_DIR: &str = "/run/notify";
@@ -35,7 +37,17 @@ impl Relay {
     pub fn bind(dir: &Path, host: PathBuf) -> Result<Relay> {
         let path = dir.join(SOCKET_NAME);
         crate::utils::remove_file_if_exists(&path)?;
-        let sock = UnixDatagram::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+        // A socket address holds at most 107 bytes, which a long --root and id exceed: bind
+        // through the directory's fd, whose /proc/self/fd path always fits.
+        let dir_fd = nix::fcntl::open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("open {}", dir.display()))?;
+        let short = format!("/proc/self/fd/{}/{SOCKET_NAME}", dir_fd.as_raw_fd());
+        let sock =
+            UnixDatagram::bind(&short).with_context(|| format!("bind {}", path.display()))?;
         // The service may run as any user.
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .with_context(|| format!("chmod {}", path.display()))?;

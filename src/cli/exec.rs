@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use oci_spec::runtime::{Capability, Process};
+use oci_spec::runtime::{Capability, LinuxCapabilities, Process};
 
 use super::Globals;
 use crate::exec::{self, ExecOptions};
@@ -119,7 +119,10 @@ fn from_flags(a: &Args, mut p: Process) -> Result<Process> {
         p.set_user(user);
     }
     if !a.cap.is_empty() {
-        let mut caps = p.capabilities().clone().unwrap_or_default();
+        // Not LinuxCapabilities::default(), which fills every set, the inheritable and
+        // ambient ones included (CVE-2022-29162): --cap adds to bounding, effective and
+        // permitted only.
+        let mut caps = p.capabilities().clone().unwrap_or_else(no_capabilities);
         for name in &a.cap {
             let cap: Capability = serde_json::from_value(serde_json::json!(name))
                 .with_context(|| format!("--cap {name}: unknown capability"))?;
@@ -139,4 +142,42 @@ fn from_flags(a: &Args, mut p: Process) -> Result<Process> {
         p.set_no_new_privileges(Some(true));
     }
     Ok(p)
+}
+
+/// A capabilities object with every set empty.
+fn no_capabilities() -> LinuxCapabilities {
+    let mut c = LinuxCapabilities::default();
+    c.set_bounding(None)
+        .set_effective(None)
+        .set_inheritable(None)
+        .set_permitted(None)
+        .set_ambient(None);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn cap_flag_adds_nothing_to_inheritable_or_ambient() {
+        let a = Cli::parse_from(["exec", "--cap", "CAP_KILL", "id", "sh"]).args;
+        let mut p = Process::default();
+        p.set_capabilities(None);
+        let p = from_flags(&a, p).expect("flags");
+        let c = p.capabilities().clone().expect("capabilities");
+        let kill = Some([Capability::Kill].into_iter().collect());
+        assert_eq!(c.bounding(), &kill);
+        assert_eq!(c.effective(), &kill);
+        assert_eq!(c.permitted(), &kill);
+        assert_eq!(c.inheritable(), &None);
+        assert_eq!(c.ambient(), &None);
+    }
 }

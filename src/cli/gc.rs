@@ -9,9 +9,15 @@ pub struct Args {
     pub stopped: bool,
 }
 
+/// One line per container removed (stdout) and per container that could not be (stderr);
+/// exit status 1 if any could not.
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
-    for id in crate::container::gc(&g.runtime(), a.stopped)? {
+    let outcome = crate::container::gc(&g.runtime(), a.stopped)?;
+    for id in &outcome.removed {
         println!("removed {id}");
     }
-    Ok(0)
+    for (id, e) in &outcome.failed {
+        crate::logging::error(&anyhow::anyhow!("gc {id}: {e:#}"));
+    }
+    Ok(if outcome.failed.is_empty() { 0 } else { 1 })
 }

@@ -70,6 +70,8 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
         .context("parse the image manifest")?;
     let config: Value = serde_json::from_slice(&read_blob(layout, &manifest["config"])?)
         .context("parse the image config")?;
+    // Before any layer reaches the store: a refused image leaves nothing behind.
+    check_process_fields(&config["config"])?;
     let layers = manifest["layers"]
         .as_array()
         .context("image manifest: no layers")?;
@@ -162,6 +164,84 @@ pub fn bundle_config(mut spec: Value, top: &str, p: &ProcessConfig) -> Value {
     spec["root"] = json!({"path": "rootfs", "readonly": false});
     spec["annotations"] = json!({ super::ANNOTATION_LAYERS: top });
     spec
+}
+
+/// The image config fields that become config.json's process, checked as untrusted input:
+/// WorkingDir a clean absolute path (CVE-2024-21626 used `/proc/self/fd/N`), Env entries
+/// KEY=VALUE, User of a form `resolve_user` can read. Errors name the field, in one line.
+fn check_process_fields(c: &Value) -> Result<()> {
+    match &c["WorkingDir"] {
+        Value::Null => {}
+        Value::String(w) if w.is_empty() => {}
+        Value::String(w) => check_working_dir(w)?,
+        v => bail!("image config: WorkingDir {v} is not a string"),
+    }
+    match &c["Env"] {
+        Value::Null => {}
+        Value::Array(a) => {
+            for v in a {
+                let e = v.as_str().unwrap_or_default();
+                let key = e.split_once('=').map(|(k, _)| k).unwrap_or_default();
+                if key.is_empty() || e.contains('\0') {
+                    bail!("image config: Env entry {v} is not KEY=VALUE");
+                }
+            }
+        }
+        v => bail!("image config: Env {v} is not a list"),
+    }
+    match &c["User"] {
+        Value::Null => {}
+        Value::String(u) => check_user(u)?,
+        v => bail!("image config: User {v} is not a string"),
+    }
+    for field in ["Entrypoint", "Cmd"] {
+        match &c[field] {
+            Value::Null => {}
+            Value::Array(a)
+                if a.iter()
+                    .all(|v| v.as_str().is_some_and(|s| !s.contains('\0'))) => {}
+            v => bail!("image config: {field} {v} is not a list of strings"),
+        }
+    }
+    Ok(())
+}
+
+/// A clean absolute path ("/" or "/a/b": no empty, "." or ".." components, no NUL), and not
+/// in /proc, which the runtime mounts and where a directory can lead to the host's files.
+fn check_working_dir(w: &str) -> Result<()> {
+    let rest = w.strip_prefix('/');
+    let clean = rest.is_some_and(|r| {
+        r.is_empty()
+            || r.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+    });
+    if !clean {
+        bail!("image config: WorkingDir {w:?} is not a clean absolute path");
+    }
+    if rest.is_some_and(|r| r == "proc" || r.starts_with("proc/")) {
+        bail!("image config: WorkingDir {w:?} is inside /proc");
+    }
+    Ok(())
+}
+
+/// `user`, `user:group`, names or ids, each part non-empty.
+fn check_user(u: &str) -> Result<()> {
+    if u.is_empty() {
+        return Ok(());
+    }
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-$".contains(c))
+    };
+    let ok = match u.split_once(':') {
+        Some((name, group)) => ok_part(name) && ok_part(group),
+        None => ok_part(u),
+    };
+    if !ok {
+        bail!("image config: User {u:?} is not user, uid, user:group or uid:gid");
+    }
+    Ok(())
 }
 
 fn process_config(c: &Value, passwd: Option<&str>, group: Option<&str>) -> Result<ProcessConfig> {
@@ -380,6 +460,11 @@ fn extract_layer(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
                 continue;
             }
             let kind = e.header().entry_type();
+            if kind.is_file() || kind == tar::EntryType::Continuous {
+                extract_file(tree, &rel, &mut e)
+                    .with_context(|| format!("extract {}", path.display()))?;
+                continue;
+            }
             if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
                 make_node(tree, &rel, e.header())
                     .with_context(|| format!("tar entry {}", path.display()))?;
@@ -461,6 +546,79 @@ fn safe_path(tree: &Path, rel: &Path) -> Result<PathBuf> {
         }
     }
     Ok(cur)
+}
+
+/// A regular file, written sparse: runs of zeros become holes, so a layer of zeros (a few KB
+/// of gzip) takes no room in the temporary tree. Owner, mode, xattrs and mtime as tar's
+/// `unpack` sets them.
+fn extract_file<R: Read>(tree: &Path, rel: &Path, e: &mut tar::Entry<R>) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let at = safe_path(tree, rel)?;
+    match fs::symlink_metadata(&at) {
+        Ok(m) if m.is_dir() => bail!("{}: a directory is in the way", rel.display()),
+        Ok(_) => fs::remove_file(&at).with_context(|| format!("remove {}", at.display()))?,
+        Err(_) => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&at)
+        .with_context(|| format!("create {}", at.display()))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = read_full(e, &mut buf).context("read tar entry")?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|b| *b == 0) {
+            f.seek(SeekFrom::Current(n as i64)).context("seek")?;
+        } else {
+            f.write_all(&buf[..n])
+                .with_context(|| format!("write {}", at.display()))?;
+        }
+        len += n as u64;
+    }
+    f.set_len(len)
+        .with_context(|| format!("truncate {}", at.display()))?;
+    let h = e.header();
+    let (uid, gid) = (h.uid().context("uid")?, h.gid().context("gid")?);
+    // Owner before mode: chown clears the set-id bits.
+    std::os::unix::fs::fchown(&f, Some(uid as u32), Some(gid as u32))
+        .with_context(|| format!("chown {}", at.display()))?;
+    let mode = h.mode().context("mode")? & 0o7777;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| format!("chmod {}", at.display()))?;
+    if let Some(exts) = e.pax_extensions().context("pax extensions")? {
+        for ext in exts {
+            let ext = ext.context("pax extension")?;
+            if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                set_xattr(&at, name, ext.value_bytes())?;
+            }
+        }
+    }
+    // As tar's unpack: a zero mtime becomes 1.
+    let mtime = e.header().mtime().context("mtime")?.max(1) as i64;
+    let t = nix::sys::time::TimeSpec::new(mtime, 0);
+    nix::sys::stat::futimens(&f, &t, &t).with_context(|| format!("utimes {}", at.display()))?;
+    Ok(())
+}
+
+/// Fill `buf` unless the reader ends first: zero runs are judged on whole blocks.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn make_node(tree: &Path, rel: &Path, h: &tar::Header) -> Result<()> {
@@ -555,6 +713,54 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nstaff:x:50:\n";
+
+    #[test]
+    fn working_dir_must_be_a_clean_absolute_path() {
+        for ok in ["/", "/data", "/usr/local/app", "/a.b/c..d"] {
+            assert!(check_working_dir(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/proc/self/fd/4",
+            "/proc",
+            "../x",
+            "x",
+            "/a/../b",
+            "/a/./b",
+            "//a",
+            "/a/",
+            "/a//b",
+            "/..",
+            "/a\0b",
+        ] {
+            let err = check_working_dir(bad).unwrap_err().to_string();
+            assert!(err.contains("WorkingDir"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_and_user_fields_are_checked() {
+        let ok = json!({"Env": ["A=1", "B="], "User": "app:staff", "Cmd": ["sh"]});
+        assert!(check_process_fields(&ok).is_ok());
+        for bad in [
+            json!({"Env": ["NOVALUE"]}),
+            json!({"Env": ["=x"]}),
+            json!({"Env": ["A=\0"]}),
+            json!({"Env": [1]}),
+            json!({"Env": "A=1"}),
+            json!({"User": "a:b:c"}),
+            json!({"User": ":0"}),
+            json!({"User": "a\nb"}),
+            json!({"User": 0}),
+            json!({"WorkingDir": 5}),
+            json!({"Cmd": ["a\0b"]}),
+        ] {
+            let err = check_process_fields(&bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("image config:") && !err.contains('\n'),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn user_forms_resolve_to_ids() {

@@ -91,7 +91,12 @@ fn mkfs_command(o: &PackOptions<'_>, payload: &Path) -> Result<Command> {
                 c.arg("--all-root");
             }
             match alg {
-                "none" => {}
+                // Uncompressed erofs stores every byte of a file, so a file of zeros (a 64 KB
+                // gzip can hold 64 MiB of them) would take its full size: chunk-based files
+                // store each distinct 4 KiB block once, so the image is sized by its content.
+                "none" => {
+                    c.arg("--chunksize=4096");
+                }
                 "lz4" | "lz4hc" => {
                     let mut z = format!("-z{alg}");
                     if let Some(l) = level {
