@@ -690,14 +690,23 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
 struct TempDir(PathBuf);
 
 impl TempDir {
+    /// A new directory with an unpredictable name, created exclusively: a name another local
+    /// user guessed and took first (a symlink, a directory of theirs) is never reused.
     fn new(what: &str) -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("lrun-{what}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&p)
-            .with_context(|| format!("create {}", p.display()))?;
-        Ok(TempDir(p))
+        use std::hash::{BuildHasher, RandomState};
+        let mut last = None;
+        for _ in 0..16 {
+            // RandomState is seeded from the kernel's randomness.
+            let salt = RandomState::new().hash_one(std::process::id());
+            let p = std::env::temp_dir().join(format!("lrun-{what}-{salt:016x}"));
+            match fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(p),
+                Err(e) => return Err(e).with_context(|| format!("create {}", p.display())),
+            }
+        }
+        let p = last.unwrap_or_default();
+        bail!("create a temporary directory: {} and 15 other names exist", p.display())
     }
 }
 
