@@ -440,3 +440,48 @@ fn tmpcopyup_copies_the_image_directory_without_following_symlinks() {
     );
     assert_eq!(fs::read_to_string(&secret).unwrap(), "host file\n");
 }
+
+/// CVE-2026-41579 class: an image whose `/dev` is a symlink out of the root (absolute, and
+/// `../..`), with no fresh /dev mount. Device nodes, the /dev symlinks (fd, stdin, ptmx, ...)
+/// and mount points under /dev must land inside the rootfs; the outside directory the links
+/// point at stays empty.
+#[test]
+fn image_dev_symlink_leads_nothing_outside_the_rootfs() {
+    let mut env = Env::new();
+    let outside = env.scratch.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    for (name, target) in [
+        ("abs", outside.to_str().unwrap().to_string()),
+        (
+            "rel",
+            "../../../../../../../../..".to_string() + outside.to_str().unwrap(),
+        ),
+    ] {
+        let rootfs = env.scratch.join(format!("rootfs-{name}"));
+        make_busybox_rootfs(&rootfs);
+        fs::remove_dir_all(rootfs.join("dev")).unwrap();
+        symlink(&target, rootfs.join("dev")).unwrap();
+        let mut b = env.bundle("devlink", &["sh", "-c", "ls /dev/ >/dev/null; echo ran"]);
+        b.config["root"]["path"] = json!(rootfs);
+        b.config["process"]["terminal"] = json!(false);
+        b.config["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != "/dev");
+        let (code, out, err) = run(&mut env, &b);
+        // lrun may refuse the image (a dangling /dev inside the root) but never follows it out.
+        assert!(
+            (code == 0 && out == "ran\n") || (code != 0 && err.contains("/dev")),
+            "{name}: {code} {out} {err}"
+        );
+        let left: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{name}: created outside the rootfs: {left:?}"
+        );
+    }
+}

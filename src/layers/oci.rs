@@ -706,7 +706,10 @@ impl TempDir {
             }
         }
         let p = last.unwrap_or_default();
-        bail!("create a temporary directory: {} and 15 other names exist", p.display())
+        bail!(
+            "create a temporary directory: {} and 15 other names exist",
+            p.display()
+        )
     }
 }
 
