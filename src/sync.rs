@@ -27,8 +27,10 @@ pub enum Message {
     RuntimeHooksDone(i32),
     /// Init: the pty master of a terminal container (sent with the fd).
     Pty,
-    /// Init: set-up is complete; it now waits for `start`.
+    /// Init: set-up is complete; it waits for Created.
     Ready,
+    /// Parent: the container is recorded as created; from now on the init outlives `create`.
+    Created,
     /// Parent (`run`): start now (instead of the exec fifo).
     Start,
     /// Either side: set-up failed, with the reason.
@@ -132,6 +134,16 @@ impl Channel {
         }
     }
 
+    /// Whether the other end is closed (its process died), without waiting.
+    pub fn peer_gone(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        // A closed peer of a seqpacket socket shows as POLLHUP, which poll always reports.
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::empty())];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -157,4 +169,19 @@ pub fn fork_reported(chan: &Channel) -> Result<()> {
     // EOF once the intermediate has sent the pid and exited.
     while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&r, &mut byte) {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_gone_only_after_the_other_end_closes() {
+        let (a, b) = pair().expect("socketpair");
+        b.send(&Message::Ready).expect("send");
+        assert!(!a.peer_gone(), "a queued message is not a closed peer");
+        drop(b);
+        assert!(a.peer_gone());
+        assert_eq!(a.recv().expect("queued message"), Message::Ready);
+    }
 }
