@@ -306,7 +306,8 @@ fn block_until_read(fifo: &OwnedFd) -> Result<()> {
     use nix::fcntl::{FcntlArg, fcntl};
     // One page is all there is to fill (fails only for unprivileged users: then 16 pages).
     let _ = fcntl(fifo, FcntlArg::F_SETPIPE_SZ(4096));
-    let flags = OFlag::from_bits_truncate(fcntl(fifo, FcntlArg::F_GETFL).context("fcntl exec fifo")?);
+    let flags =
+        OFlag::from_bits_truncate(fcntl(fifo, FcntlArg::F_GETFL).context("fcntl exec fifo")?);
     fcntl(fifo, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).context("fcntl exec fifo")?;
     let page = [b'0'; 4096];
     // Whole pages, then single bytes into what is left of the last page: afterwards no write

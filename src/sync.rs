@@ -141,7 +141,9 @@ impl Channel {
         // A closed peer of a seqpacket socket shows as POLLHUP, which poll always reports.
         let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::empty())];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
     }
 
     pub fn raw_fd(&self) -> RawFd {
