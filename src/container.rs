@@ -226,6 +226,17 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             linux.context("linux is required for a user namespace")?,
         )?;
     }
+    if plan.new_time
+        && let Some(l) = linux
+    {
+        namespaces::write_time_offsets(first, l)?;
+    }
+    // Written by the parent (the init it forks inherits it): lrun is non-dumpable, so its
+    // children's /proc files are root's, out of reach of the root of a user namespace.
+    if let Some(adj) = process.oom_score_adj() {
+        fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
+            .with_context(|| format!("process.oomScoreAdj {adj}"))?;
+    }
     cgroup.add_pid(first)?;
     // A child that failed meanwhile closed its end: its error is the next message read.
     let _ = chan.send(&Message::ParentSetupDone);

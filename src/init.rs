@@ -104,12 +104,7 @@ fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
             .context("setuid 0 in the user namespace")?;
     }
     if !a.plan.direct {
-        let offsets = a
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(crate::namespaces::time_offsets_text);
-        a.plan.enter_late(offsets.as_deref())?;
+        a.plan.enter_late()?;
         if a.plan.fork_init {
             crate::sync::fork_reported(chan)?;
             die_with_parent(chan);
@@ -135,7 +130,7 @@ impl ParentSetup {
         self.done = true;
         if self.direct {
             // Only the cgroup namespace is left to create (see namespaces::Plan).
-            a.plan.enter_late(None)?;
+            a.plan.enter_late()?;
         }
         Ok(())
     }
@@ -150,10 +145,6 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let hooks = spec.hooks().as_ref();
     let linux = spec.linux().as_ref();
 
-    if let Some(adj) = process.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .with_context(|| format!("process.oomScoreAdj {adj}"))?;
-    }
     rootfs::prepare(
         spec,
         a.bundle,
