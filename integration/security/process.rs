@@ -23,7 +23,13 @@ fn with_fds(cmd: &mut Command, fds: Vec<(RawFd, fs::File)>) -> &mut Command {
     unsafe {
         cmd.pre_exec(move || {
             for (target, f) in &fds {
-                if libc::dup2(f.as_raw_fd(), *target) < 0 {
+                // dup2 onto itself would keep close-on-exec.
+                let rc = if f.as_raw_fd() == *target {
+                    libc::fcntl(*target, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(f.as_raw_fd(), *target)
+                };
+                if rc < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -525,6 +531,18 @@ fn caller_fds_do_not_reach_the_container_when_close_range_is_denied() {
         assert!(
             !text(&out.stdout).contains("host-secret-content"),
             "errno {errno}: an exec'd process read the caller's fd 7"
+        );
+        // What --preserve-fds asks for still gets through.
+        let out = output(with_fds(
+            env.lrun()
+                .args(["exec", "--preserve-fds", "1", &id, "cat", "/proc/self/fd/3"]),
+            vec![(3, fs::File::open(&secret).unwrap())],
+        ));
+        assert_eq!(
+            text(&out.stdout),
+            "host-secret-content\n",
+            "{}",
+            text(&out.stderr)
         );
         assert!(env.quiet(&["delete", "--force", &id]).0);
     }
