@@ -301,7 +301,7 @@ fn start_never_exposes_the_runtime_binary() {
         return;
     };
     let lrun = LrunCopy::new(&env);
-    for round in 0..3 {
+    for round in 0..5 {
         let id = env.id("exestart");
         assert!(
             lrun.cmd(&env)
@@ -310,8 +310,8 @@ fn start_never_exposes_the_runtime_binary() {
                 .unwrap()
                 .success()
         );
-        let report = start_attacker(&env, &lrun, &id, "pid1", "1.5");
-        std::thread::sleep(Duration::from_millis(100));
+        let report = start_attacker(&env, &lrun, &id, "pid1", "0.6");
+        std::thread::sleep(Duration::from_millis(50));
         assert!(
             lrun.cmd(&env)
                 .args(["start", &id])
