@@ -160,7 +160,7 @@ fn joiner(
     chan: &Channel,
     preserve_fds: i32,
 ) -> Result<Infallible> {
-    crate::init::die_with_parent(chan);
+    sync::die_with_parent(chan);
     cgroups.add_pid(std::process::id() as i32)?;
     for (t, fd) in joins {
         setns(fd.as_fd(), namespaces::flag(*t))
@@ -170,7 +170,7 @@ fn joiner(
     nix::unistd::chroot(".").context("chroot to the container's root")?;
     sync::fork_reported(chan)?;
     // The exec'd process must not outlive a dying `lrun exec` half-way.
-    crate::init::die_with_parent(chan);
+    sync::die_with_parent(chan);
     match exec_process(filter, process, chan, preserve_fds) {
         Ok(never) => match never {},
         Err(e) => Err(e),

@@ -69,19 +69,8 @@ pub fn child_main(a: &InitArgs, chan: Channel) -> ! {
     }
 }
 
-/// Die with the parent (`lrun create`). Set after clone or fork, when the parent may already
-/// be gone: then the parent's end of the channel is closed, and we leave at once.
-pub fn die_with_parent(chan: &Channel) {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    if chan.peer_gone() {
-        // SAFETY: nobody to report to; leave without running destructors.
-        unsafe { libc::_exit(1) }
-    }
-}
-
 fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
-    die_with_parent(chan);
+    crate::sync::die_with_parent(chan);
     // Whether the parent has written id maps and joined us to the cgroups yet. In the direct
     // case the child only waits for that where it matters (see `ParentSetup`).
     let mut parent = ParentSetup {
@@ -107,7 +96,7 @@ fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
         a.plan.enter_late()?;
         if a.plan.fork_init {
             crate::sync::fork_reported(chan)?;
-            die_with_parent(chan);
+            crate::sync::die_with_parent(chan);
         }
     }
     init_steps(a, chan, &mut parent)

@@ -151,6 +151,18 @@ impl Channel {
     }
 }
 
+/// Die with the parent (`lrun create` or `lrun exec`), the process at the other end of
+/// `chan`. Set after clone or fork, when the parent may already be gone (and then no signal
+/// comes): its end of the channel is closed then, and we leave at once.
+pub fn die_with_parent(chan: &Channel) {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if chan.peer_gone() {
+        // SAFETY: nobody to report to; leave without running destructors.
+        unsafe { libc::_exit(1) }
+    }
+}
+
 /// Fork the process that becomes the container's, with CLONE_PARENT so that lrun (the
 /// caller's parent) can wait for it; the caller reports its pid on `chan` and exits. Returns
 /// only in the new process, and only after the report is sent, so the parent always reads the
