@@ -102,7 +102,7 @@ mod tests {
     }
 
     #[test]
-    fn preserved_fds_lose_cloexec_and_the_rest_gain_it() {
+    fn cloexec_from_marks_fds_from_the_given_number_up() {
         // A dup without O_CLOEXEC, above anything the test harness keeps at low numbers.
         let f = std::fs::File::open("/proc/self/status").expect("open");
         // SAFETY: dup to a free high number.
