@@ -122,6 +122,27 @@ fn cwd_through_a_held_fd_cannot_leave_the_root() {
         assert!(err.contains("process.cwd"), "{err}");
     }
     assert!(!base.join("ESCAPED").exists(), "create/start escaped");
+
+    // A directory the caller passes on purpose (--preserve-fds) stays open in the init: the
+    // check after chdir is what stops the cwd there.
+    let mut b = env.bundle("cwd", &["sh", "-c", "echo x > ESCAPED-HERE"]);
+    b.config["process"]["cwd"] = json!("/proc/self/fd/3");
+    b.write();
+    let id = env.id("cwdpreserved");
+    let out = output(with_fds(
+        env.lrun()
+            .args(["run", "--preserve-fds", "1", "--bundle", b.path(), &id]),
+        vec![(3, fs::File::open(&outside).unwrap())],
+    ));
+    assert!(
+        !outside.join("ESCAPED-HERE").exists(),
+        "a preserved fd led the cwd out"
+    );
+    assert!(
+        text(&out.stderr).contains("leads outside the container's root"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The same through `lrun exec`: its process's cwd, and a directory fd the caller of
@@ -163,6 +184,29 @@ fn exec_cwd_through_a_held_fd_cannot_leave_the_root() {
             "exec --cwd {cwd} read the host's /etc/hostname: {stdout}"
         );
     }
+    let out = output(with_fds(
+        env.lrun().args([
+            "exec",
+            "--preserve-fds",
+            "1",
+            "--cwd",
+            "/proc/self/fd/3",
+            &id,
+            "sh",
+            "-c",
+            "echo x > ESCAPED-HERE",
+        ]),
+        vec![(3, fs::File::open(&outside).unwrap())],
+    ));
+    assert!(
+        !outside.join("ESCAPED-HERE").exists(),
+        "a preserved fd led the cwd out"
+    );
+    assert!(
+        text(&out.stderr).contains("leads outside the container's root"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A static C program built for the container (skips the test without gcc or a static libc).
