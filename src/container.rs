@@ -144,7 +144,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         notify_socket: notify::host_socket(),
     };
     state::save(&dir, &st)?;
-    fs::write(dir.join(state::CONFIG_FILE), &bundle.raw)
+    // Only root may read it: process.env often carries secrets.
+    write_atomic(&dir.join(state::CONFIG_FILE), &bundle.raw, 0o600)
         .context("save config.json with the state")?;
 
     // 3. Root filesystem: layers (if any) mounted in the host namespace.
@@ -167,16 +168,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
     cgroup.set_with_devices(resources, &[])?;
 
-    // 5. The exec fifo that holds the init until `start`.
-    if !opts.foreground {
-        make_fifo(&dir.join(FIFO_FILE))?;
-    }
-    let state_dir: OwnedFd = open(
-        &dir,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("open {}", dir.display()))?;
+    // 5. The exec fifo that holds the init until `start`, inherited by the init as an fd.
+    let exec_fifo = match opts.foreground {
+        true => None,
+        false => Some(make_fifo(&dir.join(FIFO_FILE))?),
+    };
 
     // 6. The container process.
     let listen_fds = socket_activation_fds();
@@ -195,7 +191,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         bundle: &bundle.dir,
         rootfs: &st.rootfs,
         plan: &plan,
-        state_dir: &state_dir,
+        exec_fifo: exec_fifo.as_ref(),
         lock_fd: lock.raw_fd(),
         foreground: opts.foreground,
         no_pivot: opts.no_pivot,
@@ -211,6 +207,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         init::child_main(&args, child_chan);
     }
     drop(child_chan);
+    // Only the init may hold the fifo open: `start` waits for the last writer to go.
+    drop(exec_fifo);
     guard.pids.push(first);
 
     // With one direct clone the namespaces exist already: no need to wait for the child,
@@ -223,6 +221,17 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             first,
             linux.context("linux is required for a user namespace")?,
         )?;
+    }
+    if plan.new_time
+        && let Some(l) = linux
+    {
+        namespaces::write_time_offsets(first, l)?;
+    }
+    // Written by the parent (the init it forks inherits it): lrun is non-dumpable, so its
+    // children's /proc files are root's, out of reach of the root of a user namespace.
+    if let Some(adj) = process.oom_score_adj() {
+        fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
+            .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
     cgroup.add_pid(first)?;
     // A child that failed meanwhile closed its end: its error is the next message read.
@@ -263,6 +272,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         process_start_time(pid).context("the container process exited during create")?;
     st.created_ok = true;
     state::save(&dir, &st)?;
+    // Until this arrives the init dies with us: see init::init_steps.
+    chan.send(&Message::Created)?;
     if let Some(p) = opts.pid_file {
         write_pid_file(p, pid)?;
     }
@@ -279,7 +290,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
 
 /// systemd socket activation: LISTEN_FDS sockets from fd 3, meant for us if LISTEN_PID is
 /// ours (or absent, as some supervisors leave it).
-fn socket_activation_fds() -> i32 {
+pub fn socket_activation_fds() -> i32 {
     let fds = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -318,12 +329,13 @@ pub fn hook_state(id: &str, status: &str, pid: i32, bundle: &Path, spec: &Spec) 
     .unwrap_or_default()
 }
 
-fn make_fifo(path: &Path) -> Result<()> {
-    nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o622))
+/// Make the exec fifo and open it for the init. O_RDWR never blocks on a fifo, and the init
+/// needs no path lookup (nor /proc) inside the container: only root ever opens it by path.
+fn make_fifo(path: &Path) -> Result<OwnedFd> {
+    nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600))
         .with_context(|| format!("mkfifo {}", path.display()))?;
-    // Any user the container runs as must be able to open it for writing.
-    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o622))
-        .with_context(|| format!("chmod {}", path.display()))
+    open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("open {}", path.display()))
 }
 
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
@@ -385,7 +397,7 @@ pub fn start(rt: &Runtime, id: &str) -> Result<()> {
         None => None,
     };
     let fifo_path = dir.join(FIFO_FILE);
-    // Non-blocking open: the init's blocked open(O_WRONLY) completes now.
+    // The init holds the fifo open and has filled it; reading lets its last write through.
     let fifo = open(
         &fifo_path,
         OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
@@ -436,13 +448,14 @@ pub fn run_poststart(st: &ContainerState) {
     }
 }
 
-/// The init keeps the fifo open (close-on-exec) until it execs: EOF means the program runs.
+/// The init keeps the fifo open (close-on-exec) until it execs: draining what it wrote lets
+/// its blocked write through, and EOF means the program runs.
 fn wait_for_exec(fifo: &OwnedFd) -> Result<()> {
     let flags =
         nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_GETFL).context("fcntl exec fifo")?;
     let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_SETFL(blocking)).context("fcntl exec fifo")?;
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 4096];
     loop {
         match nix::unistd::read(fifo, &mut buf) {
             Ok(0) => return Ok(()),

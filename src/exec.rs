@@ -160,8 +160,7 @@ fn joiner(
     chan: &Channel,
     preserve_fds: i32,
 ) -> Result<Infallible> {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    sync::die_with_parent(chan);
     cgroups.add_pid(std::process::id() as i32)?;
     for (t, fd) in joins {
         setns(fd.as_fd(), namespaces::flag(*t))
@@ -170,8 +169,8 @@ fn joiner(
     nix::unistd::fchdir(root.as_fd()).context("chdir to the container's root")?;
     nix::unistd::chroot(".").context("chroot to the container's root")?;
     sync::fork_reported(chan)?;
-    // SAFETY: as above; the exec'd process must not outlive a dying `lrun exec` half-way.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // The exec'd process must not outlive a dying `lrun exec` half-way.
+    sync::die_with_parent(chan);
     match exec_process(filter, process, chan, preserve_fds) {
         Ok(never) => match never {},
         Err(e) => Err(e),
@@ -186,8 +185,7 @@ fn exec_process(
 ) -> Result<Infallible> {
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     process::set_scheduling(process, None)?;
-    let cwd = process.cwd();
-    std::env::set_current_dir(cwd).with_context(|| format!("cwd {}", cwd.display()))?;
+    process::enter_cwd(process.cwd(), false)?;
     let args = process.args().as_deref().unwrap_or_default();
     if args.is_empty() {
         bail!("exec: no command given");

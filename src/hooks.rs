@@ -31,11 +31,14 @@ pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {
         }
     }
     cmd.stdin(Stdio::piped());
-    // A hook must not outlive an lrun that was killed while waiting for it.
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // A hook must not outlive an lrun that was killed while waiting for it, and gets stdio
+    // only: not lrun's fds, nor ones `start` or `delete` inherited from their caller.
+    // SAFETY: prctl, close_range and fcntl are async-signal-safe and cloexec_from allocates
+    // nothing; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            crate::fds::cloexec_from(3);
             Ok(())
         });
     }

@@ -14,19 +14,17 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::Mode;
+use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Uid, setresgid, setresuid};
 use oci_spec::runtime::{Process, Spec};
 
 use crate::namespaces::Plan;
 use crate::process;
 use crate::rootfs;
-use crate::state::FIFO_FILE;
 use crate::sync::{Channel, Message};
 use crate::{hooks, terminal};
 
@@ -37,8 +35,9 @@ pub struct InitArgs<'a> {
     pub bundle: &'a Path,
     pub rootfs: &'a Path,
     pub plan: &'a Plan,
-    /// O_PATH fd of the container's state directory, to open the exec fifo after pivot_root.
-    pub state_dir: &'a OwnedFd,
+    /// The exec fifo, opened by the parent (O_RDWR, close-on-exec): the init never looks up a
+    /// path in the host's state directory nor holds a directory fd of it. None for `run`.
+    pub exec_fifo: Option<&'a OwnedFd>,
     /// The parent's lock on the state directory: the child must not hold it.
     pub lock_fd: RawFd,
     /// `run` in the foreground: wait for Start on the channel instead of the fifo.
@@ -70,13 +69,8 @@ pub fn child_main(a: &InitArgs, chan: Channel) -> ! {
     }
 }
 
-fn die_with_parent() {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-}
-
 fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
-    die_with_parent();
+    crate::sync::die_with_parent(chan);
     // Whether the parent has written id maps and joined us to the cgroups yet. In the direct
     // case the child only waits for that where it matters (see `ParentSetup`).
     let mut parent = ParentSetup {
@@ -99,15 +93,10 @@ fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
             .context("setuid 0 in the user namespace")?;
     }
     if !a.plan.direct {
-        let offsets = a
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(crate::namespaces::time_offsets_text);
-        a.plan.enter_late(offsets.as_deref())?;
+        a.plan.enter_late()?;
         if a.plan.fork_init {
             crate::sync::fork_reported(chan)?;
-            die_with_parent();
+            crate::sync::die_with_parent(chan);
         }
     }
     init_steps(a, chan, &mut parent)
@@ -130,7 +119,7 @@ impl ParentSetup {
         self.done = true;
         if self.direct {
             // Only the cgroup namespace is left to create (see namespaces::Plan).
-            a.plan.enter_late(None)?;
+            a.plan.enter_late()?;
         }
         Ok(())
     }
@@ -145,10 +134,6 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let hooks = spec.hooks().as_ref();
     let linux = spec.linux().as_ref();
 
-    if let Some(adj) = process.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .with_context(|| format!("process.oomScoreAdj {adj}"))?;
-    }
     rootfs::prepare(
         spec,
         a.bundle,
@@ -195,7 +180,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     }
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     process::set_scheduling(process, linux.and_then(|l| l.personality().as_ref()))?;
-    enter_cwd(process)?;
+    process::enter_cwd(process.cwd(), true)?;
     let args = process.args().as_deref().unwrap_or_default();
     let mut env = process.env().clone().unwrap_or_default();
     if a.listen_fds > 0 {
@@ -213,18 +198,25 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(&env)?;
 
-    // Set-up is done. From here on the parent may be gone: errors go to stderr.
+    // Set-up is done. The parent may exit once it has recorded us, so pdeathsig goes now;
+    // until the parent says the state is saved (Created), its death shows as EOF on the
+    // channel and we die all the same: a container that was never recorded never outlives
+    // its `create`. From then on errors go to stderr.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     chan.send(&Message::Ready)?;
-    // Held open (close-on-exec) until exec: its closing tells `start` or `run` that the
-    // program now runs, so poststart hooks come after it, as the spec asks.
-    let _started = match wait_for_start(a, chan) {
-        Ok(fd) => fd,
+    if chan.expect(Message::Created).is_err() {
+        // SAFETY: the parent died or gave up on us: nobody to report to.
+        unsafe { libc::_exit(1) }
+    }
+    // The exec fifo (or, for `run`, the channel) stays open close-on-exec until exec: its
+    // closing tells `start` or `run` that the program now runs, so poststart hooks come
+    // after it, as the spec asks.
+    if wait_for_start(a, chan).is_err() {
         // `delete` killed us, or the parent of `run` died: nobody to report to.
         // SAFETY: as above.
-        Err(_) => unsafe { libc::_exit(1) },
-    };
+        unsafe { libc::_exit(1) }
+    }
     let Err(e) = finish(
         a,
         process,
@@ -271,20 +263,45 @@ pub fn setup_terminal(chan: &Channel) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<Option<OwnedFd>> {
+fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<()> {
     if a.foreground {
-        return chan.expect(Message::Start).map(|()| None);
+        return chan.expect(Message::Start);
     }
-    // Opening a fifo for writing blocks until `lrun start` opens it for reading.
-    let fifo = openat(
-        a.state_dir.as_fd(),
-        FIFO_FILE,
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context("open exec fifo")?;
-    nix::unistd::write(&fifo, b"0").context("write exec fifo")?;
-    Ok(Some(fifo))
+    let fifo = a.exec_fifo.context("no exec fifo to wait on")?;
+    block_until_read(fifo)
+}
+
+/// Block until `lrun start` reads from the exec fifo: fill the pipe without blocking, then
+/// write one more byte, which waits until `start` has drained a page (start reads until EOF,
+/// which comes when we exec and the close-on-exec fd goes).
+fn block_until_read(fifo: &OwnedFd) -> Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{FcntlArg, fcntl};
+    // One page is all there is to fill (fails only for unprivileged users: then 16 pages).
+    let _ = fcntl(fifo, FcntlArg::F_SETPIPE_SZ(4096));
+    let flags =
+        OFlag::from_bits_truncate(fcntl(fifo, FcntlArg::F_GETFL).context("fcntl exec fifo")?);
+    fcntl(fifo, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).context("fcntl exec fifo")?;
+    let page = [b'0'; 4096];
+    // Whole pages, then single bytes into what is left of the last page: afterwards no write
+    // can merge into a partly used page, so the next one needs `start` to free a whole page.
+    for chunk in [&page[..], &page[..1]] {
+        loop {
+            match nix::unistd::write(fifo, chunk) {
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(e) => return Err(e).context("write exec fifo"),
+            }
+        }
+    }
+    fcntl(fifo, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).context("fcntl exec fifo")?;
+    loop {
+        match nix::unistd::write(fifo, b"0") {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("write exec fifo"),
+        }
+    }
 }
 
 fn finish(
@@ -300,20 +317,6 @@ fn finish(
         hooks::run_all("startContainer", h.start_container().as_ref(), state_json)?;
     }
     process::secure_and_exec(process, a.seccomp, agent, a.preserve_fds, exe, argv, envp)
-}
-
-fn enter_cwd(process: &Process) -> Result<()> {
-    let cwd = process.cwd();
-    if let Err(e) = std::env::set_current_dir(cwd) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(e).with_context(|| format!("process.cwd {}", cwd.display()));
-        }
-        // As runc: a missing working directory is created.
-        std::fs::create_dir_all(cwd)
-            .with_context(|| format!("create process.cwd {}", cwd.display()))?;
-        std::env::set_current_dir(cwd).with_context(|| format!("process.cwd {}", cwd.display()))?;
-    }
-    Ok(())
 }
 
 fn set_domainname(name: &str) -> Result<()> {

@@ -12,6 +12,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod container;
 pub mod exec;
+pub mod fds;
 pub mod foreground;
 pub mod hooks;
 pub mod init;

@@ -103,7 +103,8 @@ impl Plan {
                 direct,
                 clone_flags: CloneFlags::empty(),
                 join,
-                unshare_flags: new - CloneFlags::CLONE_NEWUSER,
+                // The time namespace comes early, with the user one (see enter_early).
+                unshare_flags: new - CloneFlags::CLONE_NEWUSER - flag(LinuxNamespaceType::Time),
                 unshare_user: new_user,
                 fork_init: has(CloneFlags::CLONE_NEWPID) || new_time || joins_pid,
                 new_user,
@@ -123,19 +124,19 @@ impl Plan {
         if self.unshare_user {
             unshare(CloneFlags::CLONE_NEWUSER).context("unshare the user namespace")?;
         }
+        if self.new_time {
+            // Before the parent's set-up: the parent writes its offsets (our own /proc files
+            // are root's, lrun being non-dumpable, so in a user namespace we could not).
+            unshare(flag(LinuxNamespaceType::Time)).context("unshare the time namespace")?;
+        }
         Ok(())
     }
 
     /// First child, after the parent's set-up: create the remaining namespaces.
-    pub fn enter_late(&self, time_offsets: Option<&str>) -> Result<()> {
+    pub fn enter_late(&self) -> Result<()> {
         if !self.unshare_flags.is_empty() {
             unshare(self.unshare_flags)
                 .with_context(|| format!("unshare namespaces {:?}", self.unshare_flags))?;
-        }
-        if let Some(offsets) = time_offsets.filter(|_| self.new_time) {
-            // Offsets can only be set before any process lives in the new time namespace.
-            std::fs::write("/proc/self/timens_offsets", offsets)
-                .context("write /proc/self/timens_offsets (linux.timeOffsets)")?;
         }
         Ok(())
     }
@@ -163,7 +164,17 @@ pub fn write_id_maps(pid: i32, linux: &Linux) -> Result<()> {
     Ok(())
 }
 
-/// The text of /proc/self/timens_offsets for linux.timeOffsets.
+/// Set the offsets of the time namespace a child created (the parent does this, before any
+/// process lives in that namespace, which is when the kernel still accepts them).
+pub fn write_time_offsets(pid: i32, linux: &Linux) -> Result<()> {
+    if let Some(text) = time_offsets_text(linux) {
+        std::fs::write(format!("/proc/{pid}/timens_offsets"), text)
+            .context("write timens_offsets (linux.timeOffsets)")?;
+    }
+    Ok(())
+}
+
+/// The text of /proc/PID/timens_offsets for linux.timeOffsets.
 pub fn time_offsets_text(linux: &Linux) -> Option<String> {
     let offsets = linux.time_offsets().as_ref()?;
     let mut text = String::new();

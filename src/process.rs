@@ -142,6 +142,43 @@ pub fn set_no_new_privs() -> Result<()> {
     Ok(())
 }
 
+/// Change to process.cwd, then check that it lies inside the container's root: a path through
+/// an fd (`/proc/self/fd/N`) can lead anywhere that fd points to. With `create_missing`, a
+/// missing directory is created first (as runc does for the init).
+pub fn enter_cwd(cwd: &Path, create_missing: bool) -> Result<()> {
+    if let Err(e) = std::env::set_current_dir(cwd) {
+        if !create_missing || e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e).with_context(|| format!("process.cwd {}", cwd.display()));
+        }
+        std::fs::create_dir_all(cwd)
+            .with_context(|| format!("create process.cwd {}", cwd.display()))?;
+        std::env::set_current_dir(cwd).with_context(|| format!("process.cwd {}", cwd.display()))?;
+    }
+    if !cwd_is_under_root().with_context(|| format!("process.cwd {}", cwd.display()))? {
+        bail!(
+            "process.cwd {}: leads outside the container's root filesystem",
+            cwd.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the working directory can be reached from the process's root. The kernel's
+/// getcwd(2) prefixes "(unreachable)" otherwise (glibc's wrapper hides that as ENOENT).
+fn cwd_is_under_root() -> Result<bool> {
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: getcwd writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("getcwd");
+    }
+    Ok(cwd_text_is_reachable(&buf[..rc as usize]))
+}
+
+fn cwd_text_is_reachable(text: &[u8]) -> bool {
+    text.first() == Some(&b'/')
+}
+
 /// Find process.args[0] the way execvp would, using the container's PATH (call after
 /// pivot_root, so the lookup happens inside the container).
 pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
@@ -196,30 +233,25 @@ pub fn reset_signals() {
 
 /// Leave only stdio and the first `preserve` extra fds open across exec.
 pub fn close_fds_on_exec(preserve: i32) {
-    let first = 3 + preserve.max(0) as u32;
-    // SAFETY: close_range with CLOEXEC only flags descriptors; failure (old kernel) is
-    // harmless because every fd lrun opens is already O_CLOEXEC.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    for fd in 3..first as i32 {
-        // SAFETY: fcntl on fds the caller asked to pass through.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            }
-        }
-    }
+    crate::fds::cloexec_from(3 + preserve.max(0));
+    crate::fds::keep_open_across_exec(preserve);
 }
 
-/// The last steps of every container process (init or exec): seccomp, user, capabilities,
-/// no_new_privs, clean signals and fds, exec. Without no_new_privs, loading a filter needs
+/// PR_SET_DUMPABLE. lrun runs non-dumpable from its first line: until `execve` a process in
+/// the container's namespaces is still lrun's binary running as root, and a dumpable one would
+/// let the container open `/proc/PID/exe` for writing (CVE-2019-5736) or ptrace it. execve
+/// resets the flag for the container's program.
+pub fn set_dumpable(on: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE)");
+    }
+    Ok(())
+}
+
+/// The last steps of every container process (init or exec): fds, seccomp, user,
+/// capabilities, no_new_privs, clean signals, exec. Without no_new_privs, loading a filter needs
 /// CAP_SYS_ADMIN, so it happens before capabilities are dropped; with it, as late as possible.
 pub fn secure_and_exec(
     process: &Process,
@@ -230,6 +262,8 @@ pub fn secure_and_exec(
     argv: &[CString],
     envp: &[CString],
 ) -> Result<std::convert::Infallible> {
+    // First: the filter may deny close_range, and a caller's fd must not reach the program.
+    close_fds_on_exec(preserve_fds);
     let nnp = process.no_new_privileges() == Some(true);
     if let (Some(f), false) = (seccomp, nnp) {
         load_filter(f, &mut agent)?;
@@ -242,7 +276,6 @@ pub fn secure_and_exec(
         }
     }
     reset_signals();
-    close_fds_on_exec(preserve_fds);
     nix::unistd::execve(exe, argv, envp).with_context(|| format!("exec {exe:?}"))?;
     unreachable!("execve returned without an error")
 }
@@ -348,4 +381,21 @@ fn set_scheduler(s: &oci_spec::runtime::Scheduler) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("process.scheduler (sched_setattr)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_cwd_text_is_refused() {
+        assert!(cwd_text_is_reachable(b"/srv/app\0"));
+        assert!(!cwd_text_is_reachable(b"(unreachable)/etc\0"));
+        assert!(!cwd_text_is_reachable(b""));
+    }
+
+    #[test]
+    fn own_cwd_is_under_root() {
+        assert!(cwd_is_under_root().expect("getcwd"));
+    }
 }

@@ -27,8 +27,10 @@ pub enum Message {
     RuntimeHooksDone(i32),
     /// Init: the pty master of a terminal container (sent with the fd).
     Pty,
-    /// Init: set-up is complete; it now waits for `start`.
+    /// Init: set-up is complete; it waits for Created.
     Ready,
+    /// Parent: the container is recorded as created; from now on the init outlives `create`.
+    Created,
     /// Parent (`run`): start now (instead of the exec fifo).
     Start,
     /// Either side: set-up failed, with the reason.
@@ -132,8 +134,32 @@ impl Channel {
         }
     }
 
+    /// Whether the other end is closed (its process died), without waiting.
+    pub fn peer_gone(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        // A closed peer of a seqpacket socket shows as POLLHUP, which poll always reports.
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::empty())];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// Die with the parent (`lrun create` or `lrun exec`), the process at the other end of
+/// `chan`. Set after clone or fork, when the parent may already be gone (and then no signal
+/// comes): its end of the channel is closed then, and we leave at once.
+pub fn die_with_parent(chan: &Channel) {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if chan.peer_gone() {
+        // SAFETY: nobody to report to; leave without running destructors.
+        unsafe { libc::_exit(1) }
     }
 }
 
@@ -157,4 +183,19 @@ pub fn fork_reported(chan: &Channel) -> Result<()> {
     // EOF once the intermediate has sent the pid and exited.
     while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&r, &mut byte) {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_gone_only_after_the_other_end_closes() {
+        let (a, b) = pair().expect("socketpair");
+        b.send(&Message::Ready).expect("send");
+        assert!(!a.peer_gone(), "a queued message is not a closed peer");
+        drop(b);
+        assert!(a.peer_gone());
+        assert_eq!(a.recv().expect("queued message"), Message::Ready);
+    }
 }

@@ -104,6 +104,20 @@ pub enum Command {
     Image(image::ImageCommand),
 }
 
+impl Command {
+    /// For the commands that start a container process: how many fds from 3 it passes on
+    /// (`--preserve-fds`, LISTEN_FDS). Every other fd the caller left open is closed.
+    fn passed_fds(&self) -> Option<i32> {
+        let listen = crate::container::socket_activation_fds;
+        match self {
+            Command::Create(a) => Some(a.preserve_fds.max(listen())),
+            Command::Run(a) => Some(a.create.preserve_fds.max(listen())),
+            Command::Exec(a) => Some(a.preserve_fds),
+            _ => None,
+        }
+    }
+}
+
 /// Global options every command needs.
 pub struct Globals {
     pub root: PathBuf,
@@ -129,6 +143,14 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    // Before anything else, and before any clone or setns into a container's namespaces.
+    if let Err(e) = crate::process::set_dumpable(false) {
+        eprintln!("lrun: {e:#}");
+        return 1;
+    }
+    if let Some(passed) = cli.command.passed_fds() {
+        crate::fds::close_from(3 + passed.max(0));
+    }
     logging::init(cli.log.as_deref(), cli.log_format, cli.debug);
     let globals = Globals {
         root: cli.root,

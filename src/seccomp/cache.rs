@@ -87,6 +87,9 @@ pub(super) fn store(dir: &Path, key: &[u8], program: &[u8]) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("create {}", dir.display()))?;
+    // Root's only, also when an older lrun made it with the umask's mode.
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))?;
     trim(dir);
     let name = file_name(key);
     let path = dir.join(&name);
