@@ -673,3 +673,29 @@ fn capabilities_never_reach_the_inheritable_set() {
         );
     }
 }
+
+/// CVE-2026-30892 class (crun parsed `exec -u 1` as uid 0): `--user UID[:GID]` gives exactly
+/// that uid and gid, gid 0 when absent, never root for a non-zero uid.
+#[test]
+fn exec_user_is_parsed_as_given() {
+    let mut env = Env::new();
+    let b = env.bundle("exec-user", &["sleep", "100"]);
+    b.write();
+    let id = env.id("exec-user");
+    let (ok_run, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok_run, "{err}");
+    let ids = |user: &str| {
+        ok(&env.out(&[
+            "exec",
+            "--user",
+            user,
+            &id,
+            "sh",
+            "-c",
+            "echo $(id -u):$(id -g)",
+        ]))
+    };
+    let results = [ids("1"), ids("1000:1001"), ids("0:5")];
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+    assert_eq!(results, ["1:0\n", "1000:1001\n", "0:5\n"]);
+}
