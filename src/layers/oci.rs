@@ -719,6 +719,34 @@ impl Drop for TempDir {
     }
 }
 
+/// The parsers `import` runs on an image's untrusted bytes, callable without a store or mkfs:
+/// entry points for the fuzz targets in fuzz/, not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// index.json (and a nested index) to the manifest, its config, and the process settings.
+    pub fn image_config(
+        layout: &Path,
+        tag: Option<&str>,
+        passwd: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<ProcessConfig> {
+        let index: Value = read_json(&layout.join("index.json"))?;
+        let manifest_desc = pick_manifest(layout, &index, tag)?;
+        let manifest: Value = serde_json::from_slice(&read_blob(layout, &manifest_desc)?)
+            .context("parse the image manifest")?;
+        let config: Value = serde_json::from_slice(&read_blob(layout, &manifest["config"])?)
+            .context("parse the image config")?;
+        process_config(&config["config"], passwd, group)
+    }
+
+    /// One layer blob (tar, or gzip'd tar) extracted into `tree`; returns its diff id.
+    pub fn extract(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
+        extract_layer(layout, desc, tree)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
