@@ -59,7 +59,12 @@ fuzz_target!(|input: &[u8]| {
     let Some((offset, rest)) = input.split_first_chunk::<8>() else {
         return;
     };
+    let Some((total, rest)) = rest.split_first_chunk::<8>() else {
+        return;
+    };
     let offset = u64::from_le_bytes(*offset);
+    // The size the verified header declares: the source must never deliver more.
+    let total = u64::from_le_bytes(*total) % (4 * BODY_MAX);
     let base = server();
     {
         let mut q = RESPONSES.lock().expect("responses");
@@ -70,7 +75,7 @@ fuzz_target!(|input: &[u8]| {
     let d = Digest::of(b"layer");
     let _ = src.lookup("app", "1.0");
     let _ = src.header(&d);
-    if let Ok(mut body) = src.open(&d, offset) {
+    if let Ok(mut body) = src.open(&d, offset, total) {
         let _ = std::io::copy(&mut (&mut body.reader).take(BODY_MAX), &mut std::io::sink());
     }
 });

@@ -59,7 +59,7 @@ fuzz_target!(|input: &[u8]| {
         fs::create_dir_all(&layers).expect("create layers/sha256");
         let p = layers.join(format!("{}.{}", claimed.hex(), header::EXTENSION));
         write_sparse(&p, &bytes, file_len);
-        let src = Source::Dir(dir.0.clone());
+        let src = Source::parse(dir.0.to_str().expect("a UTF-8 scratch path")).expect("a directory source");
         if let Ok(Some(h)) = src.header(&claimed) {
             check_round_trip(&h, claimed, &bytes);
         }

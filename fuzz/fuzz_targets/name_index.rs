@@ -36,7 +36,7 @@ fuzz_target!(|input: &[u8]| {
     let at = dir.0.join("index").join(&name);
     fs::create_dir_all(&at).expect("create the index directory");
     fs::write(at.join(&version), entry).expect("write the index entry");
-    let src = Source::Dir(dir.0.clone());
+    let src = Source::parse(dir.0.to_str().expect("a UTF-8 scratch path")).expect("a directory source");
     match src.lookup(&name, &version) {
         Ok(Some(d)) => {
             let text = std::str::from_utf8(entry).expect("a digest was read from text");
