@@ -715,3 +715,52 @@ fn user_namespace_setup_works_while_non_dumpable() {
     let words: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(words, ["300", "monotonic", "4242", "0", "0"], "{out}");
 }
+
+/// The same through a sibling: container B joins container A's pid namespace, so every
+/// `lrun run` of B puts lrun's init (lrun's binary until it execs) in A's view, where the
+/// attacker scans /proc for it.
+#[test]
+fn sibling_in_a_shared_pid_namespace_never_reaches_the_runtime_binary() {
+    let mut env = Env::new();
+    let Some(a) = attack_bundle(&env, &["sleep", "1000"]) else {
+        return;
+    };
+    let lrun = LrunCopy::new(&env);
+    let id_a = env.id("exe-sib-a");
+    assert!(
+        lrun.cmd(&env)
+            .args(["run", "-d", "--bundle", a.path(), &id_a])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let pid_a = env.state(&id_a)["pid"].as_i64().unwrap();
+    let mut b = env.bundle("exe-sib-b", &["true"]);
+    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "pid" {
+            ns["path"] = serde_json::json!(format!("/proc/{pid_a}/ns/pid"));
+        }
+    }
+    b.write();
+    let report = start_attacker(&env, &lrun, &id_a, "scan", "3");
+    let end = Instant::now() + Duration::from_millis(2500);
+    let mut runs = 0;
+    while Instant::now() < end {
+        let id_b = env.id("exe-sib-b");
+        let st = lrun
+            .cmd(&env)
+            .args(["run", "--bundle", b.path(), &id_b])
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            break;
+        }
+        runs += 1;
+    }
+    let r = read_report(&report);
+    assert!(runs > 0, "no sibling container ran");
+    assert!(
+        r.contains(" got 0 "),
+        "the sibling opened lrun's exe: {r} ({runs} runs)"
+    );
+    lrun.assert_unchanged();
+}
