@@ -2,7 +2,7 @@
 //!
 //! Module map (see runtime-spec/design.md):
 //! - `cli`: one file per command, thin; parses flags and calls the engine.
-//! - `container`: the create/start/delete lifecycle, top to bottom.
+//! - `container`: the engine, one file per verb (create reads top to bottom).
 //! - `bundle`: config.json loading and validation.
 //! - `state`: the state directory (atomic writes, locks, status).
 //! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`: one concern each.
@@ -10,12 +10,10 @@
 pub mod bundle;
 pub mod cgroups;
 pub mod cli;
+pub mod config_template;
 pub mod container;
-pub mod exec;
 pub mod fds;
-pub mod foreground;
 pub mod hooks;
-pub mod init;
 pub mod layers;
 pub mod logging;
 pub mod namespaces;

@@ -141,20 +141,3 @@ pub fn check_terminal_options(
     }
     Ok(())
 }
-
-/// Take the pty master the container process sends, and hand it to the console socket (then
-/// None) or return it for the caller to proxy.
-pub fn receive_pty(
-    chan: &crate::sync::Channel,
-    console_socket: Option<&Path>,
-) -> Result<Option<OwnedFd>> {
-    use crate::sync::Message;
-    match chan.recv_with_fd()? {
-        (Message::Pty, Some(master)) => match console_socket {
-            Some(sock) => send_to_console_socket(sock, master.as_fd()).map(|()| None),
-            None => Ok(Some(master)),
-        },
-        (Message::Error(e), _) => bail!("{e}"),
-        (m, _) => bail!("sync protocol: expected the pty, got {m:?}"),
-    }
-}

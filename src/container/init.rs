@@ -1,4 +1,4 @@
-//! The container side of `create`: runs in the process(es) cloned by `container::create`,
+//! The container side of `create`: runs in the process(es) cloned by `create`,
 //! enters the namespaces, builds the root filesystem, waits for `start`, and execs.
 //!
 //! Order (each step says why it sits where it does):
@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -22,11 +22,11 @@ use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Uid, setresgid, setresuid};
 use oci_spec::runtime::{Process, Spec};
 
+use crate::hooks;
 use crate::namespaces::Plan;
 use crate::process;
 use crate::rootfs;
 use crate::sync::{Channel, Message};
-use crate::{hooks, terminal};
 
 /// What the parent hands to the child (the child has a copy of the parent's memory).
 pub struct InitArgs<'a> {
@@ -139,13 +139,19 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         a.bundle,
         a.rootfs,
         a.plan.new_user,
-        a.notify_dir,
+        a.notify_dir
+            .map(|host| rootfs::HostDir {
+                host,
+                container: Path::new(crate::notify::CONTAINER_DIR),
+                what: "notify socket",
+            })
+            .as_ref(),
         &mut || parent.wait(a, chan),
     )?;
     parent.wait(a, chan)?;
 
     let mut host_pid = 0;
-    if crate::container::needs_runtime_hooks(spec) {
+    if hooks::needs_runtime_hooks(spec) {
         chan.send(&Message::RunRuntimeHooks)?;
         match chan.recv()? {
             Message::RuntimeHooksDone(p) => host_pid = p,
@@ -153,8 +159,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
             m => anyhow::bail!("sync protocol: unexpected {m:?}"),
         }
     }
-    let state_json =
-        |status: &str| crate::container::hook_state(a.id, status, host_pid, a.bundle, spec);
+    let state_json = |status: &str| hooks::hook_state(a.id, status, host_pid, a.bundle, spec);
     if let Some(h) = hooks {
         hooks::run_all(
             "createContainer",
@@ -169,7 +174,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     crate::sysctl::apply(linux.and_then(|l| l.sysctl().as_ref()))?;
     rootfs::finalize(spec)?;
     if process.terminal() == Some(true) {
-        setup_terminal(chan)?;
+        super::console::setup_terminal(chan)?;
     }
 
     if let Some(name) = spec.hostname().as_deref() {
@@ -250,17 +255,8 @@ fn connect_seccomp_agent(a: &InitArgs) -> Result<Option<crate::seccomp::Agent>> 
         .ok()
         .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
         .context("read our host pid from /proc/self")?;
-    let state = crate::container::hook_state(a.id, "creating", pid, a.bundle, a.spec);
+    let state = hooks::hook_state(a.id, "creating", pid, a.bundle, a.spec);
     crate::seccomp::Agent::connect(path, pid, s.listener_metadata().as_deref(), state).map(Some)
-}
-
-/// A pty from the container's own devpts becomes the process's terminal; the master goes to
-/// the parent (for the console socket or its own terminal).
-pub fn setup_terminal(chan: &Channel) -> Result<()> {
-    let (master, slave) = terminal::open_pty()?;
-    terminal::become_session_leader_on(&slave)?;
-    chan.send_with_fd(&Message::Pty, Some(master.as_raw_fd()))?;
-    Ok(())
 }
 
 fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<()> {

@@ -18,8 +18,8 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
-use crate::container::{Runtime, write_pid_file};
-use crate::foreground;
+use super::foreground;
+use super::{Runtime, write_pid_file};
 use crate::namespaces;
 use crate::process;
 use crate::state::{CONFIG_FILE, Status};
@@ -115,7 +115,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
 
 fn finish_parent(chan: &Channel, terminal: bool, opts: &ExecOptions) -> Result<Option<OwnedFd>> {
     let pty = match terminal {
-        true => terminal::receive_pty(chan, opts.console_socket)?,
+        true => super::console::receive_pty(chan, opts.console_socket)?,
         false => None,
     };
     chan.expect(Message::Ready)?;
@@ -196,7 +196,7 @@ fn exec_process(
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(env)?;
     if process.terminal() == Some(true) {
-        crate::init::setup_terminal(chan)?;
+        super::console::setup_terminal(chan)?;
     }
     // SAFETY: prctl with integer arguments; from here the process belongs to the container.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
