@@ -38,7 +38,7 @@ pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {
     // nothing; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
             crate::fds::cloexec_from(3);
             Ok(())
         });

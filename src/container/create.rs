@@ -24,7 +24,7 @@ use crate::notify;
 use crate::rootfs;
 use crate::state::{self, ContainerState, FIFO_FILE, process_start_time};
 use crate::sync::{self, Channel, Message};
-use crate::utils::{self, validate_id, write_atomic};
+use crate::utils::{self, Forked, SingleThreaded, clone_fork, validate_id, write_atomic};
 
 #[derive(Clone)]
 pub struct CreateOptions<'a> {
@@ -171,12 +171,15 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
         seccomp: seccomp.as_ref(),
     };
-    // SAFETY: lrun is single-threaded; the child only runs init code and then execs or exits.
-    let first = unsafe { utils::clone_fork(plan.clone_flags) }?;
-    if first == 0 {
-        drop(chan);
-        init::child_main(&args, child_chan);
-    }
+    // The child only runs init code and then execs or exits.
+    let one_thread = SingleThreaded::check()?;
+    let first = match clone_fork(&one_thread, plan.clone_flags)? {
+        Forked::Child(one_thread) => {
+            drop(chan);
+            init::child_main(&args, &one_thread, child_chan);
+        }
+        Forked::Parent(pid) => pid,
+    };
     drop(child_chan);
     // Only the init may hold the fifo open: `start` waits for the last writer to go.
     drop(exec_fifo);

@@ -27,6 +27,7 @@ use crate::namespaces::Plan;
 use crate::process;
 use crate::rootfs;
 use crate::sync::{Channel, Message};
+use crate::utils::SingleThreaded;
 
 /// What the parent hands to the child (the child has a copy of the parent's memory).
 pub struct InitArgs<'a> {
@@ -53,10 +54,10 @@ pub struct InitArgs<'a> {
 }
 
 /// Entry point of the first child. Never returns.
-pub fn child_main(a: &InitArgs, chan: Channel) -> ! {
+pub fn child_main(a: &InitArgs, one_thread: &SingleThreaded, chan: Channel) -> ! {
     // SAFETY: closing our inherited copy of the parent's lock fd.
     unsafe { libc::close(a.lock_fd) };
-    match child_steps(a, &chan) {
+    match child_steps(a, one_thread, &chan) {
         Ok(never) => match never {},
         Err(e) => {
             let msg = format!("{e:#}");
@@ -69,7 +70,7 @@ pub fn child_main(a: &InitArgs, chan: Channel) -> ! {
     }
 }
 
-fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
+fn child_steps(a: &InitArgs, one_thread: &SingleThreaded, chan: &Channel) -> Result<Infallible> {
     crate::sync::die_with_parent(chan);
     // Whether the parent has written id maps and joined us to the cgroups yet. In the direct
     // case the child only waits for that where it matters (see `ParentSetup`).
@@ -95,7 +96,7 @@ fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     if !a.plan.direct {
         a.plan.enter_late()?;
         if a.plan.fork_init {
-            crate::sync::fork_reported(chan)?;
+            crate::sync::fork_reported(one_thread, chan)?;
             crate::sync::die_with_parent(chan);
         }
     }
@@ -207,8 +208,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     // until the parent says the state is saved (Created), its death shows as EOF on the
     // channel and we die all the same: a container that was never recorded never outlives
     // its `create`. From then on errors go to stderr.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Message::Ready)?;
     if chan.expect(Message::Created).is_err() {
         // SAFETY: the parent died or gave up on us: nobody to report to.
@@ -316,12 +316,8 @@ fn finish(
 }
 
 fn set_domainname(name: &str) -> Result<()> {
-    let c = CString::new(name).context("domainname contains a NUL byte")?;
-    // SAFETY: pointer and length of a valid C string.
-    let rc = unsafe { libc::setdomainname(c.as_ptr(), name.len()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("domainname {name:?}"));
-    }
-    Ok(())
+    CString::new(name).context("domainname contains a NUL byte")?;
+    rustix::system::setdomainname(name.as_bytes())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("domainname {name:?}"))
 }
