@@ -47,7 +47,7 @@ impl Bundle {
             .as_ref()
             .context("config.json: process is required")?;
         let terminal = process.terminal() == Some(true);
-        crate::terminal::check_terminal_options(terminal, opts.console_socket, opts.foreground)?;
+        check_terminal_options(terminal, opts.console_socket, opts.foreground)?;
         let linux = spec.linux().as_ref();
         let has_ns = |t| {
             linux
@@ -109,6 +109,21 @@ pub struct Checked {
     pub seccomp: Option<crate::seccomp::Filter>,
     /// process.terminal
     pub terminal: bool,
+}
+
+/// process.terminal against the command's options: a terminal needs somewhere to go.
+pub fn check_terminal_options(
+    terminal: bool,
+    console_socket: Option<&Path>,
+    foreground: bool,
+) -> Result<()> {
+    if terminal && console_socket.is_none() && !foreground {
+        bail!("process.terminal is true: --console-socket is required (or run in the foreground)");
+    }
+    if !terminal && console_socket.is_some() {
+        bail!("--console-socket given but process.terminal is false");
+    }
+    Ok(())
 }
 
 /// Parse and validate config.json text.

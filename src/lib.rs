@@ -1,11 +1,12 @@
 //! lrun: an OCI container runtime whose root filesystems are stacks of read-only layer images.
 //!
 //! Module map (see runtime-spec/design.md):
-//! - `cli`: one file per command, thin; parses flags and calls the engine.
+//! - `cli`: one file per command, thin; parses flags, calls the engine once, prints.
 //! - `container`: the engine, one file per verb (create reads top to bottom).
-//! - `bundle`: config.json loading and validation.
+//! - `bundle`: config.json loading and the one validation pass before create's side effects.
 //! - `state`: the state directory (atomic writes, locks, status).
-//! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`: one concern each.
+//! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`, `terminal`,
+//!   `notify`, `sync`: one concern each, driven by `container` only.
 
 pub mod bundle;
 pub mod cgroups;

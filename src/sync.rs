@@ -2,6 +2,10 @@
 //!
 //! A SOCK_SEQPACKET socketpair keeps message boundaries, and a peer that dies shows up as EOF,
 //! so neither side can hang on the other's crash.
+//!
+//! Who sends which message in which order, for create (direct and through an intermediate),
+//! a foreground run and exec: the sequence tables in runtime-spec/design.md ("Parent/child
+//! protocol"). Keep them in step with the `Message` variants below.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 
@@ -107,18 +107,4 @@ pub fn pump(from: BorrowedFd, to: BorrowedFd) -> bool {
         }
     }
     true
-}
-
-pub fn check_terminal_options(
-    terminal: bool,
-    console_socket: Option<&Path>,
-    foreground: bool,
-) -> Result<()> {
-    if terminal && console_socket.is_none() && !foreground {
-        bail!("process.terminal is true: --console-socket is required (or run in the foreground)");
-    }
-    if !terminal && console_socket.is_some() {
-        bail!("--console-socket given but process.terminal is false");
-    }
-    Ok(())
 }

@@ -24,7 +24,6 @@ use crate::namespaces;
 use crate::process;
 use crate::state::{CONFIG_FILE, Status};
 use crate::sync::{self, Channel, Message};
-use crate::terminal;
 use crate::utils::{Forked, SingleThreaded, clone_fork};
 
 pub struct ExecOptions<'a> {
@@ -52,7 +51,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     }
     let spec = container_spec(rt, opts.id)?;
     let terminal = opts.process.terminal() == Some(true);
-    terminal::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
+    crate::bundle::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
     let joins = namespaces_of(st.pid)?;
     // setns into a mount namespace puts the caller at the namespace's root mount, which is
     // not the container's root when the host itself runs chrooted: enter the init's root.
