@@ -189,12 +189,9 @@ pub fn main() -> i32 {
         }
     };
     // Before anything else, and before any clone or setns into a container's namespaces.
-    if let Err(e) = crate::process::set_dumpable(false) {
+    if let Err(e) = crate::container::secure_process(cli.command.passed_fds()) {
         eprintln!("lrun: {e:#}");
         return 1;
-    }
-    if let Some(passed) = cli.command.passed_fds() {
-        crate::fds::close_from(3 + passed.max(0));
     }
     logging::init(cli.log.as_deref(), cli.log_format, cli.debug);
     let globals = Globals {

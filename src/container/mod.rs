@@ -58,6 +58,17 @@ impl Runtime {
     }
 }
 
+/// What every command does first, before any clone or setns into a container's namespaces:
+/// become non-dumpable, and for the commands that start a container process (`passed_fds`:
+/// how many fds from 3 it passes on) close every other fd the caller left open.
+pub fn secure_process(passed_fds: Option<i32>) -> Result<()> {
+    crate::process::set_dumpable(false)?;
+    if let Some(passed) = passed_fds {
+        crate::fds::close_from(3 + passed.max(0));
+    }
+    Ok(())
+}
+
 /// `--pid-file`: the container process's pid, written atomically as runc does.
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let path =
