@@ -72,16 +72,19 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .context("config.json: process is required")?;
     let linux = spec.linux().as_ref();
     let cgroup = cgroups::Manager::new(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
-
-    // 2. Claim the id: from here on, every failure goes through the guard.
-    // Recorded as layered before the layers are taken: a create killed while they are mounted
-    // leaves state that tells `delete --force` to release them.
     let layer_spec = layers::layer_spec(spec)?;
+
+    // 2. `--pull`: what the store lacks, before the id is claimed (the store is shared and
+    // keeps what was fetched, whatever happens to this container).
     if let Some(source) = opts.pull
         && let Some(ls) = &layer_spec
     {
         pull_missing(rt, source, ls)?;
     }
+
+    // 3. Claim the id: from here on, every failure goes through the guard.
+    // Recorded as layered before the layers are taken: a create killed while they are mounted
+    // leaves state that tells `delete --force` to release them.
     let layered = layer_spec.is_some();
     let states = rt.states();
     let dir = states.claim(opts.id)?;
@@ -119,7 +122,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     write_atomic(&dir.join(state::CONFIG_FILE), &bundle.raw, 0o600)
         .context("save config.json with the state")?;
 
-    // 3. Root filesystem: layers (if any) mounted in the host namespace.
+    // 4. Root filesystem: layers (if any) mounted in the host namespace.
     match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir)? {
         Some(merged) => {
             st.rootfs = merged;
@@ -128,7 +131,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         None => rootfs::check_exists(&st.rootfs)?,
     }
 
-    // 4. cgroups, before any container process exists.
+    // 5. cgroups, before any container process exists.
     guard.cgroup = Some(cgroup.clone());
     cgroup.create()?;
     // Always applied: even without resources the device list has defaults to enforce.
@@ -139,13 +142,13 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
     cgroup.set_with_devices(resources, &[])?;
 
-    // 5. The exec fifo that holds the init until `start`, inherited by the init as an fd.
+    // 6. The exec fifo that holds the init until `start`, inherited by the init as an fd.
     let exec_fifo = match opts.foreground {
         true => None,
         false => Some(make_fifo(&dir.join(FIFO_FILE))?),
     };
 
-    // 6. The container process.
+    // 7. The container process.
     let listen_fds = socket_activation_fds();
     let notify_dir = dir.join("notify");
     let mut relay = None;
@@ -241,7 +244,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     };
     chan.expect(Message::Ready)?;
 
-    // 7. Done: record it, and only then let go of the guard.
+    // 8. Done: record it, and only then let go of the guard.
     st.pid_start_time =
         process_start_time(pid).context("the container process exited during create")?;
     st.created_ok = true;
