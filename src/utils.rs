@@ -81,14 +81,18 @@ pub fn remove_file_if_exists(path: &Path) -> Result<()> {
 pub struct SingleThreaded(());
 
 impl SingleThreaded {
-    /// Count our threads (/proc/self/status); more than one is an error, never a guess.
+    /// Count our threads (/proc/self/stat, cheaper to make than status); more than one is an
+    /// error, and so is not being able to tell.
     pub fn check() -> Result<Self> {
-        let status = fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
-        let threads: usize = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|n| n.trim().parse().ok())
-            .context("/proc/self/status: no Threads line")?;
+        let stat = fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
+        // The command name may contain spaces and parentheses: split after the last ')'.
+        // The rest starts at field 3 (state); num_threads is field 20.
+        let threads: usize = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..))
+            .and_then(|rest| rest.split(' ').nth(17))
+            .and_then(|n| n.parse().ok())
+            .context("/proc/self/stat: no thread count")?;
         if threads != 1 {
             bail!("lrun has {threads} threads: forking without exec needs exactly one");
         }
