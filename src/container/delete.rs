@@ -17,6 +17,10 @@ use crate::state::{self, Status, process_alive};
 pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
     let states = rt.states();
     let dir = states.container_dir(id)?;
+    // runc: deleting an unknown container with --force is not an error.
+    if force && !dir.exists() {
+        return Ok(());
+    }
     if !dir.is_dir() {
         bail!("container {id:?} does not exist");
     }
