@@ -57,3 +57,17 @@ pub(super) fn signal_process(pid: i32, start_time: u64, sig: Signal) -> Result<(
         .map_err(std::io::Error::from)
         .with_context(|| format!("send {sig} to {pid}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_runc() {
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("SIGHUP").unwrap(), Signal::SIGHUP);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("999").is_err());
+    }
+}

@@ -70,7 +70,7 @@ pub fn secure_process(passed_fds: Option<i32>) -> Result<()> {
 }
 
 /// `--pid-file`: the container process's pid, written atomically as runc does.
-pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let path =
         std::path::absolute(path).with_context(|| format!("--pid-file {}", path.display()))?;
     write_atomic(&path, pid.to_string().as_bytes(), 0o644)
