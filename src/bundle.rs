@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use crate::namespaces::Plan;
+
 /// A loaded bundle: its directory (absolute) and parsed config.
 pub struct Bundle {
     pub dir: PathBuf,
@@ -34,6 +36,48 @@ impl Bundle {
         })
     }
 
+    /// Every check `create` makes before its first side effect, in one pass: the config's own
+    /// (done by `load`), then those that need the command's options or another module's
+    /// knowledge (terminal, namespaces, seccomp). Returns what those checks computed, so
+    /// nothing is worked out twice.
+    pub fn check_for_create(&self, opts: &CreateChecks) -> Result<Checked> {
+        let spec = &self.spec;
+        let process = spec
+            .process()
+            .as_ref()
+            .context("config.json: process is required")?;
+        let terminal = process.terminal() == Some(true);
+        check_terminal_options(terminal, opts.console_socket, opts.foreground)?;
+        let linux = spec.linux().as_ref();
+        let has_ns = |t| {
+            linux
+                .and_then(|l| l.namespaces().as_ref())
+                .is_some_and(|v| v.iter().any(|n| n.typ() == t))
+        };
+        if !has_ns(LinuxNamespaceType::Mount) {
+            bail!(
+                "linux.namespaces: lrun needs a mount namespace (the rootfs is set up inside it)"
+            );
+        }
+        if (spec.hostname().is_some() || spec.domainname().is_some())
+            && !has_ns(LinuxNamespaceType::Uts)
+        {
+            bail!("hostname: setting a hostname needs a uts namespace in linux.namespaces");
+        }
+        let plan = Plan::new(linux)?;
+        // Compiled once here (cached across containers): the filter is checked before
+        // anything exists, and the init only loads it.
+        let seccomp = linux
+            .and_then(|l| l.seccomp().as_ref())
+            .map(|s| crate::seccomp::prepare_cached(s, opts.seccomp_cache))
+            .transpose()?;
+        Ok(Checked {
+            plan,
+            seccomp,
+            terminal,
+        })
+    }
+
     /// The root directory as the spec says it: root.path relative to the bundle.
     pub fn rootfs(&self) -> Result<PathBuf> {
         let root = self
@@ -48,6 +92,38 @@ impl Bundle {
             self.dir.join(p)
         })
     }
+}
+
+/// What `create` was asked for, beyond the bundle, that its checks depend on.
+pub struct CreateChecks<'a> {
+    pub console_socket: Option<&'a Path>,
+    /// `run` in the foreground (a terminal is then proxied, no console socket needed).
+    pub foreground: bool,
+    /// Where compiled seccomp filters are cached.
+    pub seccomp_cache: &'a Path,
+}
+
+/// What the checks worked out, for `create` to use.
+pub struct Checked {
+    pub plan: Plan,
+    pub seccomp: Option<crate::seccomp::Filter>,
+    /// process.terminal
+    pub terminal: bool,
+}
+
+/// process.terminal against the command's options: a terminal needs somewhere to go.
+pub fn check_terminal_options(
+    terminal: bool,
+    console_socket: Option<&Path>,
+    foreground: bool,
+) -> Result<()> {
+    if terminal && console_socket.is_none() && !foreground {
+        bail!("process.terminal is true: --console-socket is required (or run in the foreground)");
+    }
+    if !terminal && console_socket.is_some() {
+        bail!("--console-socket given but process.terminal is false");
+    }
+    Ok(())
 }
 
 /// Parse and validate config.json text.

@@ -3,11 +3,12 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::{Hook, Spec};
 
 /// Run hooks in order; the first failure stops the sequence.
 pub fn run_all(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> Result<()> {
@@ -37,7 +38,7 @@ pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {
     // nothing; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
             crate::fds::cloexec_from(3);
             Ok(())
         });
@@ -68,4 +69,31 @@ pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {
         bail!("exited with {status}");
     }
     Ok(())
+}
+
+/// Whether the init must stop before pivot_root for hooks that need its pid.
+pub fn needs_runtime_hooks(spec: &Spec) -> bool {
+    spec.hooks().as_ref().is_some_and(|h| {
+        [
+            h.prestart(),
+            h.create_runtime(),
+            h.create_container(),
+            h.start_container(),
+        ]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
+    })
+}
+
+/// The state JSON given to hooks on stdin.
+pub fn hook_state(id: &str, status: &str, pid: i32, bundle: &Path, spec: &Spec) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ociVersion": spec.version(),
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": spec.annotations().clone().unwrap_or_default(),
+    }))
+    .unwrap_or_default()
 }

@@ -1,21 +1,20 @@
 //! lrun: an OCI container runtime whose root filesystems are stacks of read-only layer images.
 //!
 //! Module map (see runtime-spec/design.md):
-//! - `cli`: one file per command, thin; parses flags and calls the engine.
-//! - `container`: the create/start/delete lifecycle, top to bottom.
-//! - `bundle`: config.json loading and validation.
+//! - `cli`: one file per command, thin; parses flags, calls the engine once, prints.
+//! - `container`: the engine, one file per verb (create reads top to bottom).
+//! - `bundle`: config.json loading and the one validation pass before create's side effects.
 //! - `state`: the state directory (atomic writes, locks, status).
-//! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`: one concern each.
+//! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`, `terminal`,
+//!   `notify`, `sync`: one concern each, driven by `container` only.
 
 pub mod bundle;
 pub mod cgroups;
 pub mod cli;
+pub mod config_template;
 pub mod container;
-pub mod exec;
 pub mod fds;
-pub mod foreground;
 pub mod hooks;
-pub mod init;
 pub mod layers;
 pub mod logging;
 pub mod namespaces;

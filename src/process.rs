@@ -66,8 +66,7 @@ pub fn set_identity(process: &Process) -> Result<()> {
         }
     }
     let user = process.user();
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_keepcaps(true);
     let groups: Vec<Gid> = user
         .additional_gids()
         .iter()
@@ -86,8 +85,7 @@ pub fn set_identity(process: &Process) -> Result<()> {
         .with_context(|| format!("setgid {} (process.user.gid)", user.gid()))?;
     setresuid(uid, uid, uid)
         .with_context(|| format!("setuid {} (process.user.uid)", user.uid()))?;
-    // SAFETY: as above.
-    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_keepcaps(false);
     if let Some(umask) = user.umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     }
@@ -134,12 +132,7 @@ fn to_caps(set: Option<&Capabilities>) -> HashSet<caps::Capability> {
 }
 
 pub fn set_no_new_privs() -> Result<()> {
-    // SAFETY: prctl with integer arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
-    }
-    Ok(())
+    nix::sys::prctl::set_no_new_privs().context("prctl(PR_SET_NO_NEW_PRIVS)")
 }
 
 /// Change to process.cwd, then check that it lies inside the container's root: a path through
@@ -242,12 +235,7 @@ pub fn close_fds_on_exec(preserve: i32) {
 /// let the container open `/proc/PID/exe` for writing (CVE-2019-5736) or ptrace it. execve
 /// resets the flag for the container's program.
 pub fn set_dumpable(on: bool) -> Result<()> {
-    // SAFETY: prctl with integer arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE)");
-    }
-    Ok(())
+    nix::sys::prctl::set_dumpable(on).context("prctl(PR_SET_DUMPABLE)")
 }
 
 /// The last steps of every container process (init or exec): fds, seccomp, user,

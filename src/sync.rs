@@ -2,6 +2,10 @@
 //!
 //! A SOCK_SEQPACKET socketpair keeps message boundaries, and a peer that dies shows up as EOF,
 //! so neither side can hang on the other's crash.
+//!
+//! Who sends which message in which order, for create (direct and through an intermediate),
+//! a foreground run and exec: the sequence tables in runtime-spec/design.md ("Parent/child
+//! protocol"). Keep them in step with the `Message` variants below.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,6 +16,8 @@ use nix::sys::socket::{
     sendmsg, socketpair,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::utils::{Forked, SingleThreaded, clone_fork};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub enum Message {
@@ -155,8 +161,7 @@ impl Channel {
 /// `chan`. Set after clone or fork, when the parent may already be gone (and then no signal
 /// comes): its end of the channel is closed then, and we leave at once.
 pub fn die_with_parent(chan: &Channel) {
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if chan.peer_gone() {
         // SAFETY: nobody to report to; leave without running destructors.
         unsafe { libc::_exit(1) }
@@ -167,11 +172,10 @@ pub fn die_with_parent(chan: &Channel) {
 /// caller's parent) can wait for it; the caller reports its pid on `chan` and exits. Returns
 /// only in the new process, and only after the report is sent, so the parent always reads the
 /// pid before anything the new process says.
-pub fn fork_reported(chan: &Channel) -> Result<()> {
+pub fn fork_reported(one_thread: &SingleThreaded, chan: &Channel) -> Result<()> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-    // SAFETY: single-threaded caller (lrun never starts threads).
-    let pid = unsafe { crate::utils::clone_fork(nix::sched::CloneFlags::CLONE_PARENT) }?;
-    if pid != 0 {
+    let forked = clone_fork(one_thread, nix::sched::CloneFlags::CLONE_PARENT)?;
+    if let Forked::Parent(pid) = forked {
         drop(r);
         let sent = chan.send(&Message::InitPid(pid));
         drop(w);

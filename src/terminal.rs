@@ -3,11 +3,11 @@
 //! `lrun run` in the foreground share its own terminal with the container.
 
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 
@@ -19,41 +19,26 @@ pub fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
         nix::sys::stat::Mode::empty(),
     )
     .context("open /dev/ptmx in the container")?;
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK takes a pointer to an int.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("unlock pty");
-    }
+    rustix::pty::unlockpt(&master)
+        .map_err(std::io::Error::from)
+        .context("unlock pty")?;
     // TIOCGPTPEER opens the slave through the master: no path lookup that could be raced.
-    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd.
-    let slave = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY,
-        )
-    };
-    if slave < 0 {
-        return Err(std::io::Error::last_os_error()).context("open pty slave (TIOCGPTPEER)");
-    }
-    // SAFETY: a fresh fd from the kernel.
-    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+    use rustix::pty::OpenptFlags;
+    let slave = rustix::pty::ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
+        .map_err(std::io::Error::from)
+        .context("open pty slave (TIOCGPTPEER)")?;
+    Ok((master, slave))
 }
 
 /// Make `slave` the calling process's controlling terminal and its stdio.
 pub fn become_session_leader_on(slave: &OwnedFd) -> Result<()> {
     nix::unistd::setsid().context("setsid")?;
-    // SAFETY: TIOCSCTTY with 0 on a tty fd we own.
-    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("make the pty the controlling terminal");
-    }
-    for target in 0..3 {
-        // SAFETY: dup2 onto the standard descriptors.
-        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("dup2 pty onto stdio");
-        }
-    }
+    rustix::process::ioctl_tiocsctty(slave)
+        .map_err(std::io::Error::from)
+        .context("make the pty the controlling terminal")?;
+    nix::unistd::dup2_stdin(slave).context("dup2 pty onto stdio")?;
+    nix::unistd::dup2_stdout(slave).context("dup2 pty onto stdio")?;
+    nix::unistd::dup2_stderr(slave).context("dup2 pty onto stdio")?;
     Ok(())
 }
 
@@ -76,12 +61,8 @@ pub fn send_to_console_socket(path: &Path, master: BorrowedFd) -> Result<()> {
 
 /// Copy the window size of `from` (our terminal) to `to` (the container's pty).
 pub fn copy_window_size(from: BorrowedFd, to: BorrowedFd) {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a winsize struct.
-    unsafe {
-        if libc::ioctl(from.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(to.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-        }
+    if let Ok(ws) = rustix::termios::tcgetwinsize(from) {
+        let _ = rustix::termios::tcsetwinsize(to, ws);
     }
 }
 
@@ -126,35 +107,4 @@ pub fn pump(from: BorrowedFd, to: BorrowedFd) -> bool {
         }
     }
     true
-}
-
-pub fn check_terminal_options(
-    terminal: bool,
-    console_socket: Option<&Path>,
-    foreground: bool,
-) -> Result<()> {
-    if terminal && console_socket.is_none() && !foreground {
-        bail!("process.terminal is true: --console-socket is required (or run in the foreground)");
-    }
-    if !terminal && console_socket.is_some() {
-        bail!("--console-socket given but process.terminal is false");
-    }
-    Ok(())
-}
-
-/// Take the pty master the container process sends, and hand it to the console socket (then
-/// None) or return it for the caller to proxy.
-pub fn receive_pty(
-    chan: &crate::sync::Channel,
-    console_socket: Option<&Path>,
-) -> Result<Option<OwnedFd>> {
-    use crate::sync::Message;
-    match chan.recv_with_fd()? {
-        (Message::Pty, Some(master)) => match console_socket {
-            Some(sock) => send_to_console_socket(sock, master.as_fd()).map(|()| None),
-            None => Ok(Some(master)),
-        },
-        (Message::Error(e), _) => bail!("{e}"),
-        (m, _) => bail!("sync protocol: expected the pty, got {m:?}"),
-    }
 }

@@ -75,20 +75,51 @@ pub fn remove_file_if_exists(path: &Path) -> Result<()> {
     }
 }
 
+/// Proof that the process had one thread when it was made: fork (and clone without a new
+/// stack) copies only the calling thread, so another thread holding a lock (the allocator's,
+/// stdio's) would leave the child deadlocked. lrun starts no threads; this checks it.
+pub struct SingleThreaded(());
+
+impl SingleThreaded {
+    /// Count our threads (/proc/self/stat, cheaper to make than status); more than one is an
+    /// error, and so is not being able to tell.
+    pub fn check() -> Result<Self> {
+        let stat = fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
+        // The command name may contain spaces and parentheses: split after the last ')'.
+        // The rest starts at field 3 (state); num_threads is field 20.
+        let threads: usize = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..))
+            .and_then(|rest| rest.split(' ').nth(17))
+            .and_then(|n| n.parse().ok())
+            .context("/proc/self/stat: no thread count")?;
+        if threads != 1 {
+            bail!("lrun has {threads} threads: forking without exec needs exactly one");
+        }
+        Ok(SingleThreaded(()))
+    }
+}
+
+/// Which side of a fork we are on. The child gets the proof back: its only thread is the one
+/// that forked.
+pub enum Forked {
+    Child(SingleThreaded),
+    Parent(i32),
+}
+
 /// fork(2) with extra clone flags (namespaces, CLONE_PARENT): the child continues on a copy of
-/// the caller's stack, like fork. Returns 0 in the child and the child's pid in the parent.
-///
-/// # Safety
-/// The caller must be single-threaded (lrun is), as with fork.
-pub unsafe fn clone_fork(flags: nix::sched::CloneFlags) -> Result<i32> {
+/// the caller's stack, like fork.
+pub fn clone_fork(_one_thread: &SingleThreaded, flags: nix::sched::CloneFlags) -> Result<Forked> {
     let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: raw clone without a new stack behaves like fork; arguments per clone(2) on
+    // SAFETY: raw clone without a new stack behaves like fork, which is sound in a
+    // single-threaded process (proven by the argument). Arguments per clone(2) on
     // x86_64/aarch64: flags, stack, parent_tid, child_tid, tls.
     let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("clone");
+    match rc {
+        rc if rc < 0 => Err(std::io::Error::last_os_error()).context("clone"),
+        0 => Ok(Forked::Child(SingleThreaded(()))),
+        pid => Ok(Forked::Parent(pid as i32)),
     }
-    Ok(rc as i32)
 }
 
 #[cfg(test)]
@@ -100,6 +131,13 @@ mod tests {
         let t = Duration::new(1_700_000_000, 5);
         assert_eq!(rfc3339(t), "2023-11-14T22:13:20.000000005Z");
         assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn a_second_thread_is_detected() {
+        // The test harness runs tests on threads of its own: this process has several.
+        let err = SingleThreaded::check().err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("threads")));
     }
 
     #[test]

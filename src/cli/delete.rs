@@ -11,11 +11,6 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
-    let rt = g.runtime();
-    // runc: deleting an unknown container with --force is not an error.
-    if a.force && !rt.states().container_dir(&a.id)?.exists() {
-        return Ok(0);
-    }
-    crate::container::delete(&rt, &a.id, a.force)?;
+    crate::container::delete(&g.runtime(), &a.id, a.force)?;
     Ok(0)
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{Capability, LinuxCapabilities, Process};
 
 use super::Globals;
-use crate::exec::{self, ExecOptions};
+use crate::container::{self, ExecOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -64,13 +64,13 @@ pub fn run(g: &Globals, a: Args) -> Result<i32> {
         }
         None => from_flags(
             &a,
-            exec::container_spec(&rt, &a.id)?
+            container::container_spec(&rt, &a.id)?
                 .process()
                 .clone()
                 .unwrap_or_default(),
         )?,
     };
-    exec::exec(
+    container::exec(
         &rt,
         ExecOptions {
             id: &a.id,

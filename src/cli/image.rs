@@ -82,7 +82,11 @@ pub fn run(g: &Globals, c: ImageCommand) -> Result<i32> {
             if let Some(o) = out {
                 std::fs::create_dir_all(&o).with_context(|| format!("create {}", o.display()))?;
                 let top = format!("{name}@{version}");
-                let spec = oci::bundle_config(super::spec::default_spec(), &top, &imp.process);
+                let spec = oci::bundle_config(
+                    crate::config_template::default_config(),
+                    &top,
+                    &imp.process,
+                );
                 let p = o.join("config.json");
                 let text = serde_json::to_string_pretty(&spec)? + "\n";
                 crate::utils::write_atomic(&p, text.as_bytes(), 0o644)?;

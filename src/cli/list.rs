@@ -13,16 +13,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
-    let states = g.runtime().states();
-    let mut rows = Vec::new();
-    for id in states.list()? {
-        // A container being created (or whose creator died) has no state yet: skip it.
-        let Ok((dir, st)) = states.load(&id) else {
-            continue;
-        };
-        let status = st.status(&dir);
-        rows.push((st, status));
-    }
+    let rows = crate::container::list(&g.runtime())?;
     if a.quiet {
         for (st, _) in &rows {
             println!("{}", st.id);

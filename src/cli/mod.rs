@@ -21,6 +21,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::container::CreateOptions;
+
 use crate::logging::{self, LogFormat};
 
 /// Default state root, as runc uses /run/runc.
@@ -64,7 +66,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a container: set everything up and hold the process until `start`.
-    Create(create::Args),
+    Create(CreateArgs),
     /// Run the user process of a created container.
     Start(start::Args),
     /// Print the OCI state of a container as JSON.
@@ -118,6 +120,49 @@ impl Command {
     }
 }
 
+/// The flags of `create`, which `run` shares.
+#[derive(clap::Args, Debug)]
+#[group(id = "create_args")]
+pub struct CreateArgs {
+    /// Bundle directory (config.json and the root filesystem).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Unix socket to receive the pty master of a terminal container.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Write the container's init pid here.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Use MS_MOVE + chroot instead of pivot_root (for a rootfs on a ramdisk).
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility: lrun creates no session keyring.
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Pass this many extra fds (from 3 up) to the container process.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: i32,
+    /// First fetch the bundle's missing layers from this directory or http(s):// URL.
+    #[arg(long, value_name = "SOURCE")]
+    pub pull: Option<String>,
+    pub id: String,
+}
+
+impl CreateArgs {
+    pub fn options(&self, foreground: bool) -> CreateOptions<'_> {
+        CreateOptions {
+            id: &self.id,
+            bundle: &self.bundle,
+            pid_file: self.pid_file.as_deref(),
+            console_socket: self.console_socket.as_deref(),
+            no_pivot: self.no_pivot,
+            preserve_fds: self.preserve_fds,
+            foreground,
+            pull: self.pull.as_deref(),
+        }
+    }
+}
+
 /// Global options every command needs.
 pub struct Globals {
     pub root: PathBuf,
@@ -144,12 +189,9 @@ pub fn main() -> i32 {
         }
     };
     // Before anything else, and before any clone or setns into a container's namespaces.
-    if let Err(e) = crate::process::set_dumpable(false) {
+    if let Err(e) = crate::container::secure_process(cli.command.passed_fds()) {
         eprintln!("lrun: {e:#}");
         return 1;
-    }
-    if let Some(passed) = cli.command.passed_fds() {
-        crate::fds::close_from(3 + passed.max(0));
     }
     logging::init(cli.log.as_deref(), cli.log_format, cli.debug);
     let globals = Globals {

@@ -7,7 +7,6 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use super::Globals;
-use crate::state::StateRoot;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,11 +19,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
-    let (_, st) = StateRoot::new(&g.root).load(&a.id)?;
-    let pids = st
-        .cgroups
-        .pids()
-        .with_context(|| format!("list processes of container {:?}", a.id))?;
+    let pids = crate::container::ps(&g.runtime(), &a.id)?;
     match a.format.as_str() {
         "json" => {
             let mut out = std::io::stdout().lock();

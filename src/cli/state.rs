@@ -8,8 +8,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
-    let (dir, st) = g.runtime().states().load(&a.id)?;
-    let status = st.status(&dir);
+    let (st, status) = crate::container::state(&g.runtime(), &a.id)?;
     println!("{}", serde_json::to_string_pretty(&st.oci(status))?);
     Ok(0)
 }

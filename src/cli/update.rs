@@ -2,15 +2,13 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPidsBuilder, LinuxResources};
 
 use super::Globals;
-use crate::cgroups::oom::{OomWatcher, Wake};
-use crate::cgroups::stats::Event;
-use crate::state::{StateRoot, Status};
+use crate::container::Event;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -89,18 +87,11 @@ pub struct EventsArgs {
 }
 
 pub fn run(g: &Globals, a: Args) -> Result<i32> {
-    let (_lock, dir, st) = super::pause::load_locked(g, &a.id)?;
-    let status = st.status(&dir);
-    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
-        bail!("container {:?} is {status}: cannot update", a.id);
-    }
     let resources = match &a.flags.resources {
         Some(path) => read_resources(path)?,
         None => resources_from_flags(&a.flags)?,
     };
-    st.cgroups
-        .update(&resources)
-        .with_context(|| format!("update container {:?}", a.id))?;
+    crate::container::update(&g.runtime(), &a.id, &resources)?;
     Ok(0)
 }
 
@@ -254,55 +245,8 @@ fn print_event(event: &Event) -> Result<()> {
 
 pub fn events(g: &Globals, a: EventsArgs) -> Result<i32> {
     let interval = parse_duration(&a.interval)?;
-    if interval.is_zero() {
-        bail!("--interval must be greater than 0");
-    }
-    let (dir, st) = StateRoot::new(&g.root).load(&a.id)?;
-    if st.status(&dir) == Status::Stopped {
-        bail!("container {:?} is not running", a.id);
-    }
-    let print_stats = || -> Result<()> {
-        let stats = st
-            .cgroups
-            .stats()
-            .with_context(|| format!("statistics of container {:?}", a.id))?;
-        print_event(&Event {
-            kind: "stats",
-            id: &a.id,
-            data: Some(&stats),
-        })
-    };
-    if a.stats {
-        print_stats()?;
-        return Ok(0);
-    }
-    let mut watcher = OomWatcher::new(&st.cgroups)?;
-    loop {
-        if st.status(&dir) == Status::Stopped {
-            return Ok(0);
-        }
-        print_stats()?;
-        let deadline = Instant::now() + interval;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let Some(w) = watcher.as_mut() else {
-                std::thread::sleep(left);
-                break;
-            };
-            match w.wait(left)? {
-                Wake::Timeout => {}
-                Wake::Oom(_) => print_event(&Event {
-                    kind: "oom",
-                    id: &a.id,
-                    data: None,
-                })?,
-                Wake::Gone => return Ok(0),
-            }
-        }
-    }
+    crate::container::events(&g.runtime(), &a.id, a.stats, interval, &mut print_event)?;
+    Ok(0)
 }
 
 #[cfg(test)]

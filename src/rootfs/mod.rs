@@ -24,13 +24,22 @@ use oci_spec::runtime::Spec;
 use mounts::{CgroupMounter, bind_host_path, make_readonly, mount_entry, propagation_flag};
 use resolve::open_in_root;
 
+/// A host directory lrun itself bind-mounts into the container (the notify socket's): the
+/// engine says which, rootfs only mounts it.
+pub struct HostDir<'a> {
+    pub host: &'a Path,
+    pub container: &'a Path,
+    /// For errors: "bind the {what} directory".
+    pub what: &'a str,
+}
+
 /// Everything up to (not including) pivot_root. Runs in the new mount namespace.
 pub fn prepare(
     spec: &Spec,
     bundle: &Path,
     rootfs: &Path,
     in_userns: bool,
-    notify_dir: Option<&Path>,
+    host_dir: Option<&HostDir>,
     before_cgroup_mounts: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let linux = spec.linux().as_ref();
@@ -93,13 +102,10 @@ pub fn prepare(
         devices::create(root.as_fd(), &devices::from_spec(d), in_userns)?;
     }
     devices::create_symlinks(root.as_fd(), has_dev_pts)?;
-    if let Some(dir) = notify_dir {
-        let target = resolve::ensure_in_root(
-            root.as_fd(),
-            Path::new(crate::notify::CONTAINER_DIR),
-            resolve::Kind::Dir,
-        )?;
-        bind_host_path(dir, target.as_fd()).context("bind the notify socket directory")?;
+    if let Some(d) = host_dir {
+        let target = resolve::ensure_in_root(root.as_fd(), d.container, resolve::Kind::Dir)?;
+        bind_host_path(d.host, target.as_fd())
+            .with_context(|| format!("bind the {} directory", d.what))?;
     }
     Ok(())
 }

@@ -18,13 +18,13 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
-use crate::container::{Runtime, write_pid_file};
-use crate::foreground;
+use super::foreground;
+use super::{Runtime, write_pid_file};
 use crate::namespaces;
 use crate::process;
 use crate::state::{CONFIG_FILE, Status};
 use crate::sync::{self, Channel, Message};
-use crate::terminal;
+use crate::utils::{Forked, SingleThreaded, clone_fork};
 
 pub struct ExecOptions<'a> {
     pub id: &'a str,
@@ -51,7 +51,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     }
     let spec = container_spec(rt, opts.id)?;
     let terminal = opts.process.terminal() == Some(true);
-    terminal::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
+    crate::bundle::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
     let joins = namespaces_of(st.pid)?;
     // setns into a mount namespace puts the caller at the namespace's root mount, which is
     // not the container's root when the host itself runs chrooted: enter the init's root.
@@ -70,23 +70,26 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         Some(foreground::block_signals()?)
     };
     let (chan, child_chan) = sync::pair()?;
-    // SAFETY: lrun is single-threaded; the child joins namespaces, forks and exits.
-    let first = unsafe { crate::utils::clone_fork(CloneFlags::empty()) }?;
-    if first == 0 {
-        drop(chan);
-        let Err(e) = joiner(
-            &st.cgroups,
-            &joins,
-            &root,
-            filter.as_ref(),
-            &opts.process,
-            &child_chan,
-            opts.preserve_fds,
-        );
-        let _ = child_chan.send(&Message::Error(format!("{e:#}")));
-        // SAFETY: leave the forked child without running the parent's destructors.
-        unsafe { libc::_exit(1) }
-    }
+    // The child joins namespaces, forks and exits.
+    let one_thread = SingleThreaded::check()?;
+    let first = match clone_fork(&one_thread, CloneFlags::empty())? {
+        Forked::Parent(pid) => pid,
+        Forked::Child(one_thread) => {
+            drop(chan);
+            let target = Target {
+                cgroups: &st.cgroups,
+                joins: &joins,
+                root: &root,
+                filter: filter.as_ref(),
+                process: &opts.process,
+                preserve_fds: opts.preserve_fds,
+            };
+            let Err(e) = joiner(&one_thread, &target, &child_chan);
+            let _ = child_chan.send(&Message::Error(format!("{e:#}")));
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(1) }
+        }
+    };
     drop(child_chan);
     let pid = match chan.recv() {
         Ok(Message::InitPid(p)) => p,
@@ -115,7 +118,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
 
 fn finish_parent(chan: &Channel, terminal: bool, opts: &ExecOptions) -> Result<Option<OwnedFd>> {
     let pty = match terminal {
-        true => terminal::receive_pty(chan, opts.console_socket)?,
+        true => super::console::receive_pty(chan, opts.console_socket)?,
         false => None,
     };
     chan.expect(Message::Ready)?;
@@ -150,16 +153,26 @@ fn namespaces_of(pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>> {
     Ok(out)
 }
 
-/// The first child: join cgroups, then namespaces, then fork the process itself.
-fn joiner(
-    cgroups: &crate::cgroups::Manager,
-    joins: &[(LinuxNamespaceType, OwnedFd)],
-    root: &File,
-    filter: Option<&crate::seccomp::Filter>,
-    process: &Process,
-    chan: &Channel,
+/// What the exec'd process joins and runs (the child has a copy of the parent's memory).
+struct Target<'a> {
+    cgroups: &'a crate::cgroups::Manager,
+    joins: &'a [(LinuxNamespaceType, OwnedFd)],
+    root: &'a File,
+    filter: Option<&'a crate::seccomp::Filter>,
+    process: &'a Process,
     preserve_fds: i32,
-) -> Result<Infallible> {
+}
+
+/// The first child: join cgroups, then namespaces, then fork the process itself.
+fn joiner(one_thread: &SingleThreaded, t: &Target, chan: &Channel) -> Result<Infallible> {
+    let Target {
+        cgroups,
+        joins,
+        root,
+        filter,
+        process,
+        preserve_fds,
+    } = *t;
     sync::die_with_parent(chan);
     cgroups.add_pid(std::process::id() as i32)?;
     for (t, fd) in joins {
@@ -168,7 +181,7 @@ fn joiner(
     }
     nix::unistd::fchdir(root.as_fd()).context("chdir to the container's root")?;
     nix::unistd::chroot(".").context("chroot to the container's root")?;
-    sync::fork_reported(chan)?;
+    sync::fork_reported(one_thread, chan)?;
     // The exec'd process must not outlive a dying `lrun exec` half-way.
     sync::die_with_parent(chan);
     match exec_process(filter, process, chan, preserve_fds) {
@@ -196,10 +209,10 @@ fn exec_process(
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(env)?;
     if process.terminal() == Some(true) {
-        crate::init::setup_terminal(chan)?;
+        super::console::setup_terminal(chan)?;
     }
-    // SAFETY: prctl with integer arguments; from here the process belongs to the container.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    // From here the process belongs to the container.
+    let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Message::Ready)?;
     let Err(e) =
         process::secure_and_exec(process, filter, None, preserve_fds, &exe_c, &argv, &envp);

@@ -10,7 +10,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::container::{self, CreateOptions, Runtime};
+use super::{CreateOptions, Runtime};
 use crate::notify::Relay;
 use crate::sync::Message;
 use crate::terminal::{self, RawMode};
@@ -38,10 +38,28 @@ pub fn block_signals() -> Result<SigSet> {
     Ok(mask)
 }
 
-/// `lrun run` without --detach.
-pub fn run(rt: &Runtime, opts: &CreateOptions, keep: bool) -> Result<i32> {
+/// `run`: create and start. Detached, return once started (deleting the container if start
+/// fails). In the foreground, forward signals and wait, delete the container unless `keep`,
+/// and return the exit code.
+pub fn run(rt: &Runtime, opts: &CreateOptions, detach: bool, keep: bool) -> Result<i32> {
+    if detach {
+        let opts = CreateOptions {
+            foreground: false,
+            ..opts.clone()
+        };
+        super::create(rt, &opts)?;
+        if let Err(e) = super::start(rt, opts.id) {
+            let _ = super::delete(rt, opts.id, true);
+            return Err(e);
+        }
+        return Ok(0);
+    }
+    let opts = CreateOptions {
+        foreground: true,
+        ..opts.clone()
+    };
     let mask = block_signals()?;
-    let created = container::create(rt, opts)?;
+    let created = super::create(rt, &opts)?;
     let pid = Pid::from_raw(created.state.pid);
     let started = created
         .channel
@@ -52,11 +70,11 @@ pub fn run(rt: &Runtime, opts: &CreateOptions, keep: bool) -> Result<i32> {
             c.wait_closed()
         });
     let result = started.and_then(|()| {
-        container::run_poststart(&created.state);
+        super::start::run_poststart(&created.state);
         supervise(pid, &mask, created.pty, created.relay.as_ref())
     });
     if result.is_err() || !keep {
-        let deleted = container::delete(rt, opts.id, true);
+        let deleted = super::delete(rt, opts.id, true);
         let code = result?;
         deleted?;
         return Ok(code);

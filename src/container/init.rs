@@ -1,4 +1,4 @@
-//! The container side of `create`: runs in the process(es) cloned by `container::create`,
+//! The container side of `create`: runs in the process(es) cloned by `create`,
 //! enters the namespaces, builds the root filesystem, waits for `start`, and execs.
 //!
 //! Order (each step says why it sits where it does):
@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -22,11 +22,12 @@ use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Uid, setresgid, setresuid};
 use oci_spec::runtime::{Process, Spec};
 
+use crate::hooks;
 use crate::namespaces::Plan;
 use crate::process;
 use crate::rootfs;
 use crate::sync::{Channel, Message};
-use crate::{hooks, terminal};
+use crate::utils::SingleThreaded;
 
 /// What the parent hands to the child (the child has a copy of the parent's memory).
 pub struct InitArgs<'a> {
@@ -53,10 +54,10 @@ pub struct InitArgs<'a> {
 }
 
 /// Entry point of the first child. Never returns.
-pub fn child_main(a: &InitArgs, chan: Channel) -> ! {
+pub fn child_main(a: &InitArgs, one_thread: &SingleThreaded, chan: Channel) -> ! {
     // SAFETY: closing our inherited copy of the parent's lock fd.
     unsafe { libc::close(a.lock_fd) };
-    match child_steps(a, &chan) {
+    match child_steps(a, one_thread, &chan) {
         Ok(never) => match never {},
         Err(e) => {
             let msg = format!("{e:#}");
@@ -69,7 +70,7 @@ pub fn child_main(a: &InitArgs, chan: Channel) -> ! {
     }
 }
 
-fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
+fn child_steps(a: &InitArgs, one_thread: &SingleThreaded, chan: &Channel) -> Result<Infallible> {
     crate::sync::die_with_parent(chan);
     // Whether the parent has written id maps and joined us to the cgroups yet. In the direct
     // case the child only waits for that where it matters (see `ParentSetup`).
@@ -95,7 +96,7 @@ fn child_steps(a: &InitArgs, chan: &Channel) -> Result<Infallible> {
     if !a.plan.direct {
         a.plan.enter_late()?;
         if a.plan.fork_init {
-            crate::sync::fork_reported(chan)?;
+            crate::sync::fork_reported(one_thread, chan)?;
             crate::sync::die_with_parent(chan);
         }
     }
@@ -139,13 +140,19 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         a.bundle,
         a.rootfs,
         a.plan.new_user,
-        a.notify_dir,
+        a.notify_dir
+            .map(|host| rootfs::HostDir {
+                host,
+                container: Path::new(crate::notify::CONTAINER_DIR),
+                what: "notify socket",
+            })
+            .as_ref(),
         &mut || parent.wait(a, chan),
     )?;
     parent.wait(a, chan)?;
 
     let mut host_pid = 0;
-    if crate::container::needs_runtime_hooks(spec) {
+    if hooks::needs_runtime_hooks(spec) {
         chan.send(&Message::RunRuntimeHooks)?;
         match chan.recv()? {
             Message::RuntimeHooksDone(p) => host_pid = p,
@@ -153,8 +160,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
             m => anyhow::bail!("sync protocol: unexpected {m:?}"),
         }
     }
-    let state_json =
-        |status: &str| crate::container::hook_state(a.id, status, host_pid, a.bundle, spec);
+    let state_json = |status: &str| hooks::hook_state(a.id, status, host_pid, a.bundle, spec);
     if let Some(h) = hooks {
         hooks::run_all(
             "createContainer",
@@ -169,7 +175,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     crate::sysctl::apply(linux.and_then(|l| l.sysctl().as_ref()))?;
     rootfs::finalize(spec)?;
     if process.terminal() == Some(true) {
-        setup_terminal(chan)?;
+        super::console::setup_terminal(chan)?;
     }
 
     if let Some(name) = spec.hostname().as_deref() {
@@ -202,8 +208,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     // until the parent says the state is saved (Created), its death shows as EOF on the
     // channel and we die all the same: a container that was never recorded never outlives
     // its `create`. From then on errors go to stderr.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Message::Ready)?;
     if chan.expect(Message::Created).is_err() {
         // SAFETY: the parent died or gave up on us: nobody to report to.
@@ -250,17 +255,8 @@ fn connect_seccomp_agent(a: &InitArgs) -> Result<Option<crate::seccomp::Agent>> 
         .ok()
         .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
         .context("read our host pid from /proc/self")?;
-    let state = crate::container::hook_state(a.id, "creating", pid, a.bundle, a.spec);
+    let state = hooks::hook_state(a.id, "creating", pid, a.bundle, a.spec);
     crate::seccomp::Agent::connect(path, pid, s.listener_metadata().as_deref(), state).map(Some)
-}
-
-/// A pty from the container's own devpts becomes the process's terminal; the master goes to
-/// the parent (for the console socket or its own terminal).
-pub fn setup_terminal(chan: &Channel) -> Result<()> {
-    let (master, slave) = terminal::open_pty()?;
-    terminal::become_session_leader_on(&slave)?;
-    chan.send_with_fd(&Message::Pty, Some(master.as_raw_fd()))?;
-    Ok(())
 }
 
 fn wait_for_start(a: &InitArgs, chan: &Channel) -> Result<()> {
@@ -320,12 +316,8 @@ fn finish(
 }
 
 fn set_domainname(name: &str) -> Result<()> {
-    let c = CString::new(name).context("domainname contains a NUL byte")?;
-    // SAFETY: pointer and length of a valid C string.
-    let rc = unsafe { libc::setdomainname(c.as_ptr(), name.len()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("domainname {name:?}"));
-    }
-    Ok(())
+    CString::new(name).context("domainname contains a NUL byte")?;
+    rustix::system::setdomainname(name.as_bytes())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("domainname {name:?}"))
 }

@@ -1,0 +1,345 @@
+//! `create`: everything from the bundle to an init waiting for `start`, top to bottom.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{OFlag, open};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use super::init::{self, InitArgs};
+use super::{Runtime, write_pid_file};
+use crate::bundle::{Bundle, Checked, CreateChecks};
+use crate::cgroups;
+use crate::hooks;
+use crate::layers;
+use crate::logging;
+use crate::namespaces;
+use crate::notify;
+use crate::rootfs;
+use crate::state::{self, ContainerState, FIFO_FILE, process_start_time};
+use crate::sync::{self, Channel, Message};
+use crate::utils::{self, Forked, SingleThreaded, clone_fork, validate_id, write_atomic};
+
+#[derive(Clone)]
+pub struct CreateOptions<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+    /// `run` in the foreground: the caller starts the container through the channel.
+    pub foreground: bool,
+    /// `--pull SOURCE`: first fetch the layers the bundle names that the store lacks.
+    pub pull: Option<&'a str>,
+}
+
+/// A container that `create` finished: its init waits for `start`.
+pub struct Created {
+    pub dir: PathBuf,
+    pub state: ContainerState,
+    /// Open only for foreground runs (the start signal goes through it).
+    pub channel: Option<Channel>,
+    /// The pty master of a terminal container run in the foreground.
+    pub pty: Option<OwnedFd>,
+    /// The NOTIFY_SOCKET relay of a foreground run.
+    pub relay: Option<notify::Relay>,
+}
+
+pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
+    validate_id(opts.id)?;
+    // 1. Everything that can be checked without side effects, in one pass.
+    let bundle = Bundle::load(opts.bundle)?;
+    let spec = &bundle.spec;
+    let Checked {
+        plan,
+        seccomp,
+        terminal,
+    } = bundle.check_for_create(&CreateChecks {
+        console_socket: opts.console_socket,
+        foreground: opts.foreground,
+        seccomp_cache: &rt.root.join(".seccomp-cache"),
+    })?;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json: process is required")?;
+    let linux = spec.linux().as_ref();
+    let cgroup = cgroups::Manager::new(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
+    let layer_spec = layers::layer_spec(spec)?;
+
+    // 2. `--pull`: what the store lacks, before the id is claimed (the store is shared and
+    // keeps what was fetched, whatever happens to this container).
+    if let Some(source) = opts.pull
+        && let Some(ls) = &layer_spec
+    {
+        pull_missing(rt, source, ls)?;
+    }
+
+    // 3. Claim the id: from here on, every failure goes through the guard.
+    // Recorded as layered before the layers are taken: a create killed while they are mounted
+    // leaves state that tells `delete --force` to release them.
+    let layered = layer_spec.is_some();
+    let states = rt.states();
+    let dir = states.claim(opts.id)?;
+    let lock = state::lock(&dir)?;
+    let mut guard = CreateGuard {
+        rt,
+        dir: dir.clone(),
+        pids: Vec::new(),
+        cgroup: None,
+        layered,
+        done: false,
+    };
+    let mut st = ContainerState {
+        oci_version: spec.version().clone(),
+        id: opts.id.to_string(),
+        pid: 0,
+        pid_start_time: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs()?,
+        created: utils::rfc3339(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        ),
+        owner: String::new(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        created_ok: false,
+        cgroups: cgroup.clone(),
+        layered,
+        hooks: spec.hooks().clone(),
+        notify_socket: notify::host_socket(),
+    };
+    state::save(&dir, &st)?;
+    // Only root may read it: process.env often carries secrets.
+    write_atomic(&dir.join(state::CONFIG_FILE), &bundle.raw, 0o600)
+        .context("save config.json with the state")?;
+
+    // 4. Root filesystem: layers (if any) mounted in the host namespace.
+    match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir)? {
+        Some(merged) => {
+            st.rootfs = merged;
+            state::save(&dir, &st)?;
+        }
+        None => rootfs::check_exists(&st.rootfs)?,
+    }
+
+    // 5. cgroups, before any container process exists.
+    guard.cgroup = Some(cgroup.clone());
+    cgroup.create()?;
+    // Always applied: even without resources the device list has defaults to enforce.
+    let no_resources = oci_spec::runtime::LinuxResources::default();
+    let resources = linux
+        .and_then(|l| l.resources().as_ref())
+        .unwrap_or(&no_resources);
+    // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
+    cgroup.set_with_devices(resources, &[])?;
+
+    // 6. The exec fifo that holds the init until `start`, inherited by the init as an fd.
+    let exec_fifo = match opts.foreground {
+        true => None,
+        false => Some(make_fifo(&dir.join(FIFO_FILE))?),
+    };
+
+    // 7. The container process.
+    let listen_fds = socket_activation_fds();
+    let notify_dir = dir.join("notify");
+    let mut relay = None;
+    if let Some(host) = &st.notify_socket {
+        fs::create_dir(&notify_dir).with_context(|| format!("mkdir {}", notify_dir.display()))?;
+        if opts.foreground {
+            relay = Some(notify::Relay::bind(&notify_dir, host.clone())?);
+        }
+    }
+    let (chan, child_chan) = sync::pair()?;
+    let args = InitArgs {
+        id: opts.id,
+        spec,
+        bundle: &bundle.dir,
+        rootfs: &st.rootfs,
+        plan: &plan,
+        exec_fifo: exec_fifo.as_ref(),
+        lock_fd: lock.raw_fd(),
+        foreground: opts.foreground,
+        no_pivot: opts.no_pivot,
+        preserve_fds: opts.preserve_fds.max(listen_fds),
+        listen_fds,
+        notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
+        seccomp: seccomp.as_ref(),
+    };
+    // The child only runs init code and then execs or exits.
+    let one_thread = SingleThreaded::check()?;
+    let first = match clone_fork(&one_thread, plan.clone_flags)? {
+        Forked::Child(one_thread) => {
+            drop(chan);
+            init::child_main(&args, &one_thread, child_chan);
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(child_chan);
+    // Only the init may hold the fifo open: `start` waits for the last writer to go.
+    drop(exec_fifo);
+    guard.pids.push(first);
+
+    // With one direct clone the namespaces exist already: no need to wait for the child,
+    // which meanwhile starts on the mounts that do not depend on its cgroup.
+    if !plan.direct {
+        chan.expect(Message::NeedParentSetup)?;
+    }
+    if plan.new_user {
+        namespaces::write_id_maps(
+            first,
+            linux.context("linux is required for a user namespace")?,
+        )?;
+    }
+    if plan.new_time
+        && let Some(l) = linux
+    {
+        namespaces::write_time_offsets(first, l)?;
+    }
+    // Written by the parent (the init it forks inherits it): lrun is non-dumpable, so its
+    // children's /proc files are root's, out of reach of the root of a user namespace.
+    if let Some(adj) = process.oom_score_adj() {
+        fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
+            .with_context(|| format!("process.oomScoreAdj {adj}"))?;
+    }
+    cgroup.add_pid(first)?;
+    // A child that failed meanwhile closed its end: its error is the next message read.
+    let _ = chan.send(&Message::ParentSetupDone);
+    let pid = if plan.fork_init {
+        let pid = match chan.recv()? {
+            Message::InitPid(p) => p,
+            Message::Error(e) => bail!("{e}"),
+            m => bail!("sync protocol: unexpected {m:?}"),
+        };
+        guard.pids.push(pid);
+        let _ = waitpid(Pid::from_raw(first), None);
+        pid
+    } else {
+        first
+    };
+    // Recorded with the final state only: until then the init dies with this process
+    // (pdeathsig), so a crash leaves no process for `delete --force` to find.
+    st.pid = pid;
+
+    if hooks::needs_runtime_hooks(spec) {
+        chan.expect(Message::RunRuntimeHooks)?;
+        if let Some(h) = spec.hooks() {
+            let json = hooks::hook_state(opts.id, "creating", pid, &bundle.dir, spec);
+            hooks::run_all("prestart", h.prestart().as_ref(), &json)?;
+            hooks::run_all("createRuntime", h.create_runtime().as_ref(), &json)?;
+        }
+        chan.send(&Message::RuntimeHooksDone(pid))?;
+    }
+    let pty = match terminal {
+        true => super::console::receive_pty(&chan, opts.console_socket)?,
+        false => None,
+    };
+    chan.expect(Message::Ready)?;
+
+    // 8. Done: record it, and only then let go of the guard.
+    st.pid_start_time =
+        process_start_time(pid).context("the container process exited during create")?;
+    st.created_ok = true;
+    state::save(&dir, &st)?;
+    // Until this arrives the init dies with us: see init::init_steps.
+    chan.send(&Message::Created)?;
+    if let Some(p) = opts.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    guard.done = true;
+    drop(lock);
+    Ok(Created {
+        dir,
+        state: st,
+        channel: opts.foreground.then_some(chan),
+        pty,
+        relay,
+    })
+}
+
+/// `--pull`: fetch the layers a layered bundle names (and their dependencies) that the store
+/// lacks. Paths name local files, which create imports itself.
+fn pull_missing(rt: &Runtime, source: &str, ls: &layers::LayerSpec) -> Result<()> {
+    let refs: Vec<_> = ls
+        .tops
+        .iter()
+        .filter(|r| !matches!(r, layers::LayerRef::Path(_)))
+        .cloned()
+        .collect();
+    if refs.is_empty() {
+        return Ok(());
+    }
+    let src = layers::source::Source::parse(source)?;
+    let store = layers::Store::new(&rt.store);
+    layers::pull::pull(&store, &src, &refs, &Default::default())?;
+    Ok(())
+}
+
+/// systemd socket activation: LISTEN_FDS sockets from fd 3, meant for us if LISTEN_PID is
+/// ours (or absent, as some supervisors leave it).
+pub fn socket_activation_fds() -> i32 {
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    if for_us { fds.max(0) } else { 0 }
+}
+
+/// Make the exec fifo and open it for the init. O_RDWR never blocks on a fifo, and the init
+/// needs no path lookup (nor /proc) inside the container: only root ever opens it by path.
+fn make_fifo(path: &Path) -> Result<OwnedFd> {
+    nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600))
+        .with_context(|| format!("mkfifo {}", path.display()))?;
+    open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("open {}", path.display()))
+}
+
+/// Releases what a failed `create` took, in reverse order.
+struct CreateGuard<'a> {
+    rt: &'a Runtime,
+    dir: PathBuf,
+    pids: Vec<i32>,
+    cgroup: Option<cgroups::Manager>,
+    layered: bool,
+    done: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for &pid in self.pids.iter().rev() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cg.destroy()
+        {
+            logging::warn(&format!("cleanup after failed create: {e:#}"));
+        }
+        if self.layered
+            && let Err(e) = layers::release_root(&self.rt.layers(), &self.dir)
+        {
+            logging::warn(&format!("cleanup after failed create: {e:#}"));
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            logging::warn(&format!(
+                "cleanup after failed create: remove {}: {e}",
+                self.dir.display()
+            ));
+        }
+    }
+}

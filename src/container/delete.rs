@@ -1,0 +1,122 @@
+//! `delete` and `gc`: release everything a container holds (also after a crashed create).
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+
+use super::Runtime;
+use super::kill::signal_process;
+use crate::hooks;
+use crate::layers;
+use crate::logging;
+use crate::state::{self, Status, process_alive};
+
+/// `delete`: stop what is left, release cgroups and layers, run poststop hooks, remove state.
+pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
+    let states = rt.states();
+    let dir = states.container_dir(id)?;
+    // runc: deleting an unknown container with --force is not an error.
+    if force && !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("container {id:?} does not exist");
+    }
+    let lock = state::lock(&dir)?;
+    let st = match states.load(id) {
+        Ok((_, st)) => Some(st),
+        // No state.json: create died before recording anything else.
+        Err(_) if !dir.join(state::STATE_FILE).exists() => None,
+        Err(e) if force => {
+            logging::warn(&format!("{e:#}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(st) = &st {
+        let status = st.status(&dir);
+        let stoppable = matches!(status, Status::Stopped | Status::Created);
+        if !force && !stoppable {
+            bail!("cannot delete container {id:?}: it is {status} (stop it first or use --force)");
+        }
+        if status != Status::Stopped {
+            let _ = signal_process(st.pid, st.pid_start_time, Signal::SIGKILL);
+        }
+        st.cgroups.destroy()?;
+        wait_gone(st.pid, st.pid_start_time);
+        if st.layered {
+            layers::release_root(&rt.layers(), &dir)?;
+        }
+    } else {
+        // Whatever a crashed create may have taken in the layers; release is idempotent.
+        layers::release_root(&rt.layers(), &dir)?;
+    }
+    fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    drop(lock);
+    if let Some(st) = &st
+        && let Some(h) = &st.hooks
+    {
+        let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
+        // The spec: poststop failures are logged and delete goes on.
+        if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &json) {
+            logging::warn(&format!("{e:#}"));
+        }
+    }
+    Ok(())
+}
+
+fn wait_gone(pid: i32, start_time: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut nap = Duration::from_micros(100);
+    while process_alive(pid, start_time) && Instant::now() < deadline {
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// What `gc` did: the ids it removed, and each container it could not judge or delete, with
+/// why (one failing container must not keep gc from the others).
+#[derive(Default)]
+pub struct GcOutcome {
+    pub removed: Vec<String>,
+    pub failed: Vec<(String, anyhow::Error)>,
+}
+
+/// `gc`: recover after crashes. A container whose `create` died half-way (never marked
+/// created, and no process holds its lock) is deleted; with `stopped`, stopped containers
+/// too.
+pub fn gc(rt: &Runtime, stopped: bool) -> Result<GcOutcome> {
+    let states = rt.states();
+    let mut outcome = GcOutcome::default();
+    for id in states.list()? {
+        match gc_one(rt, &id, stopped) {
+            Ok(true) => outcome.removed.push(id),
+            Ok(false) => {}
+            Err(e) => outcome.failed.push((id, e)),
+        }
+    }
+    // Shared layer mounts whose last user died without releasing them.
+    layers::gc_mounts(&rt.layers())?;
+    Ok(outcome)
+}
+
+/// Delete one container if it is stale; returns whether it was.
+fn gc_one(rt: &Runtime, id: &str, stopped: bool) -> Result<bool> {
+    let states = rt.states();
+    let dir = states.container_dir(id)?;
+    let Some(lock) = state::try_lock(&dir)? else {
+        return Ok(false);
+    };
+    let stale = match states.load(id) {
+        Ok((_, st)) => !st.created_ok || (stopped && st.status(&dir) == Status::Stopped),
+        // No state.json and nobody creating: the creator died before writing it.
+        Err(_) => !dir.join(state::STATE_FILE).exists(),
+    };
+    drop(lock);
+    if stale {
+        delete(rt, id, true)?;
+    }
+    Ok(stale)
+}

@@ -1,0 +1,112 @@
+//! `start`: release the init from the exec fifo, then run poststart hooks.
+
+use std::os::fd::OwnedFd;
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::Mode;
+
+use super::Runtime;
+use crate::hooks;
+use crate::logging;
+use crate::notify;
+use crate::state::{self, ContainerState, FIFO_FILE, Status, process_alive};
+use crate::utils;
+
+/// `start`: release the init from the exec fifo, then run poststart hooks.
+pub fn start(rt: &Runtime, id: &str) -> Result<()> {
+    let (dir, st) = rt.states().load(id)?;
+    let _lock = state::lock(&dir)?;
+    match st.status(&dir) {
+        Status::Created => {}
+        s => bail!("cannot start container {id:?}: it is {s}, not created"),
+    }
+    // Bound before the process starts, so not a word it says is lost.
+    let relay = match &st.notify_socket {
+        Some(host) => Some(notify::Relay::bind(&dir.join("notify"), host.clone())?),
+        None => None,
+    };
+    let fifo_path = dir.join(FIFO_FILE);
+    // The init holds the fifo open and has filled it; reading lets its last write through.
+    let fifo = open(
+        &fifo_path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open {}", fifo_path.display()))?;
+    wait_readable(&fifo, st.pid, st.pid_start_time)?;
+    let mut byte = [0u8; 1];
+    let _ = nix::unistd::read(&fifo, &mut byte);
+    utils::remove_file_if_exists(&fifo_path)?;
+    wait_for_exec(&fifo)?;
+    run_poststart(&st);
+    if let Some(relay) = relay {
+        relay_until_ready(&relay, st.pid, st.pid_start_time)?;
+    }
+    Ok(())
+}
+
+/// As runc: `start` of a notify service returns once it said READY=1 (or exited), having
+/// relayed everything up to that with MAINPID set to the container's init.
+fn relay_until_ready(relay: &notify::Relay, pid: i32, start_time: u64) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [PollFd::new(relay.fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(n) if n > 0 => {
+                if relay.forward_one(Some(pid))? {
+                    return Ok(());
+                }
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {
+                if !process_alive(pid, start_time) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e).context("poll the notify socket"),
+        }
+    }
+}
+
+pub(super) fn run_poststart(st: &ContainerState) {
+    if let Some(h) = &st.hooks {
+        let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
+        // The spec: a failing poststart hook is logged; the container keeps running.
+        if let Err(e) = hooks::run_all("poststart", h.poststart().as_ref(), &json) {
+            logging::warn(&format!("{e:#}"));
+        }
+    }
+}
+
+/// The init keeps the fifo open (close-on-exec) until it execs: draining what it wrote lets
+/// its blocked write through, and EOF means the program runs.
+fn wait_for_exec(fifo: &OwnedFd) -> Result<()> {
+    let flags =
+        nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_GETFL).context("fcntl exec fifo")?;
+    let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_SETFL(blocking)).context("fcntl exec fifo")?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(fifo, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("read exec fifo"),
+        }
+    }
+}
+
+fn wait_readable(fifo: &OwnedFd, pid: i32, start_time: u64) -> Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll exec fifo"),
+        }
+        if !process_alive(pid, start_time) {
+            bail!("the container process exited before start");
+        }
+    }
+}
