@@ -90,6 +90,7 @@ impl Channel {
     pub fn recv_with_fd(&self) -> Result<(Message, Option<OwnedFd>)> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg_space = nix::cmsg_space!([RawFd; 1]);
+        let mut reset_seen = false;
         let (n, fd) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
             match recvmsg::<()>(
@@ -109,6 +110,13 @@ impl Channel {
                     break (r.bytes, fd);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
+                // A peer that exits with messages of ours unread makes the kernel report
+                // ECONNRESET once, ahead of what the peer sent before exiting (its error):
+                // read on, EOF follows the last message.
+                Err(nix::errno::Errno::ECONNRESET) if !reset_seen => {
+                    reset_seen = true;
+                    continue;
+                }
                 Err(e) => return Err(e).context("receive on sync socket"),
             }
         };
@@ -201,5 +209,22 @@ mod tests {
         drop(b);
         assert!(a.peer_gone());
         assert_eq!(a.recv().expect("queued message"), Message::Ready);
+    }
+
+    /// A child that fails early exits with the parent's ParentSetupDone unread: its error,
+    /// sent before it exited, must still reach the parent (not an ECONNRESET in its place).
+    #[test]
+    fn error_of_a_peer_that_left_messages_unread_is_not_lost() {
+        let (parent, child) = pair().expect("socketpair");
+        parent.send(&Message::ParentSetupDone).expect("send");
+        child
+            .send(&Message::Error("mount /dev: refused".into()))
+            .expect("send");
+        drop(child);
+        assert_eq!(
+            parent.recv().expect("the child's error"),
+            Message::Error("mount /dev: refused".into())
+        );
+        assert!(parent.recv().is_err(), "EOF after the last message");
     }
 }
