@@ -106,7 +106,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .and_then(|l| l.seccomp().as_ref())
         .map(|s| crate::seccomp::prepare_cached(s, &rt.root.join(".seccomp-cache")))
         .transpose()?;
-    let cgroup = cgroups::Manager::new(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
+    let cgroup = cgroups::new_driver(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
 
     // 2. Claim the id: from here on, every failure goes through the guard.
     // Recorded as layered before the layers are taken: a create killed while they are mounted
@@ -138,7 +138,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         owner: String::new(),
         annotations: spec.annotations().clone().unwrap_or_default(),
         created_ok: false,
-        cgroups: cgroup.clone(),
+        cgroups: cgroup.record(),
         layered,
         hooks: spec.hooks().clone(),
         notify_socket: notify::host_socket(),
@@ -158,7 +158,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     }
 
     // 4. cgroups, before any container process exists.
-    guard.cgroup = Some(cgroup.clone());
+    guard.cgroup = Some(cgroup.record());
     cgroup.create()?;
     // Always applied: even without resources the device list has defaults to enforce.
     let no_resources = oci_spec::runtime::LinuxResources::default();
@@ -350,7 +350,7 @@ struct CreateGuard<'a> {
     rt: &'a Runtime,
     dir: PathBuf,
     pids: Vec<i32>,
-    cgroup: Option<cgroups::Manager>,
+    cgroup: Option<cgroups::CgroupRecord>,
     layered: bool,
     done: bool,
 }
@@ -365,7 +365,7 @@ impl Drop for CreateGuard<'_> {
             let _ = waitpid(Pid::from_raw(pid), None);
         }
         if let Some(cg) = &self.cgroup
-            && let Err(e) = cg.destroy()
+            && let Err(e) = cgroups::open_driver(cg).and_then(|d| d.destroy())
         {
             logging::warn(&format!("cleanup after failed create: {e:#}"));
         }
@@ -387,7 +387,7 @@ impl Drop for CreateGuard<'_> {
 pub fn start(rt: &Runtime, id: &str) -> Result<()> {
     let (dir, st) = rt.states().load(id)?;
     let _lock = state::lock(&dir)?;
-    match st.status(&dir) {
+    match st.status(&dir, cgroups::is_frozen) {
         Status::Created => {}
         s => bail!("cannot start container {id:?}: it is {s}, not created"),
     }
@@ -498,7 +498,7 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
 
 pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     let (dir, st) = rt.states().load(id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         bail!("cannot kill container {id:?}: it is {status}");
     }
@@ -506,7 +506,8 @@ pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     // container's cgroups (which may exit meanwhile, and whose loss is no error).
     signal_process(st.pid, st.pid_start_time, sig)?;
     if all {
-        for pid in st.cgroups.pids()?.into_iter().filter(|p| *p != st.pid) {
+        let pids = cgroups::open_driver(&st.cgroups)?.pids()?;
+        for pid in pids.into_iter().filter(|p| *p != st.pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
     }
@@ -562,7 +563,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     if let Some(st) = &st {
-        let status = st.status(&dir);
+        let status = st.status(&dir, cgroups::is_frozen);
         let stoppable = matches!(status, Status::Stopped | Status::Created);
         if !force && !stoppable {
             bail!("cannot delete container {id:?}: it is {status} (stop it first or use --force)");
@@ -570,7 +571,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         if status != Status::Stopped {
             let _ = signal_process(st.pid, st.pid_start_time, Signal::SIGKILL);
         }
-        st.cgroups.destroy()?;
+        cgroups::open_driver(&st.cgroups)?.destroy()?;
         wait_gone(st.pid, st.pid_start_time);
         if st.layered {
             layers::release_root(&rt.layers(), &dir)?;
@@ -636,7 +637,9 @@ fn gc_one(rt: &Runtime, id: &str, stopped: bool) -> Result<bool> {
         return Ok(false);
     };
     let stale = match states.load(id) {
-        Ok((_, st)) => !st.created_ok || (stopped && st.status(&dir) == Status::Stopped),
+        Ok((_, st)) => {
+            !st.created_ok || (stopped && st.status(&dir, cgroups::is_frozen) == Status::Stopped)
+        }
         // No state.json and nobody creating: the creator died before writing it.
         Err(_) => !dir.join(state::STATE_FILE).exists(),
     };

@@ -18,6 +18,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
+use crate::cgroups;
 use crate::container::{Runtime, write_pid_file};
 use crate::foreground;
 use crate::namespaces;
@@ -45,7 +46,7 @@ pub fn container_spec(rt: &Runtime, id: &str) -> Result<Spec> {
 
 pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     let (dir, st) = rt.states().load(opts.id)?;
-    match st.status(&dir) {
+    match st.status(&dir, cgroups::is_frozen) {
         Status::Running | Status::Created => {}
         s => bail!("cannot exec in container {:?}: it is {s}", opts.id),
     }
@@ -69,13 +70,14 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     } else {
         Some(foreground::block_signals()?)
     };
+    let cgroup = crate::cgroups::open_driver(&st.cgroups)?;
     let (chan, child_chan) = sync::pair()?;
     // SAFETY: lrun is single-threaded; the child joins namespaces, forks and exits.
     let first = unsafe { crate::utils::clone_fork(CloneFlags::empty()) }?;
     if first == 0 {
         drop(chan);
         let Err(e) = joiner(
-            &st.cgroups,
+            &*cgroup,
             &joins,
             &root,
             filter.as_ref(),
@@ -152,7 +154,7 @@ fn namespaces_of(pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>> {
 
 /// The first child: join cgroups, then namespaces, then fork the process itself.
 fn joiner(
-    cgroups: &crate::cgroups::Manager,
+    cgroups: &dyn crate::cgroups::CgroupDriver,
     joins: &[(LinuxNamespaceType, OwnedFd)],
     root: &File,
     filter: Option<&crate::seccomp::Filter>,

@@ -8,6 +8,7 @@
 //! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`: one concern each.
 
 pub mod bundle;
+pub mod cgroup_record;
 pub mod cgroups;
 pub mod cli;
 pub mod container;
@@ -18,6 +19,7 @@ pub mod hooks;
 pub mod init;
 pub mod layers;
 pub mod logging;
+pub mod mountinfo;
 pub mod namespaces;
 pub mod notify;
 pub mod process;
@@ -27,4 +29,6 @@ pub mod state;
 pub mod sync;
 pub mod sysctl;
 pub mod terminal;
+#[doc(hidden)]
+pub mod test_support;
 pub mod utils;

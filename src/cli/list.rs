@@ -1,6 +1,7 @@
 //! `lrun list`: a table, or JSON with `--format json`.
 
 use super::Globals;
+use crate::cgroups;
 use crate::state::Status;
 
 #[derive(clap::Args, Debug)]
@@ -20,7 +21,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         let Ok((dir, st)) = states.load(&id) else {
             continue;
         };
-        let status = st.status(&dir);
+        let status = st.status(&dir, cgroups::is_frozen);
         rows.push((st, status));
     }
     if a.quiet {

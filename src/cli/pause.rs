@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 
 use super::Globals;
+use crate::cgroups;
 use crate::state::{self, ContainerState, DirLock, StateRoot, Status};
 
 #[derive(clap::Args, Debug)]
@@ -12,30 +13,30 @@ pub struct Args {
 
 pub fn pause(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let (_lock, dir, st) = load_locked(g, &a.id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     if status != Status::Running {
         bail!(
             "container {:?} is {status}, not running: cannot pause",
             a.id
         );
     }
-    st.cgroups
-        .freeze()
+    cgroups::open_driver(&st.cgroups)
+        .and_then(|d| d.freeze())
         .with_context(|| format!("pause container {:?}", a.id))?;
     Ok(0)
 }
 
 pub fn resume(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let (_lock, dir, st) = load_locked(g, &a.id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     if status != Status::Paused {
         bail!(
             "container {:?} is {status}, not paused: cannot resume",
             a.id
         );
     }
-    st.cgroups
-        .thaw()
+    cgroups::open_driver(&st.cgroups)
+        .and_then(|d| d.thaw())
         .with_context(|| format!("resume container {:?}", a.id))?;
     Ok(0)
 }
@@ -62,7 +63,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cgroups::Manager;
+    use crate::cgroups::CgroupDriver;
 
     /// A fake running container: a `sleep` in its own cgroups and a state.json written here,
     /// released on drop whatever the test did.
@@ -70,7 +71,7 @@ mod tests {
         id: String,
         g: Globals,
         child: Child,
-        m: Manager,
+        m: Box<dyn CgroupDriver>,
     }
 
     impl Drop for Fake {
@@ -84,7 +85,7 @@ mod tests {
 
     fn fake(name: &str) -> Fake {
         let id = format!("lrun-cli-{}-{name}", std::process::id());
-        let m = Manager::new(None, &id).unwrap();
+        let m = cgroups::new_driver(None, &id).unwrap();
         m.create().unwrap();
         let child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
@@ -101,7 +102,7 @@ mod tests {
             "ociVersion": "1.2.0", "id": fake.id, "pid": pid,
             "pidStartTime": state::process_start_time(pid).unwrap(),
             "bundle": "/", "rootfs": "/", "created": "", "createdOk": true,
-            "cgroups": fake.m,
+            "cgroups": fake.m.record(),
         }))
         .unwrap();
         state::save(&root.join(&fake.id), &st).unwrap();
@@ -110,7 +111,7 @@ mod tests {
 
     fn status(f: &Fake) -> Status {
         let (dir, st) = StateRoot::new(&f.g.root).load(&f.id).unwrap();
-        st.status(&dir)
+        st.status(&dir, cgroups::is_frozen)
     }
 
     fn args(f: &Fake) -> Args {

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use super::Globals;
+use crate::cgroups;
 use crate::state::StateRoot;
 
 #[derive(clap::Args, Debug)]
@@ -21,9 +22,8 @@ pub struct Args {
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let (_, st) = StateRoot::new(&g.root).load(&a.id)?;
-    let pids = st
-        .cgroups
-        .pids()
+    let pids = cgroups::open_driver(&st.cgroups)
+        .and_then(|d| d.pids())
         .with_context(|| format!("list processes of container {:?}", a.id))?;
     match a.format.as_str() {
         "json" => {

@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPidsBuilder, LinuxResources};
 
 use super::Globals;
-use crate::cgroups::oom::{OomWatcher, Wake};
+use crate::cgroups;
+use crate::cgroups::oom::Wake;
 use crate::cgroups::stats::Event;
 use crate::state::{StateRoot, Status};
 
@@ -90,7 +91,7 @@ pub struct EventsArgs {
 
 pub fn run(g: &Globals, a: Args) -> Result<i32> {
     let (_lock, dir, st) = super::pause::load_locked(g, &a.id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         bail!("container {:?} is {status}: cannot update", a.id);
     }
@@ -98,8 +99,8 @@ pub fn run(g: &Globals, a: Args) -> Result<i32> {
         Some(path) => read_resources(path)?,
         None => resources_from_flags(&a.flags)?,
     };
-    st.cgroups
-        .update(&resources)
+    cgroups::open_driver(&st.cgroups)
+        .and_then(|d| d.update(&resources))
         .with_context(|| format!("update container {:?}", a.id))?;
     Ok(0)
 }
@@ -258,12 +259,12 @@ pub fn events(g: &Globals, a: EventsArgs) -> Result<i32> {
         bail!("--interval must be greater than 0");
     }
     let (dir, st) = StateRoot::new(&g.root).load(&a.id)?;
-    if st.status(&dir) == Status::Stopped {
+    if st.status(&dir, cgroups::is_frozen) == Status::Stopped {
         bail!("container {:?} is not running", a.id);
     }
+    let cgroup = cgroups::open_driver(&st.cgroups)?;
     let print_stats = || -> Result<()> {
-        let stats = st
-            .cgroups
+        let stats = cgroup
             .stats()
             .with_context(|| format!("statistics of container {:?}", a.id))?;
         print_event(&Event {
@@ -276,9 +277,9 @@ pub fn events(g: &Globals, a: EventsArgs) -> Result<i32> {
         print_stats()?;
         return Ok(0);
     }
-    let mut watcher = OomWatcher::new(&st.cgroups)?;
+    let mut watcher = cgroup.oom_watcher()?;
     loop {
-        if st.status(&dir) == Status::Stopped {
+        if st.status(&dir, cgroups::is_frozen) == Status::Stopped {
             return Ok(0);
         }
         print_stats()?;
