@@ -226,7 +226,7 @@ fn update_changes_a_live_limit() {
 #[test]
 fn absolute_cgroups_path_is_honoured_on_a_dedicated_machine() {
     if std::env::var("LRUN_TEST_ABSOLUTE_CGROUPS").as_deref() != Ok("1") {
-        eprintln!("skipped: absolute cgroup paths are tested in the VM only");
+        lrun::test_support::skip("absolute cgroup paths are tested in the VM only");
         return;
     }
     let mut env = Env::new();

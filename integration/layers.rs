@@ -687,7 +687,7 @@ fn evict(p: &Path) {
 #[ignore]
 fn bench_filesystems() {
     let Some(tree) = std::env::var_os("LRUN_BENCH_TREE") else {
-        eprintln!("set LRUN_BENCH_TREE");
+        lrun::test_support::skip("set LRUN_BENCH_TREE");
         return;
     };
     let tree = PathBuf::from(tree);
@@ -810,6 +810,7 @@ fn bench_filesystems() {
 #[ignore]
 fn child_prepare_release_loop() {
     let Some(dir) = std::env::var_os("LRUN_TEST_CHILD_DIR") else {
+        lrun::test_support::skip("a helper process: runs only with LRUN_TEST_CHILD_DIR set");
         return;
     };
     let dir = PathBuf::from(dir);

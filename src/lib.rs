@@ -9,6 +9,7 @@
 //!   `notify`, `sync`: one concern each, driven by `container` only.
 
 pub mod bundle;
+pub mod cgroup_record;
 pub mod cgroups;
 pub mod cli;
 pub mod config_template;
@@ -17,6 +18,7 @@ pub mod fds;
 pub mod hooks;
 pub mod layers;
 pub mod logging;
+pub mod mountinfo;
 pub mod namespaces;
 pub mod notify;
 pub mod process;
@@ -26,4 +28,6 @@ pub mod state;
 pub mod sync;
 pub mod sysctl;
 pub mod terminal;
+#[doc(hidden)]
+pub mod test_support;
 pub mod utils;

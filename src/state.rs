@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use oci_spec::runtime::Hooks;
 use serde::{Deserialize, Serialize};
 
-use crate::cgroups;
+use crate::cgroup_record::CgroupRecord;
 use crate::utils::{validate_id, write_atomic};
 
 pub const STATE_FILE: &str = "state.json";
@@ -68,7 +68,7 @@ pub struct ContainerState {
     #[serde(default)]
     pub created_ok: bool,
     #[serde(default)]
-    pub cgroups: cgroups::Manager,
+    pub cgroups: CgroupRecord,
     /// The root came from layers (lrun mounted it and must release it).
     #[serde(default)]
     pub layered: bool,
@@ -97,7 +97,9 @@ pub struct OciState<'a> {
 
 impl ContainerState {
     /// The status the spec asks for, worked out from the kernel, not from a cached field.
-    pub fn status(&self, dir: &Path) -> Status {
+    /// `is_frozen` tells paused from running by the container's cgroups (the engine passes
+    /// `cgroups::is_frozen`: state only records where they are).
+    pub fn status(&self, dir: &Path, is_frozen: impl FnOnce(&CgroupRecord) -> bool) -> Status {
         if !self.created_ok {
             // No pid yet, or a pid that still lives: create is under way (or its creator died).
             let alive = self.pid == 0 || process_alive(self.pid, self.pid_start_time);
@@ -113,7 +115,7 @@ impl ContainerState {
         if dir.join(FIFO_FILE).exists() {
             return Status::Created;
         }
-        if self.cgroups.is_frozen().unwrap_or(false) {
+        if is_frozen(&self.cgroups) {
             return Status::Paused;
         }
         Status::Running

@@ -364,7 +364,7 @@ fn sd_notify_binary() -> Option<std::path::PathBuf> {
 #[test]
 fn notify_socket_works_with_a_long_root_and_id() {
     let Some(notifier) = sd_notify_binary() else {
-        println!("skipped: building the sd-notify fixture needs cc and static libc");
+        lrun::test_support::skip("building the sd-notify fixture needs cc and static libc");
         return;
     };
     let mut env = Env::new();

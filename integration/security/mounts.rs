@@ -245,7 +245,7 @@ fn mount_destinations_are_cleaned_lexically() {
 #[test]
 fn listed_devices_stay_denied_by_a_deny_all_rule() {
     if !Path::new("/dev/fuse").exists() {
-        println!("skipped: no /dev/fuse on this machine");
+        lrun::test_support::skip("no /dev/fuse on this machine");
         return;
     }
     let mut env = Env::new();

@@ -226,7 +226,7 @@ fn build_static(env: &Env, source: &str, name: &str) -> Option<PathBuf> {
     match st {
         Ok(s) if s.success() => Some(out),
         _ => {
-            println!("skipped: gcc -static could not build {source}");
+            lrun::test_support::skip(&format!("gcc -static could not build {source}"));
             None
         }
     }
@@ -425,7 +425,7 @@ fn state_files_are_unreadable_by_other_users() {
             .stdin(Stdio::null())
             .output();
         let Ok(out) = out else {
-            println!("skipped: setpriv is missing");
+            lrun::test_support::skip("setpriv is missing");
             return;
         };
         assert!(

@@ -17,14 +17,14 @@ fn test_id(name: &str) -> String {
 }
 
 struct TestCg {
-    m: Manager,
+    m: std::boxed::Box<dyn CgroupDriver>,
     children: Vec<Child>,
     extra_dirs: Vec<PathBuf>,
 }
 
 impl TestCg {
     fn new(name: &str) -> TestCg {
-        let m = Manager::new(None, &test_id(name)).unwrap();
+        let m = new_driver(None, &test_id(name)).unwrap();
         m.create().unwrap();
         TestCg {
             m,
@@ -102,10 +102,8 @@ fn memory(limit: i64) -> LinuxMemory {
 #[test]
 fn lifecycle_limits_freeze_and_destroy() {
     let mut t = TestCg::new("life");
-    assert!(matches!(
-        t.m.mode,
-        Mode::Legacy | Mode::Hybrid | Mode::Unified
-    ));
+    let rec = t.m.record();
+    assert_ne!(rec.driver, DriverKind::None);
     for p in t.m.paths() {
         assert!(p.is_dir(), "{} not created", p.display());
     }
@@ -123,21 +121,21 @@ fn lifecycle_limits_freeze_and_destroy() {
         .build()
         .unwrap();
     t.m.set(&r).unwrap();
-    if t.m.mode != Mode::Unified {
-        let mem = t.m.v1_dir("memory").unwrap();
+    if rec.driver != DriverKind::CgroupfsV2 {
+        let mem = rec.v1_dir("memory").unwrap();
         assert_eq!(
             read(mem, "memory.limit_in_bytes"),
             (64u64 << 20).to_string()
         );
-        assert_eq!(read(t.m.v1_dir("pids").unwrap(), "pids.max"), "20");
-        let cpu = t.m.v1_dir("cpu").unwrap();
+        assert_eq!(read(rec.v1_dir("pids").unwrap(), "pids.max"), "20");
+        let cpu = rec.v1_dir("cpu").unwrap();
         assert_eq!(read(cpu, "cpu.cfs_quota_us"), "50000");
         assert_eq!(read(cpu, "cpu.shares"), "512");
-        let devs = read(t.m.v1_dir("devices").unwrap(), "devices.list");
+        let devs = read(rec.v1_dir("devices").unwrap(), "devices.list");
         assert!(devs.contains("c 1:3 rwm"), "{devs}");
         assert!(!devs.contains("a *:* rwm"), "{devs}");
     } else {
-        let dir = t.m.unified.clone().unwrap();
+        let dir = rec.unified.clone().unwrap();
         assert_eq!(read(&dir, "memory.max"), (64u64 << 20).to_string());
         assert_eq!(read(&dir, "pids.max"), "20");
         assert_eq!(read(&dir, "cpu.max"), "50000 100000");
@@ -147,7 +145,7 @@ fn lifecycle_limits_freeze_and_destroy() {
     let i = t.spawn("while :; do :; done");
     let pid = t.pid(i);
     assert!(t.m.pids().unwrap().contains(&pid));
-    if let Some(u) = &t.m.unified {
+    if let Some(u) = &rec.unified {
         assert!(read(u, "cgroup.procs").contains(&pid.to_string()));
     }
 
@@ -183,7 +181,7 @@ fn memory_hog_is_oom_killed_and_reported() {
         .build()
         .unwrap();
     t.m.set(&r).unwrap();
-    let mut watcher = oom::OomWatcher::new(&t.m).unwrap().expect("memory cgroup");
+    let mut watcher = t.m.oom_watcher().unwrap().expect("memory cgroup");
     // dd fills a 256 MiB buffer from /dev/zero: far above the limit.
     let i = t.spawn("exec dd if=/dev/zero of=/dev/null bs=256M count=1");
     let status = t
@@ -196,7 +194,7 @@ fn memory_hog_is_oom_killed_and_reported() {
     assert!(t.m.oom_kills().unwrap() >= 1);
     let s = t.m.stats().unwrap();
     assert_eq!(s.memory.usage.limit, 32 << 20);
-    if t.m.mode != Mode::Unified {
+    if t.m.record().driver != DriverKind::CgroupfsV2 {
         assert!(s.memory.usage.failcnt > 0);
     }
 }
@@ -231,9 +229,10 @@ fn fork_bomb_stops_at_pids_limit() {
     }
     let n = t.m.pids().unwrap().len();
     assert!((2..=8).contains(&n), "{n} processes");
-    let pids_dir = match t.m.mode {
-        Mode::Unified => t.m.unified.clone(),
-        _ => t.m.v1_dir("pids").map(Path::to_path_buf),
+    let rec = t.m.record();
+    let pids_dir = match rec.driver {
+        DriverKind::CgroupfsV2 => rec.unified.clone(),
+        _ => rec.v1_dir("pids").map(Path::to_path_buf),
     };
     if let Some(dir) = pids_dir {
         let ev = fs::parse_flat_keyed(&read(&dir, "pids.events"));
@@ -279,8 +278,9 @@ fn cpu_quota_caps_usage() {
 #[test]
 fn denied_device_cannot_be_opened() {
     let mut t = TestCg::new("dev");
-    if t.m.v1_dir("devices").is_none() && t.m.mode != Mode::Unified {
-        return;
+    let rec = t.m.record();
+    if rec.v1_dir("devices").is_none() && rec.driver != DriverKind::CgroupfsV2 {
+        return crate::test_support::skip("no device controller: neither v1 devices nor cgroup2");
     }
     t.m.set(&LinuxResources::default()).unwrap();
     // /dev/kmsg (1:11) is not in the default list; /dev/urandom is.
@@ -334,13 +334,14 @@ fn update_changes_only_given_fields() {
 #[test]
 fn relative_cgroups_path_nests_under_own_cgroup() {
     let id = test_id("nest");
-    let m = Manager::new(Some(Path::new(&format!("{id}-pod/{id}"))), "ignored").unwrap();
+    let m = new_driver(Some(Path::new(&format!("{id}-pod/{id}"))), "ignored").unwrap();
+    let rec = m.record();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let own = layout::parse_proc_cgroup(&own).unwrap();
     let mem_own = own
         .iter()
         .find(|o| o.controllers.iter().any(|c| c == "memory"));
-    if let (Some(dir), Some(o)) = (m.v1_dir("memory"), mem_own) {
+    if let (Some(dir), Some(o)) = (rec.v1_dir("memory"), mem_own) {
         let want = format!("{}/{id}-pod/{id}", o.path.trim_end_matches('/'));
         assert!(
             dir.to_string_lossy().ends_with(&want),
@@ -358,14 +359,15 @@ fn v2_manager_freezes_kills_and_filters_devices() {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let h = layout::detect(&mountinfo, &own).unwrap();
     let Some((mount, own_v2)) = h.v2.clone() else {
-        return;
+        return crate::test_support::skip("no cgroup2 mount on this machine");
     };
     let Some(rel) = own_v2.strip_prefix('/') else {
-        return;
+        return crate::test_support::skip("our cgroup2 path is not absolute");
     };
     if h.mode == Mode::Unified {
-        // On a pure v2 machine the ordinary tests above already cover this path.
-        return;
+        return crate::test_support::skip(
+            "pure cgroup v2: the ordinary tests above already cover this path",
+        );
     }
     let base = mount.mount_point.join(rel).join(test_id("v2base"));
     std::fs::create_dir(&base).unwrap();
@@ -382,14 +384,14 @@ fn v2_manager_freezes_kills_and_filters_devices() {
             "/".into(),
         )),
     };
-    let m = Manager::from_hierarchies(&fake, None, &test_id("v2")).unwrap();
+    let m = driver_for_layout(&fake, None, &test_id("v2")).unwrap();
     m.create().unwrap();
     let mut t = TestCg {
         m,
         children: Vec::new(),
         extra_dirs: vec![base.clone()],
     };
-    let dir = t.m.unified.clone().unwrap();
+    let dir = t.m.record().unified.unwrap();
     assert_eq!(dir, base.join(test_id("v2")));
     let r = LinuxResourcesBuilder::default()
         .unified(
@@ -433,18 +435,20 @@ fn hybrid_without_devices_controller_uses_bpf() {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let mut h = layout::detect(&mountinfo, &own).unwrap();
     if h.mode != Mode::Hybrid {
-        return;
+        return crate::test_support::skip("the cgroup layout is not hybrid");
     }
     h.v1.retain(|x| !x.controllers.iter().any(|c| c == "devices"));
-    let m = Manager::from_hierarchies(&h, None, &test_id("hyb-bpf")).unwrap();
+    let m = driver_for_layout(&h, None, &test_id("hyb-bpf")).unwrap();
     m.create().unwrap();
     let mut t = TestCg {
         m,
         children: Vec::new(),
         extra_dirs: Vec::new(),
     };
-    let Some(u) = t.m.unified.clone().filter(|u| u.exists()) else {
-        return;
+    let Some(u) = t.m.record().unified.filter(|u| u.exists()) else {
+        return crate::test_support::skip(
+            "no cgroup2 directory could be made in the hybrid layout",
+        );
     };
     t.m.set(&LinuxResources::default()).unwrap();
     assert_eq!(bpf::attached_count(&u).unwrap(), 1);
@@ -460,10 +464,10 @@ fn populated_cgroup_is_not_adopted_and_caller_is_never_killed() {
     let i = t.spawn("sleep 20");
     let pid = t.pid(i);
     // A second container given the same cgroup must not take it over.
-    let other = Manager::new(None, &test_id("guard")).unwrap();
+    let other = new_driver(None, &test_id("guard")).unwrap();
     assert!(other.create().is_err());
     // If the caller were inside, destroy must refuse rather than kill everything there.
-    assert!(t.m.kill_all_but(pid).is_err());
+    assert!(kill_all_but(&*t.m, pid).is_err());
     assert!(
         t.wait(i, Duration::from_millis(200)).is_none(),
         "the process was killed"

@@ -2,13 +2,17 @@
 //! v2 changes memory.events (watched with inotify).
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::{Manager, Mode, fs};
+use super::fs;
 
 pub enum Wake {
     Timeout,
@@ -27,93 +31,63 @@ pub struct OomWatcher {
     _control: Option<File>,
 }
 
-fn check(r: libc::c_int, what: &str) -> Result<libc::c_int> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error()).context(what.to_string())
-    } else {
-        Ok(r)
-    }
-}
-
 impl OomWatcher {
-    /// None when the container has no memory cgroup to watch.
-    pub fn new(m: &Manager) -> Result<Option<Self>> {
-        let last = m.oom_kills().unwrap_or(0);
-        if m.mode == Mode::Unified {
-            let Some(dir) = m.unified.clone() else {
-                return Ok(None);
-            };
-            // SAFETY: plain syscalls; the returned descriptor is owned right away.
-            let fd = check(
-                unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) },
-                "inotify_init1",
-            )?;
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            for file in ["memory.events", "cgroup.events"] {
-                let path = std::ffi::CString::new(dir.join(file).as_os_str().as_encoded_bytes())
-                    .context("cgroup path with a NUL byte")?;
-                // SAFETY: fd and path are valid for the call.
-                check(
-                    unsafe {
-                        libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY)
-                    },
-                    &format!("inotify_add_watch {}", dir.join(file).display()),
-                )?;
-            }
-            return Ok(Some(OomWatcher {
-                fd,
-                dir,
-                v2: true,
-                last,
-                _control: None,
-            }));
+    /// Watch a cgroup2 directory (`last`: the OOM kills counted so far).
+    pub fn v2(dir: &Path, last: u64) -> Result<Self> {
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .context("inotify_init1")?;
+        for file in ["memory.events", "cgroup.events"] {
+            let path = dir.join(file);
+            inotify
+                .add_watch(&path, AddWatchFlags::IN_MODIFY)
+                .with_context(|| format!("inotify_add_watch {}", path.display()))?;
         }
-        let Some(dir) = m.v1_dir("memory").map(|d| d.to_path_buf()) else {
-            return Ok(None);
-        };
+        Ok(OomWatcher {
+            fd: OwnedFd::from(inotify),
+            dir: dir.to_path_buf(),
+            v2: true,
+            last,
+            _control: None,
+        })
+    }
+
+    /// Watch a v1 memory cgroup (`last`: the OOM kills counted so far).
+    pub fn v1(dir: &Path, last: u64) -> Result<Self> {
         let control = File::open(dir.join("memory.oom_control"))
             .with_context(|| format!("open {}/memory.oom_control", dir.display()))?;
-        // SAFETY: plain syscall; the returned descriptor is owned right away.
-        let efd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) }, "eventfd")?;
-        let fd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let fd = OwnedFd::from(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).context("eventfd")?,
+        );
         fs::write(
-            &dir,
+            dir,
             "cgroup.event_control",
             &format!("{} {}", fd.as_raw_fd(), control.as_raw_fd()),
         )?;
-        Ok(Some(OomWatcher {
+        Ok(OomWatcher {
             fd,
-            dir,
+            dir: dir.to_path_buf(),
             v2: false,
             last,
             _control: Some(control),
-        }))
+        })
     }
 
     /// Wait up to `timeout` for an OOM kill.
     pub fn wait(&mut self, timeout: Duration) -> Result<Wake> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut pfd = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let n = match poll(&mut pfd, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => return Ok(Wake::Timeout),
+            Err(e) => return Err(e).context("poll for OOM events"),
         };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(Wake::Timeout);
-            }
-            return Err(e).context("poll for OOM events");
-        }
         if n == 0 {
             return Ok(Wake::Timeout);
         }
         // Drain: the eventfd counter, or queued inotify records.
         let mut buf = [0u8; 4096];
-        // SAFETY: buf is writable for its length.
-        unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let _ = nix::unistd::read(&self.fd, &mut buf);
         if !self.dir.exists() {
             return Ok(Wake::Gone);
         }

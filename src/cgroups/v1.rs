@@ -1,6 +1,8 @@
-//! Resource limits, freezing and statistics on cgroup v1 hierarchies.
+//! The cgroupfs driver for v1 hierarchies (legacy and hybrid layouts): resource limits,
+//! freezing and statistics. In a hybrid layout the container also gets a cgroup2 directory,
+//! for process tracking only (best effort).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -8,18 +10,229 @@ use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 
 use super::devices::Rule;
 use super::fs::{self, exists, read_opt, read_u64, read_u64_opt, write};
+use super::oom::OomWatcher;
 use super::stats::{self, Stats};
-use super::{Manager, rdma_lines};
+use super::{CgroupDriver, CgroupRecord, DriverKind, V1Dir, layout, rdma_lines, v2};
 use crate::logging;
 
+#[derive(Debug)]
+pub struct V1Driver {
+    /// One directory per mounted v1 hierarchy.
+    dirs: Vec<V1Dir>,
+    /// The container's cgroup2 directory in a hybrid layout (None on pure v1).
+    unified: Option<PathBuf>,
+}
+
+/// Named hierarchies (name=systemd) carry no limits: failing to join one is not fatal.
+fn optional(d: &V1Dir) -> bool {
+    d.controllers.iter().all(|c| c.starts_with("name="))
+}
+
+impl V1Driver {
+    pub fn for_layout(
+        h: &layout::Hierarchies,
+        cgroups_path: Option<&Path>,
+        id: &str,
+    ) -> Result<Self> {
+        let mut dirs = Vec::new();
+        for hier in &h.v1 {
+            let path = layout::container_dir(&hier.mount, &hier.own_path, cgroups_path, id, false)?;
+            dirs.push(V1Dir {
+                controllers: hier.controllers.clone(),
+                path,
+            });
+        }
+        let unified = match &h.v2 {
+            Some((mount, own)) => Some(layout::container_dir(mount, own, cgroups_path, id, false)?),
+            None => None,
+        };
+        Ok(V1Driver { dirs, unified })
+    }
+
+    pub fn from_record(r: &CgroupRecord) -> Self {
+        V1Driver {
+            dirs: r.v1.clone(),
+            unified: r.unified.clone(),
+        }
+    }
+
+    fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|d| d.controllers.iter().any(|c| c == controller))
+            .map(|d| d.path.as_path())
+    }
+
+    /// The directory that freezes: the v1 freezer, else cgroup2's cgroup.freeze.
+    fn freezer(&self) -> Option<(bool, &Path)> {
+        if let Some(d) = self.v1_dir("freezer") {
+            return Some((true, d));
+        }
+        self.unified.as_deref().map(|d| (false, d))
+    }
+
+    /// The hierarchy whose cgroup.procs lists the container's processes.
+    fn tracking_dir(&self) -> Option<&Path> {
+        ["pids", "freezer", "memory", "devices", "cpu"]
+            .iter()
+            .find_map(|c| self.v1_dir(c))
+            .or_else(|| self.dirs.first().map(|d| d.path.as_path()))
+            .or(self.unified.as_deref())
+    }
+}
+
+impl CgroupDriver for V1Driver {
+    fn record(&self) -> CgroupRecord {
+        CgroupRecord {
+            driver: DriverKind::CgroupfsV1,
+            v1: self.dirs.clone(),
+            unified: self.unified.clone(),
+            unified_mount: None,
+        }
+    }
+
+    fn paths(&self) -> Vec<&Path> {
+        let mut out: Vec<&Path> = self.dirs.iter().map(|d| d.path.as_path()).collect();
+        out.extend(self.unified.as_deref());
+        out
+    }
+
+    fn cgroup2_dir(&self) -> Option<&Path> {
+        self.unified.as_deref()
+    }
+
+    fn create(&self) -> Result<()> {
+        // destroy kills everything inside: never adopt a cgroup that already holds processes
+        // (a cgroupsPath naming someone else's cgroup, or our own).
+        for dir in self.paths() {
+            if dir.exists() && !fs::procs(dir, true)?.is_empty() {
+                bail!(
+                    "cgroup {} already exists and has processes: refusing to take it over",
+                    dir.display()
+                );
+            }
+        }
+        for d in &self.dirs {
+            let created = match fs::mkdir_all(&d.path) {
+                Ok(c) => c,
+                Err(e) if optional(d) => {
+                    logging::debug(&format!("skipping cgroup {}: {e:#}", d.path.display()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if d.controllers.iter().any(|c| c == "cpuset") {
+                // A new v1 cpuset starts empty and refuses tasks until filled in.
+                for dir in &created {
+                    init_cpuset(dir)?;
+                }
+            }
+        }
+        if let Some(leaf) = &self.unified
+            && let Err(e) = fs::mkdir_all(leaf)
+        {
+            logging::debug(&format!("no cgroup2 directory in hybrid layout: {e:#}"));
+        }
+        Ok(())
+    }
+
+    fn apply(&self, r: &LinuxResources, rules: Option<&[Rule]>) -> Result<()> {
+        set(self, r, rules)?;
+        if let Some(u) = r.unified().as_ref().filter(|u| !u.is_empty()) {
+            match &self.unified {
+                Some(dir) if dir.exists() => v2::unified(dir, u)?,
+                _ => bail!("linux.resources.unified needs cgroup v2, not available here"),
+            }
+        }
+        Ok(())
+    }
+
+    fn add_pid(&self, pid: i32) -> Result<()> {
+        let pid_s = pid.to_string();
+        for d in &self.dirs {
+            if let Err(e) = fs::write(&d.path, "cgroup.procs", &pid_s) {
+                if optional(d) && !d.path.exists() {
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+        if let Some(u) = &self.unified
+            && let Err(e) = fs::write(u, "cgroup.procs", &pid_s)
+            // In a hybrid layout the cgroup2 directory is best effort.
+            && u.exists()
+        {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn freeze(&self) -> Result<()> {
+        match self.freezer() {
+            Some((true, d)) => freeze(d),
+            Some((false, d)) => v2::freeze(d),
+            None => bail!("no freezer: neither the v1 freezer nor cgroup2 is mounted"),
+        }
+    }
+
+    fn thaw(&self) -> Result<()> {
+        match self.freezer() {
+            Some((true, d)) => thaw(d),
+            Some((false, d)) => v2::thaw(d),
+            None => bail!("no freezer: neither the v1 freezer nor cgroup2 is mounted"),
+        }
+    }
+
+    fn is_frozen(&self) -> Result<bool> {
+        match self.freezer() {
+            Some((true, d)) => is_frozen(d),
+            Some((false, d)) => v2::is_frozen(d),
+            None => Ok(false),
+        }
+    }
+
+    fn pids(&self) -> Result<Vec<i32>> {
+        match self.tracking_dir() {
+            Some(d) => fs::procs(d, true),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        stats(self)
+    }
+
+    fn oom_watcher(&self) -> Result<Option<OomWatcher>> {
+        let Some(dir) = self.v1_dir("memory") else {
+            return Ok(None);
+        };
+        let last = self.oom_kills().unwrap_or(0);
+        OomWatcher::v1(dir, last).map(Some)
+    }
+}
+
+/// Copy cpuset.cpus and cpuset.mems from the parent into a new (empty) v1 cpuset.
+fn init_cpuset(dir: &Path) -> Result<()> {
+    let parent = dir
+        .parent()
+        .with_context(|| format!("{} has no parent", dir.display()))?;
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        if fs::read(dir, file)?.trim().is_empty() {
+            let value = fs::read(parent, file)?;
+            fs::write(dir, file, value.trim())?;
+        }
+    }
+    Ok(())
+}
+
 /// The directory of `controller`, or an error naming the config field that needed it.
-fn need<'a>(m: &'a Manager, controller: &str, field: &str) -> Result<&'a Path> {
+fn need<'a>(m: &'a V1Driver, controller: &str, field: &str) -> Result<&'a Path> {
     m.v1_dir(controller).with_context(|| {
         format!("linux.resources.{field} needs the cgroup v1 {controller} controller, which is not mounted")
     })
 }
 
-pub fn set(m: &Manager, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<()> {
+fn set(m: &V1Driver, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<()> {
     if let Some(mem) = r.memory() {
         memory(need(m, "memory", "memory")?, mem)?;
     }
@@ -165,7 +378,7 @@ fn memory(dir: &Path, mem: &LinuxMemory) -> Result<()> {
     Ok(())
 }
 
-fn cpu_limits(m: &Manager, cpu: &LinuxCpu) -> Result<()> {
+fn cpu_limits(m: &V1Driver, cpu: &LinuxCpu) -> Result<()> {
     let wants_cpu = cpu.shares().is_some_and(|s| s != 0)
         || cpu.quota().is_some_and(|q| q != 0)
         || cpu.period().is_some_and(|p| p != 0)
@@ -282,7 +495,7 @@ fn blkio(dir: &Path, b: &LinuxBlockIo) -> Result<()> {
     Ok(())
 }
 
-pub fn freeze(dir: &Path) -> Result<()> {
+fn freeze(dir: &Path) -> Result<()> {
     // FREEZING can linger while a task sleeps uninterruptibly: re-request and wait a bounded
     // time, then give up and thaw rather than leave the container half frozen.
     for i in 0..2000u32 {
@@ -298,19 +511,20 @@ pub fn freeze(dir: &Path) -> Result<()> {
     bail!("{}: processes did not freeze within 2 s", dir.display())
 }
 
-pub fn thaw(dir: &Path) -> Result<()> {
+fn thaw(dir: &Path) -> Result<()> {
     write(dir, "freezer.state", "THAWED")
 }
 
-pub fn is_frozen(dir: &Path) -> Result<bool> {
+fn is_frozen(dir: &Path) -> Result<bool> {
     Ok(read_opt(dir, "freezer.state")?.is_some_and(|s| s.trim() == "FROZEN"))
 }
 
 /// USER_HZ: cpuacct.stat counts in these ticks.
 fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as u64,
+        _ => 100,
+    }
 }
 
 fn numbers(text: &str) -> Vec<u64> {
@@ -319,7 +533,7 @@ fn numbers(text: &str) -> Vec<u64> {
         .collect()
 }
 
-pub fn stats(m: &Manager) -> Result<Stats> {
+fn stats(m: &V1Driver) -> Result<Stats> {
     let mut s = Stats::default();
     if let Some(dir) = m.v1_dir("cpuacct") {
         s.cpu.usage.total = read_u64_opt(dir, "cpuacct.usage")?.unwrap_or(0);

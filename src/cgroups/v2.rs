@@ -1,6 +1,8 @@
-//! Resource limits, freezing and statistics on cgroup v2 (the unified hierarchy).
+//! The cgroupfs driver for cgroup v2 (the unified hierarchy): resource limits, freezing and
+//! statistics. The freeze/thaw and `unified` helpers also serve the hybrid layout's cgroup2
+//! directory (v1.rs).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -8,9 +10,116 @@ use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 
 use super::devices::Rule;
 use super::fs::{self, exists, read_opt, read_u64_opt, write};
+use super::oom::OomWatcher;
 use super::stats::{self, Stats};
-use super::{bpf, rdma_lines};
+use super::{CgroupDriver, CgroupRecord, DriverKind, bpf, layout, rdma_lines};
+
 use crate::logging;
+
+#[derive(Debug)]
+pub struct V2Driver {
+    /// The container's cgroup: where its processes and limits live.
+    dir: PathBuf,
+    /// The cgroup2 mount point, to enable controllers on the way down.
+    mount: Option<PathBuf>,
+}
+
+impl V2Driver {
+    pub fn for_layout(
+        h: &layout::Hierarchies,
+        cgroups_path: Option<&Path>,
+        id: &str,
+    ) -> Result<Self> {
+        let Some((mount, own)) = &h.v2 else {
+            bail!("no cgroup2 mount in a unified cgroup layout");
+        };
+        Ok(V2Driver {
+            dir: layout::container_dir(mount, own, cgroups_path, id, true)?,
+            mount: Some(mount.mount_point.clone()),
+        })
+    }
+
+    pub fn from_record(r: &CgroupRecord) -> Result<Self> {
+        let Some(dir) = r.unified.clone() else {
+            bail!("state.json: cgroups driver cgroupfs-v2 without its cgroup2 directory");
+        };
+        Ok(V2Driver {
+            dir,
+            mount: r.unified_mount.clone(),
+        })
+    }
+}
+
+impl CgroupDriver for V2Driver {
+    fn record(&self) -> CgroupRecord {
+        CgroupRecord {
+            driver: DriverKind::CgroupfsV2,
+            v1: Vec::new(),
+            unified: Some(self.dir.clone()),
+            unified_mount: self.mount.clone(),
+        }
+    }
+
+    fn paths(&self) -> Vec<&Path> {
+        vec![&self.dir]
+    }
+
+    fn cgroup2_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
+    fn create(&self) -> Result<()> {
+        // destroy kills everything inside: never adopt a cgroup that already holds processes
+        // (a cgroupsPath naming someone else's cgroup, or our own).
+        if self.dir.exists() && !fs::procs(&self.dir, true)?.is_empty() {
+            bail!(
+                "cgroup {} already exists and has processes: refusing to take it over",
+                self.dir.display()
+            );
+        }
+        if let Some(parent) = self.dir.parent() {
+            fs::mkdir_all(parent)?;
+        }
+        if let Some(mount) = &self.mount {
+            enable_controllers(mount, &self.dir)?;
+        }
+        fs::mkdir_all(&self.dir)?;
+        Ok(())
+    }
+
+    fn apply(&self, r: &LinuxResources, rules: Option<&[Rule]>) -> Result<()> {
+        set(&self.dir, r, rules)
+    }
+
+    fn add_pid(&self, pid: i32) -> Result<()> {
+        fs::write(&self.dir, "cgroup.procs", &pid.to_string())
+    }
+
+    fn freeze(&self) -> Result<()> {
+        freeze(&self.dir)
+    }
+
+    fn thaw(&self) -> Result<()> {
+        thaw(&self.dir)
+    }
+
+    fn is_frozen(&self) -> Result<bool> {
+        is_frozen(&self.dir)
+    }
+
+    fn pids(&self) -> Result<Vec<i32>> {
+        fs::procs(&self.dir, true)
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        stats(&self.dir)
+    }
+
+    fn oom_watcher(&self) -> Result<Option<OomWatcher>> {
+        let last = self.oom_kills().unwrap_or(0);
+        OomWatcher::v2(&self.dir, last).map(Some)
+    }
+}
 
 /// Enable every available controller on the way from the mount point down to `leaf`'s
 /// parent, so that `leaf` gets them. Only writes where something is missing.
@@ -84,7 +193,7 @@ fn max_or(v: i64) -> String {
     if v < 0 { "max".into() } else { v.to_string() }
 }
 
-pub fn set(dir: &Path, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<()> {
+fn set(dir: &Path, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<()> {
     if let Some(mem) = r.memory() {
         memory(dir, mem)?;
     }
@@ -305,7 +414,7 @@ fn events(dir: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
     Ok(fs::parse_flat_keyed(&fs::read(dir, "cgroup.events")?))
 }
 
-pub fn stats(dir: &Path) -> Result<Stats> {
+fn stats(dir: &Path) -> Result<Stats> {
     let mut s = Stats::default();
     if let Some(t) = read_opt(dir, "cpu.stat")? {
         let kv = fs::parse_flat_keyed(&t);

@@ -71,7 +71,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .as_ref()
         .context("config.json: process is required")?;
     let linux = spec.linux().as_ref();
-    let cgroup = cgroups::Manager::new(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
+    let cgroup = cgroups::new_driver(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
     let layer_spec = layers::layer_spec(spec)?;
 
     // 2. `--pull`: what the store lacks, before the id is claimed (the store is shared and
@@ -112,7 +112,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         owner: String::new(),
         annotations: spec.annotations().clone().unwrap_or_default(),
         created_ok: false,
-        cgroups: cgroup.clone(),
+        cgroups: cgroup.record(),
         layered,
         hooks: spec.hooks().clone(),
         notify_socket: notify::host_socket(),
@@ -132,7 +132,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     }
 
     // 5. cgroups, before any container process exists.
-    guard.cgroup = Some(cgroup.clone());
+    guard.cgroup = Some(cgroup.record());
     cgroup.create()?;
     // Always applied: even without resources the device list has defaults to enforce.
     let no_resources = oci_spec::runtime::LinuxResources::default();
@@ -311,7 +311,7 @@ struct CreateGuard<'a> {
     rt: &'a Runtime,
     dir: PathBuf,
     pids: Vec<i32>,
-    cgroup: Option<cgroups::Manager>,
+    cgroup: Option<cgroups::CgroupRecord>,
     layered: bool,
     done: bool,
 }
@@ -326,7 +326,7 @@ impl Drop for CreateGuard<'_> {
             let _ = waitpid(Pid::from_raw(pid), None);
         }
         if let Some(cg) = &self.cgroup
-            && let Err(e) = cg.destroy()
+            && let Err(e) = cgroups::open_driver(cg).and_then(|d| d.destroy())
         {
             logging::warn(&format!("cleanup after failed create: {e:#}"));
         }

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 
 use super::Runtime;
 use super::kill::signal_process;
+use crate::cgroups;
 use crate::hooks;
 use crate::layers;
 use crate::logging;
@@ -36,7 +37,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     if let Some(st) = &st {
-        let status = st.status(&dir);
+        let status = st.status(&dir, cgroups::is_frozen);
         let stoppable = matches!(status, Status::Stopped | Status::Created);
         if !force && !stoppable {
             bail!("cannot delete container {id:?}: it is {status} (stop it first or use --force)");
@@ -44,7 +45,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         if status != Status::Stopped {
             let _ = signal_process(st.pid, st.pid_start_time, Signal::SIGKILL);
         }
-        st.cgroups.destroy()?;
+        cgroups::open_driver(&st.cgroups)?.destroy()?;
         wait_gone(st.pid, st.pid_start_time);
         if st.layered {
             layers::release_root(&rt.layers(), &dir)?;
@@ -110,7 +111,9 @@ fn gc_one(rt: &Runtime, id: &str, stopped: bool) -> Result<bool> {
         return Ok(false);
     };
     let stale = match states.load(id) {
-        Ok((_, st)) => !st.created_ok || (stopped && st.status(&dir) == Status::Stopped),
+        Ok((_, st)) => {
+            !st.created_ok || (stopped && st.status(&dir, cgroups::is_frozen) == Status::Stopped)
+        }
         // No state.json and nobody creating: the creator died before writing it.
         Err(_) => !dir.join(state::STATE_FILE).exists(),
     };

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::Runtime;
-use crate::cgroups::oom::{OomWatcher, Wake};
+use crate::cgroups;
+use crate::cgroups::oom::Wake;
 pub use crate::cgroups::stats::Event;
 use crate::state::Status;
 
@@ -22,12 +23,12 @@ pub fn events(
         bail!("--interval must be greater than 0");
     }
     let (dir, st) = rt.states().load(id)?;
-    if st.status(&dir) == Status::Stopped {
+    if st.status(&dir, cgroups::is_frozen) == Status::Stopped {
         bail!("container {id:?} is not running");
     }
+    let cgroup = cgroups::open_driver(&st.cgroups)?;
     let print_stats = |emit: &mut dyn FnMut(&Event) -> Result<()>| -> Result<()> {
-        let stats = st
-            .cgroups
+        let stats = cgroup
             .stats()
             .with_context(|| format!("statistics of container {id:?}"))?;
         emit(&Event {
@@ -39,9 +40,9 @@ pub fn events(
     if stats_only {
         return print_stats(emit);
     }
-    let mut watcher = OomWatcher::new(&st.cgroups)?;
+    let mut watcher = cgroup.oom_watcher()?;
     loop {
-        if st.status(&dir) == Status::Stopped {
+        if st.status(&dir, cgroups::is_frozen) == Status::Stopped {
             return Ok(());
         }
         print_stats(emit)?;

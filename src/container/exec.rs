@@ -20,6 +20,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use super::foreground;
 use super::{Runtime, write_pid_file};
+use crate::cgroups;
 use crate::namespaces;
 use crate::process;
 use crate::state::{CONFIG_FILE, Status};
@@ -45,7 +46,7 @@ pub fn container_spec(rt: &Runtime, id: &str) -> Result<Spec> {
 
 pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     let (dir, st) = rt.states().load(opts.id)?;
-    match st.status(&dir) {
+    match st.status(&dir, cgroups::is_frozen) {
         Status::Running | Status::Created => {}
         s => bail!("cannot exec in container {:?}: it is {s}", opts.id),
     }
@@ -64,6 +65,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         .map(|s| crate::seccomp::prepare_cached(s, &rt.root.join(".seccomp-cache")))
         .transpose()?;
 
+    let cgroup = cgroups::open_driver(&st.cgroups)?;
     let mask = if opts.detach {
         None
     } else {
@@ -77,7 +79,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         Forked::Child(one_thread) => {
             drop(chan);
             let target = Target {
-                cgroups: &st.cgroups,
+                cgroups: &*cgroup,
                 joins: &joins,
                 root: &root,
                 filter: filter.as_ref(),
@@ -155,7 +157,7 @@ fn namespaces_of(pid: i32) -> Result<Vec<(LinuxNamespaceType, OwnedFd)>> {
 
 /// What the exec'd process joins and runs (the child has a copy of the parent's memory).
 struct Target<'a> {
-    cgroups: &'a crate::cgroups::Manager,
+    cgroups: &'a dyn crate::cgroups::CgroupDriver,
     joins: &'a [(LinuxNamespaceType, OwnedFd)],
     root: &'a File,
     filter: Option<&'a crate::seccomp::Filter>,

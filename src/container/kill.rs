@@ -6,6 +6,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::Runtime;
+use crate::cgroups;
 use crate::state::{Status, process_alive};
 
 /// Parse a signal as runc does: a number, or a name with or without SIG.
@@ -25,7 +26,7 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
 
 pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     let (dir, st) = rt.states().load(id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     if !matches!(status, Status::Created | Status::Running | Status::Paused) {
         bail!("cannot kill container {id:?}: it is {status}");
     }
@@ -33,7 +34,8 @@ pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     // container's cgroups (which may exit meanwhile, and whose loss is no error).
     signal_process(st.pid, st.pid_start_time, sig)?;
     if all {
-        for pid in st.cgroups.pids()?.into_iter().filter(|p| *p != st.pid) {
+        let pids = cgroups::open_driver(&st.cgroups)?.pids()?;
+        for pid in pids.into_iter().filter(|p| *p != st.pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
     }

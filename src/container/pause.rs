@@ -5,27 +5,28 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 
 use super::Runtime;
+use crate::cgroups;
 use crate::state::{self, ContainerState, DirLock, Status};
 
 pub fn pause(rt: &Runtime, id: &str) -> Result<()> {
     let (_lock, dir, st) = load_locked(rt, id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     if status != Status::Running {
         bail!("container {id:?} is {status}, not running: cannot pause");
     }
-    st.cgroups
-        .freeze()
+    cgroups::open_driver(&st.cgroups)
+        .and_then(|d| d.freeze())
         .with_context(|| format!("pause container {id:?}"))
 }
 
 pub fn resume(rt: &Runtime, id: &str) -> Result<()> {
     let (_lock, dir, st) = load_locked(rt, id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     if status != Status::Paused {
         bail!("container {id:?} is {status}, not paused: cannot resume");
     }
-    st.cgroups
-        .thaw()
+    cgroups::open_driver(&st.cgroups)
+        .and_then(|d| d.thaw())
         .with_context(|| format!("resume container {id:?}"))
 }
 
@@ -46,7 +47,7 @@ mod tests {
     use std::process::{Child, Command};
 
     use super::*;
-    use crate::cgroups::Manager;
+    use crate::cgroups::CgroupDriver;
     use crate::state::StateRoot;
 
     /// A fake running container: a `sleep` in its own cgroups and a state.json written here,
@@ -55,7 +56,7 @@ mod tests {
         id: String,
         rt: Runtime,
         child: Child,
-        m: Manager,
+        m: Box<dyn CgroupDriver>,
     }
 
     impl Drop for Fake {
@@ -69,7 +70,7 @@ mod tests {
 
     fn fake(name: &str) -> Fake {
         let id = format!("lrun-cli-{}-{name}", std::process::id());
-        let m = Manager::new(None, &id).unwrap();
+        let m = cgroups::new_driver(None, &id).unwrap();
         m.create().unwrap();
         let child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
@@ -85,7 +86,7 @@ mod tests {
             "ociVersion": "1.2.0", "id": fake.id, "pid": pid,
             "pidStartTime": state::process_start_time(pid).unwrap(),
             "bundle": "/", "rootfs": "/", "created": "", "createdOk": true,
-            "cgroups": fake.m,
+            "cgroups": fake.m.record(),
         }))
         .unwrap();
         state::save(&root.join(&fake.id), &st).unwrap();
@@ -94,7 +95,7 @@ mod tests {
 
     fn status(f: &Fake) -> Status {
         let (dir, st) = StateRoot::new(&f.rt.root).load(&f.id).unwrap();
-        st.status(&dir)
+        st.status(&dir, cgroups::is_frozen)
     }
 
     #[test]

@@ -7,6 +7,7 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
 use super::Runtime;
+use crate::cgroups;
 use crate::hooks;
 use crate::logging;
 use crate::notify;
@@ -17,7 +18,7 @@ use crate::utils;
 pub fn start(rt: &Runtime, id: &str) -> Result<()> {
     let (dir, st) = rt.states().load(id)?;
     let _lock = state::lock(&dir)?;
-    match st.status(&dir) {
+    match st.status(&dir, cgroups::is_frozen) {
         Status::Created => {}
         s => bail!("cannot start container {id:?}: it is {s}, not created"),
     }

@@ -3,12 +3,13 @@
 use anyhow::Result;
 
 use super::Runtime;
+use crate::cgroups;
 use crate::state::{ContainerState, Status};
 
 /// One container's state record and its status now.
 pub fn state(rt: &Runtime, id: &str) -> Result<(ContainerState, Status)> {
     let (dir, st) = rt.states().load(id)?;
-    let status = st.status(&dir);
+    let status = st.status(&dir, cgroups::is_frozen);
     Ok((st, status))
 }
 
@@ -21,7 +22,7 @@ pub fn list(rt: &Runtime) -> Result<Vec<(ContainerState, Status)>> {
         let Ok((dir, st)) = states.load(&id) else {
             continue;
         };
-        let status = st.status(&dir);
+        let status = st.status(&dir, cgroups::is_frozen);
         rows.push((st, status));
     }
     Ok(rows)

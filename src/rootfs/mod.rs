@@ -84,8 +84,10 @@ pub fn prepare(
         if m.typ().as_deref() == Some("cgroup") {
             // Needs the container's final cgroup (and cgroup namespace).
             before_cgroup_mounts()?;
-            cgroup_mounter =
-                Some(&*cgroups.get_or_insert_with(|| CgroupMounter::from_host(cgroupns)));
+            if cgroups.is_none() {
+                cgroups = Some(CgroupMounter::from_host(cgroupns)?);
+            }
+            cgroup_mounter = cgroups.as_ref();
         }
         mount_entry(root.as_fd(), bundle, m, cgroup_mounter)?;
         has_dev_pts |= m.destination() == Path::new("/dev/pts");
@@ -145,14 +147,13 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
 fn detach_outside(rootfs: &Path) -> Result<()> {
     let rootfs = std::fs::canonicalize(rootfs)
         .with_context(|| format!("--no-pivot: resolve rootfs {}", rootfs.display()))?;
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("--no-pivot: read /proc/self/mountinfo")?;
+    let text = crate::mountinfo::read_self().context("--no-pivot")?;
     // Children come after their parents in mountinfo: walk backwards so each path still
     // reaches the mount it names when it is detached.
     let points: Vec<PathBuf> = text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(crate::cgroups::layout::unescape(p)))
+        .map(|p| PathBuf::from(crate::mountinfo::unescape(p)))
         .collect();
     for p in points.iter().rev() {
         if p.starts_with(&rootfs) || rootfs.starts_with(p) {

@@ -315,12 +315,14 @@ pub struct CgroupMounter {
 
 impl CgroupMounter {
     /// Read the host's cgroup mounts and our cgroups (call before pivot_root). Mounts that a
-    /// later mount covers are ignored (cgroup-sandbox.sh leaves such copies behind).
-    pub fn from_host(cgroupns: bool) -> Self {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    /// later mount covers are ignored (cgroup-sandbox.sh leaves such copies behind). An
+    /// unreadable /proc file is an error: read as "no cgroup mounts" it would silently give
+    /// the container none.
+    pub fn from_host(cgroupns: bool) -> Result<Self> {
+        let text = crate::mountinfo::read_self()?;
         let mut v1 = Vec::new();
         let mut unified = None;
-        for m in crate::cgroups::layout::parse_mountinfo(&text) {
+        for m in crate::mountinfo::cgroup_mounts(&text) {
             if m.v2 {
                 if m.mount_point == Path::new("/sys/fs/cgroup") {
                     unified = Some(m.mount_point);
@@ -334,7 +336,7 @@ impl CgroupMounter {
             }
         }
         let own = std::fs::read_to_string("/proc/self/cgroup")
-            .unwrap_or_default()
+            .context("read /proc/self/cgroup")?
             .lines()
             .filter_map(|l| {
                 let mut f = l.splitn(3, ':');
@@ -342,12 +344,12 @@ impl CgroupMounter {
                 Some((ctrls.to_string(), path.to_string()))
             })
             .collect();
-        CgroupMounter {
+        Ok(CgroupMounter {
             v1,
             unified,
             own,
             cgroupns,
-        }
+        })
     }
 
     /// Our cgroup path in the hierarchy whose controllers are `options`.
