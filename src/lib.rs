@@ -17,6 +17,7 @@ pub mod foreground;
 pub mod hooks;
 pub mod init;
 pub mod layers;
+pub mod lockfile;
 pub mod logging;
 pub mod namespaces;
 pub mod notify;

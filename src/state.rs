@@ -243,28 +243,17 @@ pub struct DirLock {
 
 pub fn lock(dir: &Path) -> Result<DirLock> {
     let file = File::open(dir).with_context(|| format!("open {}", dir.display()))?;
-    // SAFETY: flock on a valid fd we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("flock {}", dir.display()));
-    }
+    crate::lockfile::flock_exclusive(&file, true)
+        .with_context(|| format!("flock {}", dir.display()))?;
     Ok(DirLock { _file: file })
 }
 
 /// `lock` without waiting: None when another process holds it (a create or delete under way).
 pub fn try_lock(dir: &Path) -> Result<Option<DirLock>> {
     let file = File::open(dir).with_context(|| format!("open {}", dir.display()))?;
-    // SAFETY: flock on a valid fd we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(None);
-        }
-        return Err(e).with_context(|| format!("flock {}", dir.display()));
-    }
-    Ok(Some(DirLock { _file: file }))
+    let locked = crate::lockfile::flock_exclusive(&file, false)
+        .with_context(|| format!("flock {}", dir.display()))?;
+    Ok(locked.then_some(DirLock { _file: file }))
 }
 
 impl DirLock {

@@ -11,10 +11,9 @@
 //! partial file removed), a stall timeout and a deadline (source::Limits).
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, IsTerminal, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use serde::Serialize;
 use super::header::{self, Digest, Header};
 use super::source::{Source, TransferError};
 use super::store::{LayerRef, Store};
+use crate::lockfile::{self, LockFile};
 
 /// Attempts per layer: a transfer cut short is resumed this many times before giving up.
 const ATTEMPTS: usize = 4;
@@ -376,49 +376,27 @@ fn free_bytes(dir: &Path) -> Result<u64> {
     Ok(v.f_bfree.saturating_mul(v.f_frsize))
 }
 
-/// An exclusive flock on a per-digest lock file that is removed on release. A waiter that
-/// gets the lock on a file already unlinked starts over, so two holders can never coexist.
+/// An exclusive lock on a per-digest lock file that is removed on release (the unlink-safe
+/// protocol of `crate::lockfile`), so two holders can never coexist.
 struct DigestLock {
-    f: File,
+    lock: LockFile,
     path: PathBuf,
 }
 
 impl DigestLock {
     fn take(path: &Path) -> Result<DigestLock> {
-        loop {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(path)
-                .with_context(|| format!("open {}", path.display()))?;
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("flock {}", path.display()));
-            }
-            let mine = f.metadata().context("fstat lock")?.ino();
-            match fs::metadata(path) {
-                Ok(m) if m.ino() == mine => {
-                    return Ok(DigestLock {
-                        f,
-                        path: path.to_path_buf(),
-                    });
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
-            }
-        }
+        let lock =
+            lockfile::lock_exclusive(path).with_context(|| format!("lock {}", path.display()))?;
+        Ok(DigestLock {
+            lock,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Remove the lock file while holding it (waiters notice and retry); on an error path the
     /// file stays, which is harmless: the next pull takes it.
     fn release(self) {
-        let _ = fs::remove_file(&self.path);
-        drop(self.f);
+        self.lock.unlink_while_held(&self.path);
     }
 }
 
@@ -520,29 +498,16 @@ pub fn clean_partials(store: &Store) -> Result<usize> {
             continue;
         };
         let lock_path = dir.join(format!("{hex}.lock"));
-        let Ok(lock) = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
+        // A pull in progress holds the lock: its partial file is simply skipped.
+        let Ok(lockfile::Attempt::Locked(lock)) =
+            lockfile::try_lock(&lock_path, true, lockfile::Kind::ExclusiveNow)
         else {
             continue;
         };
-        // SAFETY: flock on an fd we own; LOCK_NB so a pull in progress is simply skipped.
-        if unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        } != 0
-        {
-            continue;
-        }
         if fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
-        let _ = fs::remove_file(&lock_path);
+        lock.unlink_while_held(&lock_path);
     }
     Ok(removed)
 }

@@ -192,11 +192,8 @@ impl Store {
             .mode(0o600)
             .open(&p)
             .with_context(|| format!("open {}", p.display()))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("flock {}", p.display()));
-        }
+        crate::lockfile::flock_exclusive(&f, true)
+            .with_context(|| format!("flock {}", p.display()))?;
         Ok(StoreLock { _f: f })
     }
 
