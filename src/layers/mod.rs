@@ -155,11 +155,9 @@ pub fn resolve_closure(
         );
     }
     closure::resolve(&digests, &mut |d| store.header(d)).map_err(|e| {
-        let msg = format!("{e:#}");
-        if msg.contains("missing layer") {
-            anyhow::anyhow!("{msg} {PULL_HINT}")
-        } else {
-            e
+        match e.downcast_ref::<closure::MissingLayers>() {
+            Some(missing) => anyhow::anyhow!("{missing} {PULL_HINT}"),
+            None => e,
         }
     })
 }

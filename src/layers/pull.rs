@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::closure;
 use super::header::{self, Digest, Header};
 use super::source::{Source, TransferError};
 use super::store::{LayerRef, Store};
@@ -68,10 +69,6 @@ impl Default for PullOptions {
     }
 }
 
-/// A layer still to visit: its digest, the name@version it must carry (a dependency's
-/// record or the name a top was asked by), and the dependent needing it (None for a top).
-type Pending = (Digest, Option<(String, String)>, Option<String>);
-
 /// Fetch every layer of the closure of `refs` that the store lacks.
 pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
     let t0 = Instant::now();
@@ -83,71 +80,40 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
     for r in refs {
         tops.push(resolve_top(store, src, r)?);
     }
-    // Walk the closure: (digest, header, present in the store).
-    let mut seen = HashSet::new();
-    let mut order: Vec<(Digest, Header, bool)> = Vec::new();
-    let mut stack: Vec<Pending> = tops
-        .iter()
-        .zip(refs)
-        .rev()
-        .map(|((d, _), r)| {
-            let expect = match r {
-                LayerRef::Label { name, version } => Some((name.clone(), version.clone())),
-                _ => None,
-            };
-            (*d, expect, None)
-        })
-        .collect();
-    while let Some((d, expect, needed_by)) = stack.pop() {
-        if !seen.insert(d) {
-            continue;
+    let top_digests: Vec<Digest> = tops.iter().map(|(d, _)| *d).collect();
+    // The closure from the headers: the store's for layers it has, the source's for the
+    // others. A stored image the store cannot vouch for counts as missing: the pull
+    // replaces it.
+    let mut present = HashSet::new();
+    let stack = closure::walk(&top_digests, &mut |d| {
+        if let Some(h) = store.header(d).ok().flatten() {
+            present.insert(*d);
+            return Ok(Some(h));
         }
-        let label = expect
-            .as_ref()
-            .map(|(n, v)| format!("{n}@{v} "))
-            .unwrap_or_default();
-        // A stored image the store cannot vouch for counts as missing: the pull replaces it.
-        let (h, present) = match store.header(&d).ok().flatten() {
-            Some(h) => (h, true),
-            None => match src.header(&d)? {
-                Some(h) => (h, false),
-                None => bail!(
-                    "layer {label}{d}{} is not in {}",
-                    needed_by
-                        .as_ref()
-                        .map(|x| format!(" (needed by {x})"))
-                        .unwrap_or_default(),
-                    src.describe()
-                ),
-            },
-        };
-        if let Some((n, v)) = &expect
-            && (h.name != *n || h.version != *v)
+        src.header(d)
+    })
+    .map_err(|e| match e.downcast_ref::<closure::MissingLayers>() {
+        Some(missing) => not_in_source(src, &tops, refs, missing),
+        None => e,
+    })?;
+    for ((d, _), r) in tops.iter().zip(refs) {
+        if let LayerRef::Label { name, version } = r
+            && let Some((_, h)) = stack.iter().find(|(x, _)| x == d)
+            && (h.name != *name || h.version != *version)
         {
-            match &needed_by {
-                Some(x) => bail!(
-                    "{x} depends on {n}@{v} ({d}), but that digest is {}",
-                    h.label()
-                ),
-                None => bail!(
-                    "{}: the index gives {d} for {n}@{v}, but that image is {}",
-                    src.describe(),
-                    h.label()
-                ),
-            }
+            bail!(
+                "{}: the index gives {d} for {name}@{version}, but that image is {}",
+                src.describe(),
+                h.label()
+            );
         }
-        for dep in h.deps.iter().rev() {
-            stack.push((
-                dep.digest,
-                Some((dep.name.clone(), dep.version.clone())),
-                Some(h.label()),
-            ));
-        }
-        order.push((d, h, present));
     }
     // Dependencies before their dependents: a reader of the store mid-pull sees lower
     // layers first, and an interrupted pull leaves whole, usable sub-stacks.
-    order.reverse();
+    let order = stack.into_iter().rev().map(|(d, h)| {
+        let p = present.contains(&d);
+        (d, h, p)
+    });
     for (d, h, present) in order {
         let size = h.payload_offset + h.payload_len;
         let mut item = PulledLayer {
@@ -176,6 +142,38 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
     }
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The first layer the source lacks, named as the user knows it.
+fn not_in_source(
+    src: &Source,
+    tops: &[(Digest, String)],
+    refs: &[LayerRef],
+    missing: &closure::MissingLayers,
+) -> anyhow::Error {
+    let Some(m) = missing.0.first() else {
+        return anyhow::anyhow!("{missing}");
+    };
+    let d = m.digest;
+    let (label, needed_by) = match &m.needed {
+        Some(n) => (
+            format!("{}@{} ", n.name, n.version),
+            format!(" (needed by {})", n.by),
+        ),
+        None => {
+            let label = tops
+                .iter()
+                .zip(refs)
+                .find(|((x, _), _)| *x == d)
+                .and_then(|(_, r)| match r {
+                    LayerRef::Label { name, version } => Some(format!("{name}@{version} ")),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            (label, String::new())
+        }
+    };
+    anyhow::anyhow!("layer {label}{d}{needed_by} is not in {}", src.describe())
 }
 
 fn resolve_top(store: &Store, src: &Source, r: &LayerRef) -> Result<(Digest, String)> {

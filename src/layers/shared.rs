@@ -545,14 +545,3 @@ fn mount_layer(h: &Header, image: &Path, mnt: &Path) -> Result<Backing> {
     // `dev` drops here: the mount now holds the device; AUTOCLEAR detaches it with the mount.
     Ok(Backing::Loop)
 }
-
-/// Reject before mounting what the kernel would only report vaguely.
-pub fn check_stack_depth(n: usize) -> Result<()> {
-    if n > super::closure::MAX_LAYERS {
-        bail!(
-            "{n} layers: overlayfs stacks at most {}",
-            super::closure::MAX_LAYERS
-        );
-    }
-    Ok(())
-}

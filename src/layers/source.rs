@@ -515,7 +515,7 @@ fn header_len_hint(first: &[u8]) -> usize {
     }
     // Bounded by the reader's own checks: decode refuses lengths its dependency count does
     // not give, and a length past the file's end is not fetched.
-    .min(header::header_len_for(header::MAX_DEPS) as usize)
+    .min(header::header_len_for(header::MAX_LAYERS) as usize)
 }
 
 fn header_str<'a>(h: &'a ureq::http::HeaderMap, name: &str) -> Option<&'a str> {
@@ -733,7 +733,7 @@ mod tests {
         b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             header_len_hint(&b),
-            header::header_len_for(header::MAX_DEPS) as usize
+            header::header_len_for(header::MAX_LAYERS) as usize
         );
     }
 }
