@@ -47,6 +47,7 @@ impl Runtime {
         LayerContext {
             store: self.store.clone(),
             state_root: self.root.clone(),
+            recorded: state::recorded_root,
         }
     }
 }
@@ -121,6 +122,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         pids: Vec::new(),
         cgroup: None,
         layered,
+        layers: None,
         done: false,
     };
     let mut st = ContainerState {
@@ -140,6 +142,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         created_ok: false,
         cgroups: cgroup.clone(),
         layered,
+        layers: None,
         hooks: spec.hooks().clone(),
         notify_socket: notify::host_socket(),
     };
@@ -149,8 +152,13 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .context("save config.json with the state")?;
 
     // 3. Root filesystem: layers (if any) mounted in the host namespace.
-    match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir)? {
+    let mut record = |r: &layers::RootRecord| {
+        st.layers = Some(r.clone());
+        state::save(&dir, &st)
+    };
+    match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir, &mut record)? {
         Some(merged) => {
+            guard.layers = st.layers.clone();
             st.rootfs = merged;
             state::save(&dir, &st)?;
         }
@@ -352,6 +360,7 @@ struct CreateGuard<'a> {
     pids: Vec<i32>,
     cgroup: Option<cgroups::Manager>,
     layered: bool,
+    layers: Option<layers::RootRecord>,
     done: bool,
 }
 
@@ -370,7 +379,7 @@ impl Drop for CreateGuard<'_> {
             logging::warn(&format!("cleanup after failed create: {e:#}"));
         }
         if self.layered
-            && let Err(e) = layers::release_root(&self.rt.layers(), &self.dir)
+            && let Err(e) = layers::release_root(&self.rt.layers(), &self.dir, self.layers.as_ref())
         {
             logging::warn(&format!("cleanup after failed create: {e:#}"));
         }
@@ -573,11 +582,11 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         st.cgroups.destroy()?;
         wait_gone(st.pid, st.pid_start_time);
         if st.layered {
-            layers::release_root(&rt.layers(), &dir)?;
+            layers::release_root(&rt.layers(), &dir, st.layers.as_ref())?;
         }
     } else {
         // Whatever a crashed create may have taken in the layers; release is idempotent.
-        layers::release_root(&rt.layers(), &dir)?;
+        layers::release_root(&rt.layers(), &dir, None)?;
     }
     fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     drop(lock);

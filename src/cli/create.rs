@@ -63,9 +63,9 @@ pub fn pull_first(g: &Globals, a: &Args) -> anyhow::Result<()> {
     if refs.is_empty() {
         return Ok(());
     }
-    let src = crate::layers::source::Source::parse(src)?;
+    let src = crate::distribution::parse(src)?;
     let store = crate::layers::Store::new(&g.store);
-    crate::layers::pull::pull(&store, &src, &refs, &Default::default())?;
+    crate::distribution::pull::pull(&store, &*src, &refs, &Default::default())?;
     Ok(())
 }
 

@@ -18,9 +18,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::header::{Dep, Digest, FsType};
-use super::pack;
-use super::store::Store;
+use crate::layers::header::{Dep, Digest, FsType};
+use crate::layers::pack;
+use crate::layers::store::Store;
 
 /// Name of the lower layers an import makes; their version is the OCI chain id, so the same
 /// base layers imported with two images are the same lrun layers.
@@ -162,7 +162,7 @@ pub fn bundle_config(mut spec: Value, top: &str, p: &ProcessConfig) -> Value {
     spec["process"]["cwd"] = json!(p.cwd);
     spec["process"]["user"] = json!({"uid": p.uid, "gid": p.gid});
     spec["root"] = json!({"path": "rootfs", "readonly": false});
-    spec["annotations"] = json!({ super::ANNOTATION_LAYERS: top });
+    spec["annotations"] = json!({ crate::layers::ANNOTATION_LAYERS: top });
     spec
 }
 

@@ -8,7 +8,7 @@
 //! and renamed into the store, so an image never appears in the store unverified, and a
 //! corrupt download is removed. Every read of the source is bounded: exactly the size the
 //! verified header declares (a source announcing or sending another size is refused and its
-//! partial file removed), a stall timeout and a deadline (source::Limits).
+//! partial file removed), a stall timeout and a deadline (limits::Limits).
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::closure;
-use super::header::{self, Digest, Header};
-use super::source::{Source, TransferError};
-use super::store::{LayerRef, Store};
+use super::{LayerSource, TransferError};
+use crate::layers::closure;
+use crate::layers::header::{Digest, Header};
+use crate::layers::store::{LayerRef, Store};
 use crate::lockfile::{self, LockFile};
 
 /// Attempts per layer: a transfer cut short is resumed this many times before giving up.
@@ -70,7 +70,7 @@ impl Default for PullOptions {
 }
 
 /// Fetch every layer of the closure of `refs` that the store lacks.
-pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
+pub fn pull(store: &Store, src: &dyn LayerSource, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
     let t0 = Instant::now();
     let mut report = PullReport {
         source: src.describe(),
@@ -146,7 +146,7 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
 
 /// The first layer the source lacks, named as the user knows it.
 fn not_in_source(
-    src: &Source,
+    src: &dyn LayerSource,
     tops: &[(Digest, String)],
     refs: &[LayerRef],
     missing: &closure::MissingLayers,
@@ -176,7 +176,7 @@ fn not_in_source(
     anyhow::anyhow!("layer {label}{d}{needed_by} is not in {}", src.describe())
 }
 
-fn resolve_top(store: &Store, src: &Source, r: &LayerRef) -> Result<(Digest, String)> {
+fn resolve_top(store: &Store, src: &dyn LayerSource, r: &LayerRef) -> Result<(Digest, String)> {
     match r {
         LayerRef::Digest(d) => Ok((*d, d.to_string())),
         LayerRef::Label { name, version } => {
@@ -202,19 +202,19 @@ fn resolve_top(store: &Store, src: &Source, r: &LayerRef) -> Result<(Digest, Str
 /// stored it meanwhile.
 fn fetch_one(
     store: &Store,
-    src: &Source,
+    src: &dyn LayerSource,
     d: &Digest,
     h: &Header,
     o: &PullOptions,
 ) -> Result<Option<u64>> {
-    let dir = store.root.join("partial");
+    let dir = store.partial_dir();
     store.ensure_dir(&dir)?;
-    let lock = DigestLock::take(&dir.join(format!("{}.lock", d.hex())))?;
+    let lock = DigestLock::take(&store.partial_lock_path(d))?;
     if matches!(store.header(d), Ok(Some(_))) {
         lock.release();
         return Ok(None);
     }
-    let partial = dir.join(format!("{}.{}.partial", d.hex(), header::EXTENSION));
+    let partial = store.partial_path(d);
     let total = h.payload_offset + h.payload_len;
     let what = || format!("pull {} ({d}) from {}", h.label(), src.describe());
     // A header can declare any size (its digest covers the claim, not its sense): refuse one
@@ -282,7 +282,7 @@ fn fetch_one(
 
 /// Bring `partial` to `total` bytes, resuming from what it has.
 fn download(
-    src: &Source,
+    src: &dyn LayerSource,
     d: &Digest,
     partial: &Path,
     total: u64,
@@ -478,36 +478,6 @@ pub fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
-}
-
-/// Remove partial downloads nobody is working on (their per-digest lock is free): what an
-/// interrupted pull left and no later pull resumed. Returns how many files went.
-pub fn clean_partials(store: &Store) -> Result<usize> {
-    let dir = store.root.join("partial");
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(hex) = name.strip_suffix(&format!(".{}.partial", header::EXTENSION)) else {
-            continue;
-        };
-        let lock_path = dir.join(format!("{hex}.lock"));
-        // A pull in progress holds the lock: its partial file is simply skipped.
-        let Ok(lockfile::Attempt::Locked(lock)) =
-            lockfile::try_lock(&lock_path, true, lockfile::Kind::ExclusiveNow)
-        else {
-            continue;
-        };
-        if fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-        lock.unlink_while_held(&lock_path);
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]
