@@ -7,8 +7,8 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Globals;
-use crate::layers::header::{self, Dep};
 use crate::distribution::{self, publish, pull};
+use crate::layers::header::{self, Dep};
 use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, store};
 
 #[derive(Subcommand, Debug)]

@@ -65,7 +65,10 @@ impl LayerSource for HttpSource {
 
     fn lookup(&self, name: &str, version: &str) -> Result<Option<Digest>> {
         let url = self.url(&rel_index(name, version));
-        let r = self.get(&url)?.call().with_context(|| format!("GET {url}"))?;
+        let r = self
+            .get(&url)?
+            .call()
+            .with_context(|| format!("GET {url}"))?;
         match r.status().as_u16() {
             200 => {}
             404 | 410 => return Ok(None),

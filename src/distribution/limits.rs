@@ -227,7 +227,6 @@ fn is_timeout(e: &std::io::Error) -> bool {
             .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,7 +107,12 @@ fn rel_index(name: &str, version: &str) -> String {
 }
 
 /// The digest an index entry names.
-fn parse_index_entry(src: &dyn LayerSource, text: &str, name: &str, version: &str) -> Result<Digest> {
+fn parse_index_entry(
+    src: &dyn LayerSource,
+    text: &str,
+    name: &str,
+    version: &str,
+) -> Result<Digest> {
     Digest::parse(text.trim())
         .with_context(|| format!("{}: index entry {name}@{version}", src.describe()))
 }

@@ -63,4 +63,3 @@ fn write_file(p: &Path, data: &[u8]) -> Result<()> {
         .and_then(|()| f.sync_all())
         .with_context(|| format!("write {}", p.display()))
 }
-

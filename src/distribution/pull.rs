@@ -70,7 +70,12 @@ impl Default for PullOptions {
 }
 
 /// Fetch every layer of the closure of `refs` that the store lacks.
-pub fn pull(store: &Store, src: &dyn LayerSource, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
+pub fn pull(
+    store: &Store,
+    src: &dyn LayerSource,
+    refs: &[LayerRef],
+    o: &PullOptions,
+) -> Result<PullReport> {
     let t0 = Instant::now();
     let mut report = PullReport {
         source: src.describe(),

@@ -13,10 +13,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::LayerContext;
 use super::header::Digest;
 use super::shared::{self, Shared};
 use super::store::{LayerRef, Store};
-use super::LayerContext;
 
 /// Digests a container's state dir records (empty if it records none, or its record cannot
 /// be read).
@@ -184,4 +184,3 @@ pub fn remove(ctx: &LayerContext, refs: &[LayerRef], force: bool) -> Result<Vec<
     }
     Ok(out)
 }
-

@@ -503,34 +503,34 @@ impl Store {
     }
 
     /// Remove partial downloads nobody is working on (their per-digest lock is free): what an
-/// interrupted pull left and no later pull resumed. Returns how many files went.
+    /// interrupted pull left and no later pull resumed. Returns how many files went.
     pub fn clean_partials(&self) -> Result<usize> {
-    let dir = self.partial_dir();
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(hex) = name.strip_suffix(&format!(".{}.partial", header::EXTENSION)) else {
-            continue;
+        let dir = self.partial_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
         };
-        let lock_path = dir.join(format!("{hex}.lock"));
-        // A pull in progress holds the lock: its partial file is simply skipped.
-        let Ok(lockfile::Attempt::Locked(lock)) =
-            lockfile::try_lock(&lock_path, true, lockfile::Kind::ExclusiveNow)
-        else {
-            continue;
-        };
-        if fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(&format!(".{}.partial", header::EXTENSION)) else {
+                continue;
+            };
+            let lock_path = dir.join(format!("{hex}.lock"));
+            // A pull in progress holds the lock: its partial file is simply skipped.
+            let Ok(lockfile::Attempt::Locked(lock)) =
+                lockfile::try_lock(&lock_path, true, lockfile::Kind::ExclusiveNow)
+            else {
+                continue;
+            };
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+            lock.unlink_while_held(&lock_path);
         }
-        lock.unlink_while_held(&lock_path);
+        Ok(removed)
     }
-    Ok(removed)
-}
 
     /// Remove temp files of imports whose process is gone.
     pub fn clean_tmp(&self) -> Result<usize> {
