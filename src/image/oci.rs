@@ -7,7 +7,6 @@
 //! and the tree is packed with owners kept. Layer *k* depends on layer *k-1*. Every blob is
 //! checked against its descriptor's digest while it is read.
 
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -660,47 +659,34 @@ fn make_node(tree: &Path, rel: &Path, h: &tar::Header) -> Result<()> {
     std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
         .with_context(|| format!("chown {}", at.display()))?;
     // mknod's mode went through the umask.
-    let c = cstr(&at)?;
-    // SAFETY: valid C string; fchmodat on a path we just created.
-    if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, 0) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("chmod {}", at.display()));
-    }
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        &at,
+        rustix::fs::Mode::from_raw_mode(mode),
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("chmod {}", at.display()))?;
     Ok(())
 }
 
-fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("{}: NUL in path", p.display()))
-}
-
+/// mknod(2) of `mode` (file type and permission bits) at `p`.
 fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<()> {
-    let c = cstr(p)?;
-    // SAFETY: valid C string.
-    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mknod {}", p.display()));
-    }
-    Ok(())
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::from_raw_mode(mode),
+        rustix::fs::Mode::from_raw_mode(mode),
+        dev,
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("mknod {}", p.display()))
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
-    let c = cstr(p)?;
-    let n = CString::new(name).context("xattr name")?;
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setxattr {name} on {}", p.display()));
-    }
-    Ok(())
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("setxattr {name} on {}", p.display()))
 }
 
 /// A private directory for one layer's tree and image, removed with everything in it.

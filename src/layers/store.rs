@@ -16,7 +16,6 @@
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -632,8 +631,7 @@ fn copy_owned(from: &File, len: u64, dst: &Path) -> Result<File> {
         .mode(0o600)
         .open(dst)
         .with_context(|| format!("create {}", dst.display()))?;
-    // SAFETY: FICLONE takes the source fd as its int argument; both fds are ours.
-    let cloned = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0;
+    let cloned = rustix::fs::ioctl_ficlone(&to, from).is_ok();
     if !cloned || to.metadata().context("fstat")?.len() != len {
         to.set_len(0).context("truncate")?;
         let mut src = from;
