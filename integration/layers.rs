@@ -601,6 +601,35 @@ fn a_failing_mount_midway_leaves_nothing() {
     env.assert_clean();
 }
 
+/// A reference file gc cannot read is an error naming it, never "stale": treating it as
+/// stale would unmount the layer under the container holding it.
+#[test]
+fn unreadable_reference_stops_gc_instead_of_unmounting() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    env.prepare("c1", "top@1").unwrap().unwrap();
+    let users = fs::read_dir(env.ctx.state_root.join("@layers"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("users");
+    // c1's only reference on this layer, made unreadable: read(2) through a symlink to a
+    // directory fails (EISDIR), even as root; unlinking it would succeed.
+    let mine = users.join("c1");
+    let content = fs::read(&mine).unwrap();
+    fs::remove_file(&mine).unwrap();
+    std::os::unix::fs::symlink("/", &mine).unwrap();
+    let e = format!("{:#}", layers::gc_mounts(&env.ctx).unwrap_err());
+    assert!(e.contains(&mine.display().to_string()), "{e}");
+    assert_eq!(env.mounts().len(), 4, "3 layers + overlay stay mounted");
+    fs::remove_file(&mine).unwrap();
+    fs::write(&mine, content).unwrap();
+    env.release("c1");
+    env.assert_clean();
+}
+
 /// Containers created before the root record moved into state.json keep it in layers.json:
 /// delete (release without a record) and gc still find it.
 #[test]

@@ -303,7 +303,6 @@ fn remove_dir_if_exists(p: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[allow(dead_code)]
     fn spec(ann: &[(&str, &str)], readonly: bool) -> Spec {
         let ann: serde_json::Map<String, serde_json::Value> = ann
             .iter()
