@@ -8,7 +8,28 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use lrun::layers::header::{self, Dep, FsType};
-use lrun::layers::{self, LayerContext, Store, loopdev, pack};
+use lrun::layers::{self, LayerContext, RootRecord, Store, loopdev, pack};
+
+/// What the engine does with a container's root record: keep it in its state.json (here the
+/// record alone), before anything is taken.
+fn save_record(cdir: &Path, r: &RootRecord) -> anyhow::Result<()> {
+    let data = serde_json::to_vec(&serde_json::json!({ "layers": r }))?;
+    lrun::utils::write_atomic(&cdir.join("state.json"), &data, 0o600)
+}
+
+/// What `delete` does: release with the recorded root, then drop the record.
+fn release_recorded(ctx: &LayerContext, cdir: &Path) -> anyhow::Result<()> {
+    layers::release_root(ctx, cdir, lrun::state::recorded_root(cdir).as_ref())?;
+    lrun::utils::remove_file_if_exists(&cdir.join("state.json"))
+}
+
+fn context(dir: &Path) -> LayerContext {
+    LayerContext {
+        store: dir.join("store"),
+        state_root: dir.join("run"),
+        recorded: lrun::state::recorded_root,
+    }
+}
 
 struct Env {
     dir: PathBuf,
@@ -18,10 +39,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let dir = nix::unistd::mkdtemp("/tmp/lrun-test-XXXXXX").expect("mkdtemp");
-        let ctx = LayerContext {
-            store: dir.join("store"),
-            state_root: dir.join("run"),
-        };
+        let ctx = context(&dir);
         fs::create_dir_all(&ctx.state_root).unwrap();
         // The state root is a tmpfs in production (/run/lrun); on this machine's busy ext4
         // /tmp, mkdir and create alone cost milliseconds each.
@@ -105,11 +123,13 @@ impl Env {
     ) -> anyhow::Result<Option<PathBuf>> {
         let cdir = self.container(id);
         let spec = spec(layers, readonly, upper);
-        layers::prepare_root(&self.ctx, &self.dir, &spec, &cdir)
+        layers::prepare_root(&self.ctx, &self.dir, &spec, &cdir, &mut |r| {
+            save_record(&cdir, r)
+        })
     }
 
     fn release(&self, id: &str) {
-        layers::release_root(&self.ctx, &self.ctx.state_root.join(id)).unwrap();
+        release_recorded(&self.ctx, &self.ctx.state_root.join(id)).unwrap();
     }
 
     /// Mounts under the test directory, except the state root's own tmpfs.
@@ -143,7 +163,7 @@ impl Drop for Env {
         // then detach anything still mounted under our directory, deepest first.
         if let Ok(rd) = fs::read_dir(&self.ctx.state_root) {
             for e in rd.flatten() {
-                let _ = layers::release_root(&self.ctx, &e.path());
+                let _ = release_recorded(&self.ctx, &e.path());
             }
         }
         let mut m = mounts_under(&self.dir);
@@ -258,7 +278,7 @@ fn three_layers_merge_top_wins_and_release_leaves_nothing() {
         env.release("c1");
         env.release("c1"); // idempotent
         env.assert_clean();
-        assert!(!env.ctx.state_root.join("c1/layers.json").exists());
+        assert!(!env.ctx.state_root.join("c1/state.json").exists());
         assert!(!private.exists());
     }
 }
@@ -536,7 +556,8 @@ fn bad_images_are_rejected_with_one_clear_error() {
         let id = p.file_stem().unwrap().to_str().unwrap();
         let e = format!("{:#}", env.prepare(id, p.to_str().unwrap()).unwrap_err());
         assert!(e.contains(want), "{}: {e}", p.display());
-        assert!(!env.ctx.state_root.join(id).join("layers.json").exists());
+        // Refused before anything was recorded (hence taken).
+        assert!(!env.ctx.state_root.join(id).join("state.json").exists());
     }
     assert!(
         store.list().unwrap().is_empty(),
@@ -577,7 +598,57 @@ fn a_failing_mount_midway_leaves_nothing() {
     fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
     let e = format!("{:#}", env.prepare("c1", "top@1").unwrap_err());
     assert!(e.contains("mount layer base@1"), "{e}");
-    assert!(!env.ctx.state_root.join("c1/layers.json").exists());
+    env.assert_clean();
+}
+
+/// A reference file gc cannot read is an error naming it, never "stale": treating it as
+/// stale would unmount the layer under the container holding it.
+#[test]
+fn unreadable_reference_stops_gc_instead_of_unmounting() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    env.prepare("c1", "top@1").unwrap().unwrap();
+    let users = fs::read_dir(env.ctx.state_root.join("@layers"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("users");
+    // c1's only reference on this layer, made unreadable: read(2) through a symlink to a
+    // directory fails (EISDIR), even as root; unlinking it would succeed.
+    let mine = users.join("c1");
+    let content = fs::read(&mine).unwrap();
+    fs::remove_file(&mine).unwrap();
+    std::os::unix::fs::symlink("/", &mine).unwrap();
+    let e = format!("{:#}", layers::gc_mounts(&env.ctx).unwrap_err());
+    assert!(e.contains(&mine.display().to_string()), "{e}");
+    assert_eq!(env.mounts().len(), 4, "3 layers + overlay stay mounted");
+    fs::remove_file(&mine).unwrap();
+    fs::write(&mine, content).unwrap();
+    env.release("c1");
+    env.assert_clean();
+}
+
+/// Containers created before the root record moved into state.json keep it in layers.json:
+/// delete (release without a record) and gc still find it.
+#[test]
+fn legacy_layers_json_is_still_released() {
+    let env = Env::new();
+    three_layers(&env, FsType::Erofs);
+    let cdir = env.container("old");
+    let spec = spec("top@1", false, None);
+    layers::prepare_root(&env.ctx, &env.dir, &spec, &cdir, &mut |r| {
+        let data = serde_json::to_vec(r)?;
+        lrun::utils::write_atomic(&cdir.join("layers.json"), &data, 0o600)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(lrun::state::recorded_root(&cdir).unwrap().layers.len(), 3);
+    // gc sees the references as live.
+    assert_eq!(layers::gc_mounts(&env.ctx).unwrap(), (0, 0));
+    layers::release_root(&env.ctx, &cdir, None).unwrap();
+    assert!(!cdir.join("layers.json").exists());
     env.assert_clean();
 }
 
@@ -586,7 +657,7 @@ fn crash_leftovers_are_cleaned_by_release_and_gc() {
     let env = Env::new();
     three_layers(&env, FsType::Erofs);
     // A creator that died after taking its references but before mounting the overlay:
-    // layers.json and users/<id> files exist, the overlay does not.
+    // its root record and users/<id> files exist, the overlay does not.
     env.prepare("c1", "top@1").unwrap().unwrap();
     nix::mount::umount2(
         &env.ctx.state_root.join("c1/root/merged"),
@@ -814,10 +885,7 @@ fn child_prepare_release_loop() {
         return;
     };
     let dir = PathBuf::from(dir);
-    let ctx = LayerContext {
-        store: dir.join("store"),
-        state_root: dir.join("run"),
-    };
+    let ctx = context(&dir);
     let id = std::env::var("LRUN_TEST_CHILD_ID").unwrap_or_else(|_| "victim".into());
     let iterations: u64 = std::env::var("LRUN_TEST_CHILD_ITER")
         .ok()
@@ -827,11 +895,11 @@ fn child_prepare_release_loop() {
     fs::create_dir_all(&cdir).unwrap();
     let spec = spec("top@1", false, None);
     for _ in 0..iterations {
-        let m = layers::prepare_root(&ctx, &dir, &spec, &cdir)
+        let m = layers::prepare_root(&ctx, &dir, &spec, &cdir, &mut |r| save_record(&cdir, r))
             .unwrap()
             .unwrap();
         assert!(m.join("etc/base").exists());
-        layers::release_root(&ctx, &cdir).unwrap();
+        release_recorded(&ctx, &cdir).unwrap();
     }
 }
 
@@ -902,13 +970,13 @@ fn sigkill_at_any_point_is_recovered_by_release() {
         child.kill().unwrap();
         child.wait().unwrap();
         eprintln!(
-            "killed after {delay_ms} ms: layers.json {}, {} mounts",
-            cdir.join("layers.json").exists(),
+            "killed after {delay_ms} ms: root record {}, {} mounts",
+            cdir.join("state.json").exists(),
             env.mounts().len()
         );
         // What `delete --force` does, then nothing may remain.
-        layers::release_root(&env.ctx, &cdir).unwrap();
-        assert!(!cdir.join("layers.json").exists());
+        release_recorded(&env.ctx, &cdir).unwrap();
+        assert!(!cdir.join("state.json").exists());
         env.assert_clean();
     }
 }

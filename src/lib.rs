@@ -5,8 +5,10 @@
 //! - `container`: the engine, one file per verb (create reads top to bottom).
 //! - `bundle`: config.json loading and the one validation pass before create's side effects.
 //! - `state`: the state directory (atomic writes, locks, status).
-//! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `layers`, `terminal`,
-//!   `notify`, `sync`: one concern each, driven by `container` only.
+//! - `namespaces`, `rootfs`, `process`, `hooks`, `seccomp`, `cgroups`, `terminal`, `notify`,
+//!   `sync`: one concern each, driven by `container` only.
+//! - `layers`: the node side of layered roots; `distribution`: layer sources, pull and
+//!   publish; `image`: OCI image import. `lockfile`: the unlink-safe lock file.
 
 pub mod bundle;
 pub mod cgroup_record;
@@ -14,9 +16,12 @@ pub mod cgroups;
 pub mod cli;
 pub mod config_template;
 pub mod container;
+pub mod distribution;
 pub mod fds;
 pub mod hooks;
+pub mod image;
 pub mod layers;
+pub mod lockfile;
 pub mod logging;
 pub mod mountinfo;
 pub mod namespaces;

@@ -15,6 +15,7 @@ use oci_spec::runtime::Hooks;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup_record::CgroupRecord;
+use crate::layers;
 use crate::utils::{validate_id, write_atomic};
 
 pub const STATE_FILE: &str = "state.json";
@@ -72,6 +73,11 @@ pub struct ContainerState {
     /// The root came from layers (lrun mounted it and must release it).
     #[serde(default)]
     pub layered: bool,
+    /// What the layered root takes, recorded before it is taken (containers created before
+    /// this field keep it in layers.json: `layers::release_root` reads that when this is
+    /// `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<layers::RootRecord>,
     #[serde(default)]
     pub hooks: Option<Hooks>,
     /// The NOTIFY_SOCKET lrun was given, relayed to by `start` (or `run`).
@@ -237,6 +243,23 @@ pub fn save(dir: &Path, st: &ContainerState) -> Result<()> {
     write_atomic(&dir.join(STATE_FILE), &data, 0o600)
 }
 
+/// The layered-root record of the container whose state dir is `dir` (`None`: none, or its
+/// state cannot be read), from state.json or, for containers created before the record moved
+/// there, layers.json. `LayerContext::recorded` for gc.
+pub fn recorded_root(dir: &Path) -> Option<layers::RootRecord> {
+    /// Only the field gc needs, so the rest of the state cannot make it unreadable.
+    #[derive(Deserialize)]
+    struct LayersOnly {
+        #[serde(default)]
+        layers: Option<layers::RootRecord>,
+    }
+    let from_state = fs::read(dir.join(STATE_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<LayersOnly>(&t).ok())
+        .and_then(|st| st.layers);
+    from_state.or_else(|| layers::root::read_legacy_record(dir).ok().flatten())
+}
+
 /// An exclusive lock on a container directory, held until dropped. Serialises start, kill,
 /// delete and the end of create on one container across processes.
 pub struct DirLock {
@@ -245,28 +268,17 @@ pub struct DirLock {
 
 pub fn lock(dir: &Path) -> Result<DirLock> {
     let file = File::open(dir).with_context(|| format!("open {}", dir.display()))?;
-    // SAFETY: flock on a valid fd we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("flock {}", dir.display()));
-    }
+    crate::lockfile::flock_exclusive(&file, true)
+        .with_context(|| format!("flock {}", dir.display()))?;
     Ok(DirLock { _file: file })
 }
 
 /// `lock` without waiting: None when another process holds it (a create or delete under way).
 pub fn try_lock(dir: &Path) -> Result<Option<DirLock>> {
     let file = File::open(dir).with_context(|| format!("open {}", dir.display()))?;
-    // SAFETY: flock on a valid fd we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(None);
-        }
-        return Err(e).with_context(|| format!("flock {}", dir.display()));
-    }
-    Ok(Some(DirLock { _file: file }))
+    let locked = crate::lockfile::flock_exclusive(&file, false)
+        .with_context(|| format!("flock {}", dir.display()))?;
+    Ok(locked.then_some(DirLock { _file: file }))
 }
 
 impl DirLock {

@@ -1,4 +1,4 @@
-//! An HTTP layer source as a hostile server answers it (src/layers/source.rs): the name index
+//! An HTTP layer source as a hostile server answers it (src/distribution/http.rs): the name index
 //! lookup, the header fetch in one or two byte ranges (206, 200 ignoring the range, 416,
 //! Content-Range, Content-Length), and a resumed download from an offset.
 //!
@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use lrun::layers::header::Digest;
-use lrun::layers::source::Source;
 
 const RESPONSE: &[u8] = b"\n====\n";
 const NOT_FOUND: &[u8] =
@@ -59,22 +58,19 @@ fuzz_target!(|input: &[u8]| {
     let Some((offset, rest)) = input.split_first_chunk::<8>() else {
         return;
     };
-    let Some((total, rest)) = rest.split_first_chunk::<8>() else {
-        return;
-    };
     let offset = u64::from_le_bytes(*offset);
-    // The size the verified header declares: the source must never deliver more.
-    let total = u64::from_le_bytes(*total) % (4 * BODY_MAX);
     let base = server();
     {
         let mut q = RESPONSES.lock().expect("responses");
         q.clear();
         q.extend(split(rest, RESPONSE).into_iter().map(<[u8]>::to_vec));
     }
-    let src = Source::parse(base).expect("an http:// source");
+    let src = lrun::distribution::parse(base).expect("an http:// source");
     let d = Digest::of(b"layer");
     let _ = src.lookup("app", "1.0");
     let _ = src.header(&d);
+    // The size a verified header would declare: enough that the body is read up to BODY_MAX.
+    let total = offset.saturating_add(BODY_MAX);
     if let Ok(mut body) = src.open(&d, offset, total) {
         let _ = std::io::copy(&mut (&mut body.reader).take(BODY_MAX), &mut std::io::sink());
     }

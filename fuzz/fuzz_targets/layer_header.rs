@@ -4,7 +4,7 @@
 //! Flag bit 0 makes the harness fill in the header's SHA-256 checksum, so mutations reach the
 //! checks behind it; bit 1 reads the bytes from a real file (the path that fetches a header
 //! longer than 4096 bytes in a second read); bit 2 reads them through a directory layer source
-//! (src/layers/source.rs), which fetches the header by digest in one or two ranges.
+//! (src/distribution/dir.rs), which fetches the header by digest in one or two ranges.
 #![no_main]
 
 #[path = "scratch.rs"]
@@ -14,7 +14,6 @@ use std::fs;
 
 use libfuzzer_sys::fuzz_target;
 use lrun::layers::header::{self, Digest, Header, read_header_from};
-use lrun::layers::source::Source;
 
 /// Where the header keeps its own checksum (runtime-spec/layers.md).
 const CHECKSUM: std::ops::Range<usize> = 16..48;
@@ -59,7 +58,8 @@ fuzz_target!(|input: &[u8]| {
         fs::create_dir_all(&layers).expect("create layers/sha256");
         let p = layers.join(format!("{}.{}", claimed.hex(), header::EXTENSION));
         write_sparse(&p, &bytes, file_len);
-        let src = Source::parse(dir.0.to_str().expect("a UTF-8 scratch path")).expect("a directory source");
+        let src = lrun::distribution::parse(dir.0.to_str().expect("a UTF-8 scratch path"))
+            .expect("a directory source");
         if let Ok(Some(h)) = src.header(&claimed) {
             check_round_trip(&h, claimed, &bytes);
         }

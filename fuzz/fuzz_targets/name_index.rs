@@ -1,4 +1,4 @@
-//! The name index of a layer source (src/layers/source.rs): `index/<name>/<version>` holds the
+//! The name index of a layer source (src/distribution/dir.rs): `index/<name>/<version>` holds the
 //! digest that NAME@VERSION stands for, written by whoever runs the source.
 //!
 //! Input: a layer reference as a user or a bundle annotation gives it (first line; parsed by
@@ -13,7 +13,6 @@ use std::fs;
 
 use libfuzzer_sys::fuzz_target;
 use lrun::layers::header::{Digest, check_label};
-use lrun::layers::source::Source;
 use lrun::layers::store::LayerRef;
 
 fuzz_target!(|input: &[u8]| {
@@ -36,7 +35,8 @@ fuzz_target!(|input: &[u8]| {
     let at = dir.0.join("index").join(&name);
     fs::create_dir_all(&at).expect("create the index directory");
     fs::write(at.join(&version), entry).expect("write the index entry");
-    let src = Source::parse(dir.0.to_str().expect("a UTF-8 scratch path")).expect("a directory source");
+    let src = lrun::distribution::parse(dir.0.to_str().expect("a UTF-8 scratch path"))
+        .expect("a directory source");
     match src.lookup(&name, &version) {
         Ok(Some(d)) => {
             let text = std::str::from_utf8(entry).expect("a digest was read from text");

@@ -1,4 +1,4 @@
-//! An OCI image layout's JSON (src/layers/oci.rs): index.json, a nested image index, the
+//! An OCI image layout's JSON (src/image/oci.rs): index.json, a nested image index, the
 //! manifest and the image config, then the config's process settings with the image's
 //! /etc/passwd and /etc/group.
 //!
@@ -14,7 +14,7 @@ use std::fs;
 
 use libfuzzer_sys::fuzz_target;
 use lrun::layers::header::Digest;
-use lrun::layers::oci::fuzzing;
+use lrun::image::oci::fuzzing;
 
 const PART: &[u8] = b"\n----\n";
 

@@ -1,4 +1,4 @@
-//! An OCI image's tar layer (src/layers/oci.rs): gzip, tar entries, whiteouts, device nodes,
+//! An OCI image's tar layer (src/image/oci.rs): gzip, tar entries, whiteouts, device nodes,
 //! links, owners and xattrs, extracted as root into a private scratch tree that is removed
 //! after every input. Nothing is packed or mounted.
 //!
@@ -15,7 +15,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use lrun::layers::header::Digest;
-use lrun::layers::oci::fuzzing;
+use lrun::image::oci::fuzzing;
 use serde_json::json;
 
 fuzz_target!(|input: &[u8]| {

@@ -6,7 +6,8 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 use super::Globals;
-use crate::layers::{FsType, Store, oci, pack};
+use crate::image::oci;
+use crate::layers::{FsType, Store, pack};
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {

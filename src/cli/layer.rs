@@ -7,9 +7,9 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Globals;
+use crate::distribution::{self, publish, pull};
 use crate::layers::header::{self, Dep};
-use crate::layers::source::{self, Source};
-use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, pull, store};
+use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, store};
 
 #[derive(Subcommand, Debug)]
 pub enum LayerCommand {
@@ -112,6 +112,7 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
     let ctx = LayerContext {
         store: g.store.clone(),
         state_root: g.root.clone(),
+        recorded: crate::state::recorded_root,
     };
     match c {
         LayerCommand::Pack {
@@ -259,17 +260,17 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                 .iter()
                 .map(|r| LayerRef::parse(r))
                 .collect::<Result<Vec<_>>>()?;
-            let mut limits = source::Limits::from_env()?;
+            let mut limits = distribution::Limits::from_env()?;
             if let Some(v) = stall_timeout {
-                limits.stall = source::parse_stall(&v).context("--stall-timeout")?;
+                limits.stall = distribution::parse_stall(&v).context("--stall-timeout")?;
             }
             if let Some(v) = deadline {
-                limits.deadline = source::parse_deadline(&v).context("--deadline")?;
+                limits.deadline = distribution::parse_deadline(&v).context("--deadline")?;
             }
-            let src = Source::parse_with(&source, limits)?;
+            let src = distribution::parse_with(&source, limits)?;
             let r = pull::pull(
                 &Store::new(&ctx.store),
-                &src,
+                &*src,
                 &refs,
                 &pull::PullOptions::default(),
             )?;
@@ -285,7 +286,7 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                     "publish {target}: lrun writes only to a directory; copy that directory to the server (layout: runtime-spec/distribution.md)"
                 );
             }
-            for (label, d, new) in source::publish_dir(Path::new(&target), &files)? {
+            for (label, d, new) in publish::publish_dir(Path::new(&target), &files)? {
                 println!(
                     "{label} {d} {}",
                     if new { "published" } else { "already there" }

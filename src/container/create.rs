@@ -95,6 +95,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         pids: Vec::new(),
         cgroup: None,
         layered,
+        layers: None,
         done: false,
     };
     let mut st = ContainerState {
@@ -114,6 +115,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         created_ok: false,
         cgroups: cgroup.record(),
         layered,
+        layers: None,
         hooks: spec.hooks().clone(),
         notify_socket: notify::host_socket(),
     };
@@ -123,8 +125,14 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .context("save config.json with the state")?;
 
     // 4. Root filesystem: layers (if any) mounted in the host namespace.
-    match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir)? {
+    // The layered root's record is saved before anything is taken (see `prepare_root`).
+    let mut record = |r: &layers::RootRecord| {
+        st.layers = Some(r.clone());
+        state::save(&dir, &st)
+    };
+    match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir, &mut record)? {
         Some(merged) => {
+            guard.layers = st.layers.clone();
             st.rootfs = merged;
             state::save(&dir, &st)?;
         }
@@ -277,9 +285,9 @@ fn pull_missing(rt: &Runtime, source: &str, ls: &layers::LayerSpec) -> Result<()
     if refs.is_empty() {
         return Ok(());
     }
-    let src = layers::source::Source::parse(source)?;
+    let src = crate::distribution::parse(source)?;
     let store = layers::Store::new(&rt.store);
-    layers::pull::pull(&store, &src, &refs, &Default::default())?;
+    crate::distribution::pull::pull(&store, &*src, &refs, &Default::default())?;
     Ok(())
 }
 
@@ -313,6 +321,7 @@ struct CreateGuard<'a> {
     pids: Vec<i32>,
     cgroup: Option<cgroups::CgroupRecord>,
     layered: bool,
+    layers: Option<layers::RootRecord>,
     done: bool,
 }
 
@@ -331,7 +340,7 @@ impl Drop for CreateGuard<'_> {
             logging::warn(&format!("cleanup after failed create: {e:#}"));
         }
         if self.layered
-            && let Err(e) = layers::release_root(&self.rt.layers(), &self.dir)
+            && let Err(e) = layers::release_root(&self.rt.layers(), &self.dir, self.layers.as_ref())
         {
             logging::warn(&format!("cleanup after failed create: {e:#}"));
         }

@@ -48,11 +48,11 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         cgroups::open_driver(&st.cgroups)?.destroy()?;
         wait_gone(st.pid, st.pid_start_time);
         if st.layered {
-            layers::release_root(&rt.layers(), &dir)?;
+            layers::release_root(&rt.layers(), &dir, st.layers.as_ref())?;
         }
     } else {
         // Whatever a crashed create may have taken in the layers; release is idempotent.
-        layers::release_root(&rt.layers(), &dir)?;
+        layers::release_root(&rt.layers(), &dir, None)?;
     }
     fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     drop(lock);

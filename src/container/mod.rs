@@ -54,6 +54,7 @@ impl Runtime {
         LayerContext {
             store: self.store.clone(),
             state_root: self.root.clone(),
+            recorded: crate::state::recorded_root,
         }
     }
 }

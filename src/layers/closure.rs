@@ -4,19 +4,74 @@ use std::collections::HashMap;
 
 use anyhow::{Result, bail};
 
-use super::header::{Digest, Header};
+use super::header::{Digest, Header, MAX_LAYERS};
 
-/// overlayfs refuses more lower layers than this ("too many lower directories").
-pub const MAX_LAYERS: usize = 500;
+/// A layer of the closure that `lookup` did not find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub digest: Digest,
+    /// For a dependency: its recorded name@version and the label of the layer needing it.
+    /// `None` for a top.
+    pub needed: Option<Needed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needed {
+    pub name: String,
+    pub version: String,
+    pub by: String,
+}
+
+/// The error `walk` and `resolve` return when layers are missing (all of them, at once):
+/// callers branch on it (add a pull hint, or name the source that lacks them).
+#[derive(Debug)]
+pub struct MissingLayers(pub Vec<Missing>);
+
+impl std::fmt::Display for MissingLayers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = self
+            .0
+            .iter()
+            .map(|m| match &m.needed {
+                None => format!("{} (named by the bundle)", m.digest),
+                Some(n) => format!("{}@{} ({}) needed by {}", n.name, n.version, m.digest, n.by),
+            })
+            .collect();
+        write!(
+            f,
+            "{} missing layer{}: {}",
+            items.len(),
+            if items.len() == 1 { "" } else { "s" },
+            items.join("; ")
+        )
+    }
+}
+
+impl std::error::Error for MissingLayers {}
+
+/// `walk`, refusing a closure deeper than overlayfs stacks.
+pub fn resolve(
+    tops: &[Digest],
+    lookup: &mut dyn FnMut(&Digest) -> Result<Option<Header>>,
+) -> Result<Vec<(Digest, Header)>> {
+    let post = walk(tops, lookup)?;
+    if post.len() > MAX_LAYERS {
+        bail!(
+            "the layer closure has {} layers; overlayfs stacks at most {MAX_LAYERS}",
+            post.len()
+        );
+    }
+    Ok(post)
+}
 
 /// Order the closure of `tops` top-most first, so that every layer comes before (above)
 /// everything it depends on. The order is a function of the inputs only: depth-first in the
 /// order the bundle lists its tops and each header lists its dependencies, post-order
 /// reversed. `lookup` returns the header of a layer present on the node.
 ///
-/// Every missing layer is reported at once, with who needs it, so a user can fetch them all
-/// in one go; a cycle is reported with its path.
-pub fn resolve(
+/// Every missing layer is reported at once (`MissingLayers`), with who needs it, so a user
+/// can fetch them all in one go; a cycle is reported with its path.
+pub fn walk(
     tops: &[Digest],
     lookup: &mut dyn FnMut(&Digest) -> Result<Option<Header>>,
 ) -> Result<Vec<(Digest, Header)>> {
@@ -28,7 +83,7 @@ pub fn resolve(
     let mut marks: HashMap<Digest, Mark> = HashMap::new();
     let mut headers: HashMap<Digest, Header> = HashMap::new();
     let mut post: Vec<(Digest, Header)> = Vec::new();
-    let mut missing: Vec<String> = Vec::new();
+    let mut missing: Vec<Missing> = Vec::new();
 
     // Explicit stack of (digest, next dependency index) so deep chains cannot overflow.
     for top in tops {
@@ -36,7 +91,10 @@ pub fn resolve(
             continue;
         }
         let Some(h) = lookup(top)? else {
-            missing.push(format!("{top} (named by the bundle)"));
+            missing.push(Missing {
+                digest: *top,
+                needed: None,
+            });
             marks.insert(*top, Mark::Done);
             continue;
         };
@@ -86,31 +144,21 @@ pub fn resolve(
                     stack.push((dep.digest, 0));
                 }
                 None => {
-                    missing.push(format!(
-                        "{}@{} ({}) needed by {}",
-                        dep.name,
-                        dep.version,
-                        dep.digest,
-                        headers[&cur].label()
-                    ));
+                    missing.push(Missing {
+                        digest: dep.digest,
+                        needed: Some(Needed {
+                            name: dep.name.clone(),
+                            version: dep.version.clone(),
+                            by: headers[&cur].label(),
+                        }),
+                    });
                     marks.insert(dep.digest, Mark::Done);
                 }
             }
         }
     }
     if !missing.is_empty() {
-        bail!(
-            "{} missing layer{}: {}",
-            missing.len(),
-            if missing.len() == 1 { "" } else { "s" },
-            missing.join("; ")
-        );
-    }
-    if post.len() > MAX_LAYERS {
-        bail!(
-            "the layer closure has {} layers; overlayfs stacks at most {MAX_LAYERS}",
-            post.len()
-        );
+        return Err(MissingLayers(missing).into());
     }
     post.reverse();
     Ok(post)

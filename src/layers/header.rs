@@ -21,7 +21,7 @@ pub const NAME_MAX: usize = 64;
 pub const VERSION_MAX: usize = 64;
 /// overlayfs refuses more than 500 lower layers, so no closure (and no dependency list) can
 /// usefully be longer.
-pub const MAX_DEPS: usize = 500;
+pub const MAX_LAYERS: usize = 500;
 /// Extension of layer image files.
 pub const EXTENSION: &str = "lrl";
 
@@ -238,9 +238,9 @@ impl Header {
     pub fn encode(&self) -> Result<(Vec<u8>, Digest)> {
         check_label("layer name", &self.name, NAME_MAX)?;
         check_label("layer version", &self.version, VERSION_MAX)?;
-        if self.deps.len() > MAX_DEPS {
+        if self.deps.len() > MAX_LAYERS {
             bail!(
-                "{} dependencies: at most {MAX_DEPS} are allowed",
+                "{} dependencies: at most {MAX_LAYERS} are allowed",
                 self.deps.len()
             );
         }
@@ -308,8 +308,8 @@ impl Header {
         }
         let hlen = u64::from(u32_at(first, OFF_HEADER_LEN));
         let ndeps = u32_at(first, OFF_NDEPS) as usize;
-        if ndeps > MAX_DEPS {
-            bail!("header declares {ndeps} dependencies, at most {MAX_DEPS} are allowed");
+        if ndeps > MAX_LAYERS {
+            bail!("header declares {ndeps} dependencies, at most {MAX_LAYERS} are allowed");
         }
         if hlen != header_len_for(ndeps) {
             bail!("header length {hlen} does not match its {ndeps} dependencies");

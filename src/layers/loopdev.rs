@@ -102,10 +102,7 @@ impl CtlLock {
             .custom_flags(libc::O_CLOEXEC)
             .open("/dev/loop-control")
             .context("open /dev/loop-control")?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(ctl.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error()).context("flock /dev/loop-control");
-        }
+        crate::lockfile::flock_exclusive(&ctl, true).context("flock /dev/loop-control")?;
         Ok(CtlLock { ctl })
     }
 

@@ -9,6 +9,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use super::header::MAX_LAYERS;
 use rustix::fs::CWD;
 use rustix::io::Errno;
 use rustix::mount::{
@@ -24,7 +26,7 @@ pub struct Upper<'a> {
 
 /// Mount the overlay of `lowers` (top-most first) with an optional upper on `target`.
 pub fn mount(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Result<()> {
-    super::shared::check_stack_depth(lowers.len())?;
+    check_stack_depth(lowers.len())?;
     if lowers.is_empty() {
         bail!("no layers to stack");
     }
@@ -42,8 +44,16 @@ pub fn mount(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Res
 
 /// The fallback for kernels before 6.8, callable directly so it can be tested on newer ones.
 pub fn mount_legacy_api(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Result<()> {
-    super::shared::check_stack_depth(lowers.len())?;
+    check_stack_depth(lowers.len())?;
     mount_legacy(lowers, upper.as_ref(), target)
+}
+
+/// Reject before mounting what the kernel would only report vaguely.
+fn check_stack_depth(n: usize) -> Result<()> {
+    if n > MAX_LAYERS {
+        bail!("{n} layers: overlayfs stacks at most {MAX_LAYERS}");
+    }
+    Ok(())
 }
 
 enum NewApiError {

@@ -12,16 +12,20 @@
 //! '@' is not allowed in container ids, so the directory can never be mistaken for one.
 
 use std::cell::RefCell;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use nix::mount::{MntFlags, MsFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, StatxAttributes, StatxFlags};
+use rustix::io::Errno;
+
+use crate::lockfile::{self, Attempt, Kind, LockFile};
 
 use super::header::{Digest, FsType, Header};
 use super::loopdev;
@@ -32,29 +36,25 @@ pub struct Shared {
     pub dir: PathBuf,
     /// `O_PATH` fd on `dir`, opened on first use so a prepare creates `@layers` once, not once
     /// per layer; reopened if a release removed the directory under us.
-    dirfd: RefCell<Option<OwnedFd>>,
+    dirfd: RefCell<Option<Rc<OwnedFd>>>,
 }
 
-/// A flock (shared or exclusive) on one layer's lock file.
+/// A flock (shared or exclusive) on one layer's lock file (`crate::lockfile`'s protocol:
+/// only a holder unlinks it).
 struct LayerLock {
-    f: File,
-    /// Taken exclusively (`LOCK_SH` was asked for, but this call made the layer directory,
-    /// so the layer is about to be mounted: see `lock`).
+    lock: LockFile,
+    /// Taken exclusively (`Kind::Shared` was asked for, but this call made the layer
+    /// directory, so the layer is about to be mounted: see `lock`).
     exclusive: bool,
     /// This call made the layer directory (so `users/` most likely does not exist yet).
     fresh: bool,
 }
 
 impl LayerLock {
-    /// Trade a shared lock for an exclusive one. flock does not convert atomically (another
-    /// process can take the exclusive lock in between and, as the last releaser, unlink the
-    /// lock file), so `false` means the file was unlinked meanwhile: start over.
+    /// Trade a shared lock for an exclusive one; `false`: the file was unlinked meanwhile,
+    /// start over (`LockFile::upgrade`).
     fn upgrade(&self) -> Result<bool> {
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(self.f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("flock LOCK_EX");
-        }
-        Ok(self.f.metadata().context("fstat layer lock")?.nlink() > 0)
+        self.lock.upgrade().context("flock layer lock exclusively")
     }
 }
 
@@ -65,17 +65,6 @@ pub enum Backing {
     File,
     /// A read-only loop device over the payload range.
     Loop,
-}
-
-/// `STATX_ATTR_MOUNT_ROOT` (Linux 5.8), not exported by the libc crate.
-const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
-
-fn cstr(s: &str) -> Result<CString> {
-    CString::new(s).with_context(|| format!("path {s:?} contains a NUL byte"))
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 impl Shared {
@@ -96,31 +85,23 @@ impl Shared {
 
     /// The fd on `@layers`; with `create`, the directory is made first if missing. `None`
     /// when it does not exist and `create` is false.
-    fn dirfd(&self, create: bool) -> Result<Option<RawFd>> {
+    fn dirfd(&self, create: bool) -> Result<Option<Rc<OwnedFd>>> {
         if let Some(fd) = self.dirfd.borrow().as_ref() {
-            return Ok(Some(fd.as_raw_fd()));
+            return Ok(Some(fd.clone()));
         }
         if create {
             create_private_dir(&self.dir)?;
         }
-        let c = cstr(&self.dir.to_string_lossy())?;
-        // SAFETY: open(2) with a valid C string; the fd is owned below.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            if errno() == libc::ENOENT && !create {
-                return Ok(None);
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(&self.dir, flags, Mode::empty()) {
+            Ok(fd) => Rc::new(fd),
+            Err(Errno::NOENT) if !create => return Ok(None),
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("open {}", self.dir.display()));
             }
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("open {}", self.dir.display()));
-        }
-        // SAFETY: fd was just returned by open(2) and is owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        *self.dirfd.borrow_mut() = Some(owned);
+        };
+        *self.dirfd.borrow_mut() = Some(fd.clone());
         Ok(Some(fd))
     }
 
@@ -134,10 +115,9 @@ impl Shared {
     /// (a release removes `users/` and `mnt` before the lock file). `LOCK_SH` becomes
     /// `LOCK_EX` when this call made the layer directory: a new layer must be mounted, and
     /// locking exclusively at once saves the shared round and the conversion.
-    fn lock(&self, d: &Digest, create: bool, op: libc::c_int) -> Result<Option<LayerLock>> {
+    fn lock(&self, d: &Digest, create: bool, kind: Kind) -> Result<Option<LayerLock>> {
         let hex = d.hex();
-        let hex_c = cstr(&hex)?;
-        let lock_c = cstr(&format!("{hex}/lock"))?;
+        let lock_rel = format!("{hex}/lock");
         // Whoever empties a layer directory deletes its lock file while holding it; a waiter
         // that then gets the lock on the deleted inode must start over, or two processes
         // could each hold "the" lock on different inodes.
@@ -147,62 +127,36 @@ impl Shared {
             };
             let mut fresh = false;
             if create {
-                // SAFETY: mkdirat with a valid dir fd and C string.
-                if unsafe { libc::mkdirat(dfd, hex_c.as_ptr(), 0o777) } == 0 {
-                    fresh = true;
-                } else {
-                    match errno() {
-                        libc::EEXIST => {}
-                        // The last release removed @layers itself after we opened it.
-                        libc::ENOENT => {
-                            self.reopen();
-                            continue;
-                        }
-                        _ => {
-                            return Err(std::io::Error::last_os_error()).with_context(|| {
-                                format!("create {}", self.layer_dir(d).display())
-                            });
-                        }
+                match rustix::fs::mkdirat(&*dfd, hex.as_str(), Mode::from_raw_mode(0o777)) {
+                    Ok(()) => fresh = true,
+                    Err(Errno::EXIST) => {}
+                    // The last release removed @layers itself after we opened it.
+                    Err(Errno::NOENT) => {
+                        self.reopen();
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(std::io::Error::from(e))
+                            .with_context(|| format!("create {}", self.layer_dir(d).display()));
                     }
                 }
             }
-            let flags = libc::O_WRONLY | libc::O_CLOEXEC | if create { libc::O_CREAT } else { 0 };
-            // SAFETY: openat with a valid dir fd and C string; the fd is owned below.
-            let fd = unsafe { libc::openat(dfd, lock_c.as_ptr(), flags, 0o600 as libc::c_uint) };
-            if fd < 0 {
-                match errno() {
-                    // Removed between our mkdir and open by a releasing process: retry.
-                    libc::ENOENT if create => continue,
-                    libc::ENOENT => return Ok(None),
-                    _ => {
-                        return Err(std::io::Error::last_os_error())
-                            .with_context(|| format!("open {}/lock", self.layer_dir(d).display()));
-                    }
+            let kind = if fresh { Kind::Exclusive } else { kind };
+            let attempt = lockfile::try_lock_at(&*dfd, Path::new(&lock_rel), create, kind)
+                .with_context(|| format!("lock {}/lock", self.layer_dir(d).display()))?;
+            match attempt {
+                Attempt::Locked(lock) => {
+                    return Ok(Some(LayerLock {
+                        lock,
+                        exclusive: kind == Kind::Exclusive,
+                        fresh,
+                    }));
                 }
+                // Removed between our mkdir and open by a releasing process: retry.
+                Attempt::Absent if create => continue,
+                Attempt::Absent => return Ok(None),
+                Attempt::Unlinked | Attempt::Busy => continue,
             }
-            // SAFETY: fd was just returned by openat and is owned by nobody else.
-            let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            // SAFETY: flock on an fd we own.
-            let op = if fresh { libc::LOCK_EX } else { op };
-            if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("flock {}/lock", self.layer_dir(d).display()));
-            }
-            // The one check the lock needs: the file is only ever unlinked by a holder of its
-            // lock, and never renamed or linked elsewhere, so a locked inode with links left is
-            // still `<hex>/lock` (and its directories, not empty, still stand). One fstat
-            // replaces comparing fstat with a stat of the path.
-            let held = f
-                .metadata()
-                .with_context(|| format!("fstat {}/lock", self.layer_dir(d).display()))?;
-            if held.nlink() == 0 {
-                continue;
-            }
-            return Ok(Some(LayerLock {
-                f,
-                exclusive: op == libc::LOCK_EX,
-                fresh,
-            }));
         }
     }
 
@@ -226,7 +180,7 @@ impl Shared {
         let mnt = ldir.join("mnt");
         let mnt_rel = format!("{hex}/mnt");
         loop {
-            let Some(l) = self.lock(d, true, libc::LOCK_SH)? else {
+            let Some(l) = self.lock(d, true, Kind::Shared)? else {
                 bail!("lock layer {d}: no lock file after creating it");
             };
             // The lock is held, so the fd is open (and @layers/<hex> cannot vanish while the
@@ -238,8 +192,8 @@ impl Shared {
             // failed mount), and a mounted layer must not be mounted twice. Under the shared
             // lock no one can mount or unmount, so the answer holds until we unlock.
             if !l.exclusive {
-                if mount_root_at(dfd, &mnt_rel, &mnt)? == Some(true) {
-                    self.add_user(dfd, d, user, user_dir, false)?;
+                if mount_root_at(dfd.as_fd(), &mnt_rel, &mnt)? == Some(true) {
+                    self.add_user(dfd.as_fd(), d, user, user_dir, false)?;
                     return Ok(mnt);
                 }
                 if !l.upgrade()? {
@@ -248,12 +202,12 @@ impl Shared {
             }
             // Exclusive from here: the reference file first, so a crash before the mount
             // leaves a reference that release/gc will find and drop (and then unmount).
-            let uf = self.add_user(dfd, d, user, user_dir, l.fresh)?;
+            let uf = self.add_user(dfd.as_fd(), d, user, user_dir, l.fresh)?;
             // Checked again: another process may have mounted it while we waited.
-            let mounted = match mount_root_at(dfd, &mnt_rel, &mnt)? {
+            let mounted = match mount_root_at(dfd.as_fd(), &mnt_rel, &mnt)? {
                 Some(m) => m,
                 None => {
-                    mkdirat_ok_if_exists(dfd, &mnt_rel, &ldir)?;
+                    mkdirat_ok_if_exists(dfd.as_fd(), &mnt_rel, &ldir)?;
                     false
                 }
             };
@@ -270,7 +224,7 @@ impl Shared {
     /// `make_dir`: create users/ first (a new layer directory), rather than on ENOENT.
     fn add_user(
         &self,
-        dfd: RawFd,
+        dfd: BorrowedFd<'_>,
         d: &Digest,
         user: &str,
         user_dir: &Path,
@@ -278,36 +232,28 @@ impl Shared {
     ) -> Result<PathBuf> {
         let ldir = self.layer_dir(d);
         let uf = ldir.join("users").join(user);
-        let rel = cstr(&format!("{}/users/{user}", d.hex()))?;
+        let rel = format!("{}/users/{user}", d.hex());
         if make_dir {
             mkdirat_ok_if_exists(dfd, &format!("{}/users", d.hex()), &ldir)?;
         }
         let mut made_dir = make_dir;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC;
         let fd = loop {
-            // SAFETY: openat with a valid dir fd and C string; the fd is owned below.
-            let fd = unsafe {
-                libc::openat(
-                    dfd,
-                    rel.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-                    0o666 as libc::c_uint,
-                )
-            };
-            if fd >= 0 {
-                break fd;
+            match rustix::fs::openat(dfd, rel.as_str(), flags, Mode::from_raw_mode(0o666)) {
+                Ok(fd) => break fd,
+                // users/ missing: make it once and try again (the common case, users/
+                // present, costs no mkdir).
+                Err(Errno::NOENT) if !made_dir => {
+                    mkdirat_ok_if_exists(dfd, &format!("{}/users", d.hex()), &ldir)?;
+                    made_dir = true;
+                }
+                Err(e) => {
+                    return Err(std::io::Error::from(e))
+                        .with_context(|| format!("create {}", uf.display()));
+                }
             }
-            // users/ missing: make it once and try again (the common case, users/ present,
-            // costs no mkdir).
-            if errno() == libc::ENOENT && !made_dir {
-                mkdirat_ok_if_exists(dfd, &format!("{}/users", d.hex()), &ldir)?;
-                made_dir = true;
-                continue;
-            }
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("create {}", uf.display()));
         };
-        // SAFETY: fd was just returned by openat and is owned by nobody else.
-        let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut f = File::from(fd);
         f.write_all(user_dir.as_os_str().as_encoded_bytes())
             .with_context(|| format!("write {}", uf.display()))?;
         Ok(uf)
@@ -316,12 +262,12 @@ impl Shared {
     /// Drop `user`'s reference on `d` (if any); the last one unmounts the layer and removes
     /// its directory. `@layers` itself is left for `remove_dir_if_empty`, once per batch.
     pub fn release(&self, d: &Digest, user: &str) -> Result<()> {
-        let Some(_l) = self.lock(d, false, libc::LOCK_EX)? else {
+        let Some(_l) = self.lock(d, false, Kind::Exclusive)? else {
             // No lock file: no reference and no mount (see `lock`). A crash between a release's
             // unlink of the lock and its rmdir leaves an empty directory: remove it. An
             // acquirer that made it an instant ago retries (its openat sees ENOENT).
             if let Some(dfd) = self.dirfd(false)? {
-                unlinkat(dfd, &d.hex(), libc::AT_REMOVEDIR).ok();
+                unlinkat(dfd.as_fd(), &d.hex(), AtFlags::REMOVEDIR).ok();
             }
             return Ok(());
         };
@@ -329,10 +275,10 @@ impl Shared {
             bail!("{} vanished while locked", self.dir.display());
         };
         let rel = format!("{}/users/{user}", d.hex());
-        match unlinkat(dfd, &rel, 0) {
-            Ok(()) | Err(libc::ENOENT) => {}
+        match unlinkat(dfd.as_fd(), &rel, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => {
-                return Err(std::io::Error::from_raw_os_error(e)).with_context(|| {
+                return Err(std::io::Error::from(e)).with_context(|| {
                     format!(
                         "remove {}",
                         self.layer_dir(d).join("users").join(user).display()
@@ -340,7 +286,7 @@ impl Shared {
                 });
             }
         }
-        self.unmount_if_unused(d, dfd).map(|_| ())
+        self.unmount_if_unused(d, dfd.as_fd()).map(|_| ())
     }
 
     /// Remove `@layers` if nothing is left in it (fails harmlessly, ENOTEMPTY, when another
@@ -352,15 +298,15 @@ impl Shared {
 
     /// With the layer lock held: if no reference remains, unmount and remove the directory.
     /// Returns whether a mount was removed.
-    fn unmount_if_unused(&self, d: &Digest, dfd: RawFd) -> Result<bool> {
+    fn unmount_if_unused(&self, d: &Digest, dfd: BorrowedFd<'_>) -> Result<bool> {
         let hex = d.hex();
         let ldir = self.layer_dir(d);
         // rmdir users/ decides "unused" in one call: ENOTEMPTY means a reference remains.
-        match unlinkat(dfd, &format!("{hex}/users"), libc::AT_REMOVEDIR) {
-            Ok(()) | Err(libc::ENOENT) => {}
-            Err(libc::ENOTEMPTY) | Err(libc::EEXIST) => return Ok(false),
+        match unlinkat(dfd.as_fd(), &format!("{hex}/users"), AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => return Ok(false),
             Err(e) => {
-                return Err(std::io::Error::from_raw_os_error(e))
+                return Err(std::io::Error::from(e))
                     .with_context(|| format!("rmdir {}/users", ldir.display()));
             }
         }
@@ -375,23 +321,23 @@ impl Shared {
                 Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => false,
                 Err(e) => return Err(e).with_context(|| format!("umount {}", mnt.display())),
             };
-        match unlinkat(dfd, &format!("{hex}/mnt"), libc::AT_REMOVEDIR) {
-            Ok(()) | Err(libc::ENOENT) => {}
+        match unlinkat(dfd.as_fd(), &format!("{hex}/mnt"), AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => {
-                return Err(std::io::Error::from_raw_os_error(e))
+                return Err(std::io::Error::from(e))
                     .with_context(|| format!("rmdir {}", mnt.display()));
             }
         }
-        match unlinkat(dfd, &format!("{hex}/lock"), 0) {
-            Ok(()) | Err(libc::ENOENT) => {}
+        match unlinkat(dfd.as_fd(), &format!("{hex}/lock"), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => {
-                return Err(std::io::Error::from_raw_os_error(e))
+                return Err(std::io::Error::from(e))
                     .with_context(|| format!("remove {}/lock", ldir.display()));
             }
         }
         // Fails harmlessly (ENOTEMPTY) when another process is already back in: it recreates
         // what it needs under its own lock.
-        let _ = unlinkat(dfd, &hex, libc::AT_REMOVEDIR);
+        let _ = unlinkat(dfd.as_fd(), &hex, AtFlags::REMOVEDIR);
         Ok(unmounted)
     }
 
@@ -420,7 +366,10 @@ impl Shared {
         };
         let mut v = Vec::new();
         for e in rd.flatten() {
-            let dir = fs::read(e.path()).unwrap_or_default();
+            // An unreadable reference is an error, never "stale": dropping it could unmount
+            // a layer under a running container.
+            let dir = fs::read(e.path())
+                .with_context(|| format!("read layer reference {}", e.path().display()))?;
             let dir = PathBuf::from(String::from_utf8_lossy(&dir).into_owned());
             v.push((e.file_name().to_string_lossy().into_owned(), dir));
         }
@@ -436,7 +385,7 @@ impl Shared {
     ) -> Result<(usize, usize, Vec<Digest>)> {
         let (mut stale, mut unmounted, mut live) = (0, 0, Vec::new());
         for d in self.layers()? {
-            let Some(_l) = self.lock(&d, true, libc::LOCK_EX)? else {
+            let Some(_l) = self.lock(&d, true, Kind::Exclusive)? else {
                 continue;
             };
             let Some(dfd) = self.dirfd(false)? else {
@@ -450,7 +399,7 @@ impl Shared {
                     stale += 1;
                 }
             }
-            if self.unmount_if_unused(&d, dfd)? {
+            if self.unmount_if_unused(&d, dfd.as_fd())? {
                 unmounted += 1;
             }
             if !self.users(&d)?.is_empty() {
@@ -478,56 +427,43 @@ fn create_private_dir(p: &Path) -> Result<()> {
     }
 }
 
-/// unlinkat relative to `dfd`; the error is the errno.
-fn unlinkat(dfd: RawFd, rel: &str, flags: libc::c_int) -> std::result::Result<(), i32> {
-    let c = CString::new(rel).map_err(|_| libc::EINVAL)?;
-    // SAFETY: unlinkat with a valid dir fd and C string.
-    if unsafe { libc::unlinkat(dfd, c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
+/// unlinkat relative to `dfd`.
+fn unlinkat(dfd: BorrowedFd<'_>, rel: &str, flags: AtFlags) -> rustix::io::Result<()> {
+    rustix::fs::unlinkat(dfd, rel, flags)
 }
 
 /// mkdirat relative to `dfd`, an existing directory being fine; `ldir` names it in errors.
-fn mkdirat_ok_if_exists(dfd: RawFd, rel: &str, ldir: &Path) -> Result<()> {
-    let c = cstr(rel)?;
-    // SAFETY: mkdirat with a valid dir fd and C string.
-    if unsafe { libc::mkdirat(dfd, c.as_ptr(), 0o777) } == 0 || errno() == libc::EEXIST {
-        return Ok(());
+fn mkdirat_ok_if_exists(dfd: BorrowedFd<'_>, rel: &str, ldir: &Path) -> Result<()> {
+    match rustix::fs::mkdirat(dfd, rel, Mode::from_raw_mode(0o777)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(std::io::Error::from(e)).with_context(|| {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            format!("create {}", ldir.join(name).display())
+        }),
     }
-    Err(std::io::Error::last_os_error()).with_context(|| {
-        let name = rel.rsplit('/').next().unwrap_or(rel);
-        format!("create {}", ldir.join(name).display())
-    })
 }
 
 /// Whether `rel` (under `dfd`) is the root of a mount: `None` if it does not exist. One
 /// statx with `STATX_ATTR_MOUNT_ROOT`; kernels without it (< 5.8) compare st_dev with the
 /// parent's, as `is_mount_point` does.
-fn mount_root_at(dfd: RawFd, rel: &str, full: &Path) -> Result<Option<bool>> {
-    let c = cstr(rel)?;
-    // SAFETY: all-zero is a valid `struct statx` to be filled in.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: statx with a valid dir fd, C string and output buffer.
-    let r = unsafe {
-        libc::statx(
-            dfd,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_TYPE,
-            &mut st,
-        )
-    };
-    if r != 0 {
-        if errno() == libc::ENOENT {
-            return Ok(None);
+fn mount_root_at(dfd: BorrowedFd<'_>, rel: &str, full: &Path) -> Result<Option<bool>> {
+    let st = match rustix::fs::statx(
+        dfd,
+        rel,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE,
+    ) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("statx {}", full.display()));
         }
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statx {}", full.display()));
-    }
-    if st.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0 {
-        return Ok(Some(st.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0));
+    };
+    if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+        return Ok(Some(
+            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT),
+        ));
     }
     let parent = full.parent().unwrap_or(full);
     is_mount_point(full, parent).map(Some)
@@ -608,15 +544,4 @@ fn mount_layer(h: &Header, image: &Path, mnt: &Path) -> Result<Backing> {
     })?;
     // `dev` drops here: the mount now holds the device; AUTOCLEAR detaches it with the mount.
     Ok(Backing::Loop)
-}
-
-/// Reject before mounting what the kernel would only report vaguely.
-pub fn check_stack_depth(n: usize) -> Result<()> {
-    if n > super::closure::MAX_LAYERS {
-        bail!(
-            "{n} layers: overlayfs stacks at most {}",
-            super::closure::MAX_LAYERS
-        );
-    }
-    Ok(())
 }

@@ -5,6 +5,8 @@
 //! STORE/names/<name>@<version>    symlink -> ../layers/sha256/<hex>.lrl
 //! STORE/tmp/                      imports in progress (<hex>.<pid>.<n>)
 //! STORE/lock                      flock: add, rm and gc take it exclusively
+//! STORE/partial/<hex>.lrl.partial a pull's download in progress (distribution/pull.rs)
+//! STORE/partial/<hex>.lock        its per-digest lock (`crate::lockfile`, removed on release)
 //! ```
 //! An image appears under its final name only by rename(2) after its payload digest was
 //! checked, so a reader never sees a half-written or unverified image. The store owns what
@@ -14,7 +16,6 @@
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
 
 use super::header::{self, Digest, FsType, Header};
+use crate::lockfile;
 
 pub struct Store {
     pub root: PathBuf,
@@ -192,11 +194,8 @@ impl Store {
             .mode(0o600)
             .open(&p)
             .with_context(|| format!("open {}", p.display()))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("flock {}", p.display()));
-        }
+        crate::lockfile::flock_exclusive(&f, true)
+            .with_context(|| format!("flock {}", p.display()))?;
         Ok(StoreLock { _f: f })
     }
 
@@ -486,6 +485,52 @@ impl Store {
         crate::utils::remove_file_if_exists(&self.image_path(d))
     }
 
+    /// Where pulls keep downloads in progress.
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
+    }
+
+    /// The download in progress of image `d`.
+    pub fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.partial_dir()
+            .join(format!("{}.{}.partial", d.hex(), header::EXTENSION))
+    }
+
+    /// The lock a pull holds while downloading `d` (one download per digest per node).
+    pub fn partial_lock_path(&self, d: &Digest) -> PathBuf {
+        self.partial_dir().join(format!("{}.lock", d.hex()))
+    }
+
+    /// Remove partial downloads nobody is working on (their per-digest lock is free): what an
+    /// interrupted pull left and no later pull resumed. Returns how many files went.
+    pub fn clean_partials(&self) -> Result<usize> {
+        let dir = self.partial_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(&format!(".{}.partial", header::EXTENSION)) else {
+                continue;
+            };
+            let lock_path = dir.join(format!("{hex}.lock"));
+            // A pull in progress holds the lock: its partial file is simply skipped.
+            let Ok(lockfile::Attempt::Locked(lock)) =
+                lockfile::try_lock(&lock_path, true, lockfile::Kind::ExclusiveNow)
+            else {
+                continue;
+            };
+            if fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+            lock.unlink_while_held(&lock_path);
+        }
+        Ok(removed)
+    }
+
     /// Remove temp files of imports whose process is gone.
     pub fn clean_tmp(&self) -> Result<usize> {
         let mut n = 0;
@@ -586,8 +631,7 @@ fn copy_owned(from: &File, len: u64, dst: &Path) -> Result<File> {
         .mode(0o600)
         .open(dst)
         .with_context(|| format!("create {}", dst.display()))?;
-    // SAFETY: FICLONE takes the source fd as its int argument; both fds are ours.
-    let cloned = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0;
+    let cloned = rustix::fs::ioctl_ficlone(&to, from).is_ok();
     if !cloned || to.metadata().context("fstat")?.len() != len {
         to.set_len(0).context("truncate")?;
         let mut src = from;

@@ -8,22 +8,23 @@
 //! and renamed into the store, so an image never appears in the store unverified, and a
 //! corrupt download is removed. Every read of the source is bounded: exactly the size the
 //! verified header declares (a source announcing or sending another size is refused and its
-//! partial file removed), a stall timeout and a deadline (source::Limits).
+//! partial file removed), a stall timeout and a deadline (limits::Limits).
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, IsTerminal, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::header::{self, Digest, Header};
-use super::source::{Source, TransferError};
-use super::store::{LayerRef, Store};
+use super::{LayerSource, TransferError};
+use crate::layers::closure;
+use crate::layers::header::{Digest, Header};
+use crate::layers::store::{LayerRef, Store};
+use crate::lockfile::{self, LockFile};
 
 /// Attempts per layer: a transfer cut short is resumed this many times before giving up.
 const ATTEMPTS: usize = 4;
@@ -68,12 +69,13 @@ impl Default for PullOptions {
     }
 }
 
-/// A layer still to visit: its digest, the name@version it must carry (a dependency's
-/// record or the name a top was asked by), and the dependent needing it (None for a top).
-type Pending = (Digest, Option<(String, String)>, Option<String>);
-
 /// Fetch every layer of the closure of `refs` that the store lacks.
-pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> Result<PullReport> {
+pub fn pull(
+    store: &Store,
+    src: &dyn LayerSource,
+    refs: &[LayerRef],
+    o: &PullOptions,
+) -> Result<PullReport> {
     let t0 = Instant::now();
     let mut report = PullReport {
         source: src.describe(),
@@ -83,71 +85,40 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
     for r in refs {
         tops.push(resolve_top(store, src, r)?);
     }
-    // Walk the closure: (digest, header, present in the store).
-    let mut seen = HashSet::new();
-    let mut order: Vec<(Digest, Header, bool)> = Vec::new();
-    let mut stack: Vec<Pending> = tops
-        .iter()
-        .zip(refs)
-        .rev()
-        .map(|((d, _), r)| {
-            let expect = match r {
-                LayerRef::Label { name, version } => Some((name.clone(), version.clone())),
-                _ => None,
-            };
-            (*d, expect, None)
-        })
-        .collect();
-    while let Some((d, expect, needed_by)) = stack.pop() {
-        if !seen.insert(d) {
-            continue;
+    let top_digests: Vec<Digest> = tops.iter().map(|(d, _)| *d).collect();
+    // The closure from the headers: the store's for layers it has, the source's for the
+    // others. A stored image the store cannot vouch for counts as missing: the pull
+    // replaces it.
+    let mut present = HashSet::new();
+    let stack = closure::walk(&top_digests, &mut |d| {
+        if let Some(h) = store.header(d).ok().flatten() {
+            present.insert(*d);
+            return Ok(Some(h));
         }
-        let label = expect
-            .as_ref()
-            .map(|(n, v)| format!("{n}@{v} "))
-            .unwrap_or_default();
-        // A stored image the store cannot vouch for counts as missing: the pull replaces it.
-        let (h, present) = match store.header(&d).ok().flatten() {
-            Some(h) => (h, true),
-            None => match src.header(&d)? {
-                Some(h) => (h, false),
-                None => bail!(
-                    "layer {label}{d}{} is not in {}",
-                    needed_by
-                        .as_ref()
-                        .map(|x| format!(" (needed by {x})"))
-                        .unwrap_or_default(),
-                    src.describe()
-                ),
-            },
-        };
-        if let Some((n, v)) = &expect
-            && (h.name != *n || h.version != *v)
+        src.header(d)
+    })
+    .map_err(|e| match e.downcast_ref::<closure::MissingLayers>() {
+        Some(missing) => not_in_source(src, &tops, refs, missing),
+        None => e,
+    })?;
+    for ((d, _), r) in tops.iter().zip(refs) {
+        if let LayerRef::Label { name, version } = r
+            && let Some((_, h)) = stack.iter().find(|(x, _)| x == d)
+            && (h.name != *name || h.version != *version)
         {
-            match &needed_by {
-                Some(x) => bail!(
-                    "{x} depends on {n}@{v} ({d}), but that digest is {}",
-                    h.label()
-                ),
-                None => bail!(
-                    "{}: the index gives {d} for {n}@{v}, but that image is {}",
-                    src.describe(),
-                    h.label()
-                ),
-            }
+            bail!(
+                "{}: the index gives {d} for {name}@{version}, but that image is {}",
+                src.describe(),
+                h.label()
+            );
         }
-        for dep in h.deps.iter().rev() {
-            stack.push((
-                dep.digest,
-                Some((dep.name.clone(), dep.version.clone())),
-                Some(h.label()),
-            ));
-        }
-        order.push((d, h, present));
     }
     // Dependencies before their dependents: a reader of the store mid-pull sees lower
     // layers first, and an interrupted pull leaves whole, usable sub-stacks.
-    order.reverse();
+    let order = stack.into_iter().rev().map(|(d, h)| {
+        let p = present.contains(&d);
+        (d, h, p)
+    });
     for (d, h, present) in order {
         let size = h.payload_offset + h.payload_len;
         let mut item = PulledLayer {
@@ -178,7 +149,39 @@ pub fn pull(store: &Store, src: &Source, refs: &[LayerRef], o: &PullOptions) -> 
     Ok(report)
 }
 
-fn resolve_top(store: &Store, src: &Source, r: &LayerRef) -> Result<(Digest, String)> {
+/// The first layer the source lacks, named as the user knows it.
+fn not_in_source(
+    src: &dyn LayerSource,
+    tops: &[(Digest, String)],
+    refs: &[LayerRef],
+    missing: &closure::MissingLayers,
+) -> anyhow::Error {
+    let Some(m) = missing.0.first() else {
+        return anyhow::anyhow!("{missing}");
+    };
+    let d = m.digest;
+    let (label, needed_by) = match &m.needed {
+        Some(n) => (
+            format!("{}@{} ", n.name, n.version),
+            format!(" (needed by {})", n.by),
+        ),
+        None => {
+            let label = tops
+                .iter()
+                .zip(refs)
+                .find(|((x, _), _)| *x == d)
+                .and_then(|(_, r)| match r {
+                    LayerRef::Label { name, version } => Some(format!("{name}@{version} ")),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            (label, String::new())
+        }
+    };
+    anyhow::anyhow!("layer {label}{d}{needed_by} is not in {}", src.describe())
+}
+
+fn resolve_top(store: &Store, src: &dyn LayerSource, r: &LayerRef) -> Result<(Digest, String)> {
     match r {
         LayerRef::Digest(d) => Ok((*d, d.to_string())),
         LayerRef::Label { name, version } => {
@@ -204,19 +207,19 @@ fn resolve_top(store: &Store, src: &Source, r: &LayerRef) -> Result<(Digest, Str
 /// stored it meanwhile.
 fn fetch_one(
     store: &Store,
-    src: &Source,
+    src: &dyn LayerSource,
     d: &Digest,
     h: &Header,
     o: &PullOptions,
 ) -> Result<Option<u64>> {
-    let dir = store.root.join("partial");
+    let dir = store.partial_dir();
     store.ensure_dir(&dir)?;
-    let lock = DigestLock::take(&dir.join(format!("{}.lock", d.hex())))?;
+    let lock = DigestLock::take(&store.partial_lock_path(d))?;
     if matches!(store.header(d), Ok(Some(_))) {
         lock.release();
         return Ok(None);
     }
-    let partial = dir.join(format!("{}.{}.partial", d.hex(), header::EXTENSION));
+    let partial = store.partial_path(d);
     let total = h.payload_offset + h.payload_len;
     let what = || format!("pull {} ({d}) from {}", h.label(), src.describe());
     // A header can declare any size (its digest covers the claim, not its sense): refuse one
@@ -284,7 +287,7 @@ fn fetch_one(
 
 /// Bring `partial` to `total` bytes, resuming from what it has.
 fn download(
-    src: &Source,
+    src: &dyn LayerSource,
     d: &Digest,
     partial: &Path,
     total: u64,
@@ -376,49 +379,27 @@ fn free_bytes(dir: &Path) -> Result<u64> {
     Ok(v.f_bfree.saturating_mul(v.f_frsize))
 }
 
-/// An exclusive flock on a per-digest lock file that is removed on release. A waiter that
-/// gets the lock on a file already unlinked starts over, so two holders can never coexist.
+/// An exclusive lock on a per-digest lock file that is removed on release (the unlink-safe
+/// protocol of `crate::lockfile`), so two holders can never coexist.
 struct DigestLock {
-    f: File,
+    lock: LockFile,
     path: PathBuf,
 }
 
 impl DigestLock {
     fn take(path: &Path) -> Result<DigestLock> {
-        loop {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(path)
-                .with_context(|| format!("open {}", path.display()))?;
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("flock {}", path.display()));
-            }
-            let mine = f.metadata().context("fstat lock")?.ino();
-            match fs::metadata(path) {
-                Ok(m) if m.ino() == mine => {
-                    return Ok(DigestLock {
-                        f,
-                        path: path.to_path_buf(),
-                    });
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
-            }
-        }
+        let lock =
+            lockfile::lock_exclusive(path).with_context(|| format!("lock {}", path.display()))?;
+        Ok(DigestLock {
+            lock,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Remove the lock file while holding it (waiters notice and retry); on an error path the
     /// file stays, which is harmless: the next pull takes it.
     fn release(self) {
-        let _ = fs::remove_file(&self.path);
-        drop(self.f);
+        self.lock.unlink_while_held(&self.path);
     }
 }
 
@@ -502,49 +483,6 @@ pub fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
-}
-
-/// Remove partial downloads nobody is working on (their per-digest lock is free): what an
-/// interrupted pull left and no later pull resumed. Returns how many files went.
-pub fn clean_partials(store: &Store) -> Result<usize> {
-    let dir = store.root.join("partial");
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(hex) = name.strip_suffix(&format!(".{}.partial", header::EXTENSION)) else {
-            continue;
-        };
-        let lock_path = dir.join(format!("{hex}.lock"));
-        let Ok(lock) = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-        else {
-            continue;
-        };
-        // SAFETY: flock on an fd we own; LOCK_NB so a pull in progress is simply skipped.
-        if unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        } != 0
-        {
-            continue;
-        }
-        if fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-        let _ = fs::remove_file(&lock_path);
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]

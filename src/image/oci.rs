@@ -7,7 +7,6 @@
 //! and the tree is packed with owners kept. Layer *k* depends on layer *k-1*. Every blob is
 //! checked against its descriptor's digest while it is read.
 
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -15,12 +14,16 @@ use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use oci_spec::image::{
+    Config, Descriptor, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
+    OciLayout,
+};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::header::{Dep, Digest, FsType};
-use super::pack;
-use super::store::Store;
+use crate::layers::header::{Dep, Digest, FsType};
+use crate::layers::pack;
+use crate::layers::store::Store;
 
 /// Name of the lower layers an import makes; their version is the OCI chain id, so the same
 /// base layers imported with two images are the same lrun layers.
@@ -61,24 +64,16 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
     let layout = o.layout;
     let layout_file = layout.join("oci-layout");
     let lv: Value = read_json(&layout_file)?;
-    if lv["imageLayoutVersion"].as_str().is_none() {
+    if serde_json::from_value::<OciLayout>(lv).is_err() {
         bail!("{}: no imageLayoutVersion", layout_file.display());
     }
-    let index: Value = read_json(&layout.join("index.json"))?;
-    let manifest_desc = pick_manifest(layout, &index, o.tag)?;
-    let manifest: Value = serde_json::from_slice(&read_blob(layout, &manifest_desc)?)
-        .context("parse the image manifest")?;
-    let config: Value = serde_json::from_slice(&read_blob(layout, &manifest["config"])?)
-        .context("parse the image config")?;
-    // Before any layer reaches the store: a refused image leaves nothing behind.
-    check_process_fields(&config["config"])?;
-    let layers = manifest["layers"]
-        .as_array()
-        .context("image manifest: no layers")?;
+    let (manifest, config) = read_image(layout, o.tag)?;
+    let process_fields = config.config().clone().unwrap_or_default();
+    let layers = manifest.layers();
     if layers.is_empty() {
         bail!("image manifest: no layers");
     }
-    let diff_ids = config["rootfs"]["diff_ids"].as_array().cloned();
+    let diff_ids = config.rootfs().diff_ids();
 
     let mut out = Vec::new();
     let mut chain: Option<String> = None;
@@ -91,9 +86,8 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
         fs::create_dir(&tree).with_context(|| format!("create {}", tree.display()))?;
         let diff_id = extract_layer(layout, desc, &tree)
             .with_context(|| format!("image layer {} ({})", i + 1, desc_digest(desc)))?;
-        if let Some(ids) = &diff_ids
-            && let Some(want) = ids.get(i).and_then(|v| v.as_str())
-            && want != diff_id
+        if let Some(want) = diff_ids.get(i)
+            && *want != diff_id
         {
             bail!(
                 "image layer {}: uncompressed digest {diff_id}, the config says {want}",
@@ -144,7 +138,7 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
         });
         out.push((h.label(), d));
     }
-    let process = process_config(&config["config"], passwd.as_deref(), group.as_deref())?;
+    let process = process_config(&process_fields, passwd.as_deref(), group.as_deref())?;
     Ok(Imported {
         layers: out,
         process,
@@ -162,7 +156,7 @@ pub fn bundle_config(mut spec: Value, top: &str, p: &ProcessConfig) -> Value {
     spec["process"]["cwd"] = json!(p.cwd);
     spec["process"]["user"] = json!({"uid": p.uid, "gid": p.gid});
     spec["root"] = json!({"path": "rootfs", "readonly": false});
-    spec["annotations"] = json!({ super::ANNOTATION_LAYERS: top });
+    spec["annotations"] = json!({ crate::layers::ANNOTATION_LAYERS: top });
     spec
 }
 
@@ -244,29 +238,20 @@ fn check_user(u: &str) -> Result<()> {
     Ok(())
 }
 
-fn process_config(c: &Value, passwd: Option<&str>, group: Option<&str>) -> Result<ProcessConfig> {
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut args = strings(&c["Entrypoint"]);
-    args.extend(strings(&c["Cmd"]));
+fn process_config(c: &Config, passwd: Option<&str>, group: Option<&str>) -> Result<ProcessConfig> {
+    let mut args = c.entrypoint().clone().unwrap_or_default();
+    args.extend(c.cmd().clone().unwrap_or_default());
     if args.is_empty() {
         bail!("image config: neither Entrypoint nor Cmd: the bundle would have nothing to run");
     }
-    let cwd = match c["WorkingDir"].as_str() {
+    let cwd = match c.working_dir().as_deref() {
         Some(w) if !w.is_empty() => w.to_string(),
         _ => "/".to_string(),
     };
-    let (uid, gid) = resolve_user(c["User"].as_str().unwrap_or(""), passwd, group)?;
+    let (uid, gid) = resolve_user(c.user().as_deref().unwrap_or(""), passwd, group)?;
     Ok(ProcessConfig {
         args,
-        env: strings(&c["Env"]),
+        env: c.env().clone().unwrap_or_default(),
         cwd,
         uid,
         gid,
@@ -319,21 +304,50 @@ fn read_json(p: &Path) -> Result<Value> {
     serde_json::from_slice(&t).with_context(|| format!("parse {}", p.display()))
 }
 
-fn desc_digest(d: &Value) -> &str {
-    d["digest"].as_str().unwrap_or("?")
+/// index.json (and a nested index) to the manifest, then its config, checked: the config's
+/// process fields (`check_process_fields`) before anything is imported, so a refused image
+/// leaves nothing behind.
+fn read_image(layout: &Path, tag: Option<&str>) -> Result<(ImageManifest, ImageConfiguration)> {
+    let index_file = layout.join("index.json");
+    let index = read_json(&index_file)?;
+    if !index["manifests"].is_array() {
+        bail!("index.json: no manifests");
+    }
+    let index: ImageIndex =
+        serde_json::from_value(index).with_context(|| format!("parse {}", index_file.display()))?;
+    let manifest_desc = pick_manifest(layout, &index, tag)?;
+    let manifest = read_blob(layout, &manifest_desc)?;
+    let manifest: Value = serde_json::from_slice(&manifest).context("parse the image manifest")?;
+    if !manifest["layers"].is_array() {
+        bail!("image manifest: no layers");
+    }
+    let manifest: ImageManifest =
+        serde_json::from_value(manifest).context("parse the image manifest")?;
+    let config: Value = serde_json::from_slice(&read_blob(layout, manifest.config())?)
+        .context("parse the image config")?;
+    // The untrusted fields first, each refusal naming its field in one line; then the rest.
+    check_process_fields(&config["config"])?;
+    let config: ImageConfiguration =
+        serde_json::from_value(config).context("parse the image config")?;
+    Ok((manifest, config))
+}
+
+fn desc_digest(d: &Descriptor) -> String {
+    d.digest().to_string()
 }
 
 /// `blobs/<alg>/<hex>` of a descriptor; only sha256, with a hex that cannot leave blobs/.
-fn blob_path(layout: &Path, desc: &Value) -> Result<(PathBuf, Digest)> {
+fn blob_path(layout: &Path, desc: &Descriptor) -> Result<(PathBuf, Digest)> {
     let dg = desc_digest(desc);
-    let Some(hex) = dg.strip_prefix("sha256:") else {
+    if *desc.digest().algorithm() != DigestAlgorithm::Sha256 {
         bail!("descriptor digest {dg:?}: only sha256 is supported");
-    };
+    }
+    let hex = desc.digest().digest();
     let d = Digest::parse(hex).with_context(|| format!("descriptor digest {dg:?}"))?;
     Ok((layout.join("blobs/sha256").join(d.hex()), d))
 }
 
-fn read_blob(layout: &Path, desc: &Value) -> Result<Vec<u8>> {
+fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>> {
     let (p, d) = blob_path(layout, desc)?;
     let data = fs::read(&p).with_context(|| format!("read {}", p.display()))?;
     if Digest::of(&data) != d {
@@ -344,14 +358,13 @@ fn read_blob(layout: &Path, desc: &Value) -> Result<Vec<u8>> {
 
 /// The manifest descriptor: by tag, or the only one; an image index is followed to the
 /// manifest for this machine's architecture.
-fn pick_manifest(layout: &Path, index: &Value, tag: Option<&str>) -> Result<Value> {
-    let ms = index["manifests"]
-        .as_array()
-        .context("index.json: no manifests")?;
-    let tag_of = |m: &Value| {
-        m["annotations"]["org.opencontainers.image.ref.name"]
-            .as_str()
-            .map(str::to_string)
+fn pick_manifest(layout: &Path, index: &ImageIndex, tag: Option<&str>) -> Result<Descriptor> {
+    let ms = index.manifests();
+    let tag_of = |m: &Descriptor| {
+        m.annotations()
+            .as_ref()
+            .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+            .cloned()
     };
     let chosen = match tag {
         Some(t) => ms.iter().find(|m| tag_of(m).as_deref() == Some(t)).cloned(),
@@ -368,20 +381,23 @@ fn pick_manifest(layout: &Path, index: &Value, tag: Option<&str>) -> Result<Valu
     let Some(m) = chosen else {
         bail!("index.json has no image tagged {:?}", tag.unwrap_or(""));
     };
-    if m["mediaType"].as_str() == Some("application/vnd.oci.image.index.v1+json") {
+    if *m.media_type() == MediaType::ImageIndex {
         let inner: Value = serde_json::from_slice(&read_blob(layout, &m)?)
             .context("parse the nested image index")?;
+        if !inner["manifests"].is_array() {
+            bail!("nested index: no manifests");
+        }
+        let inner: ImageIndex =
+            serde_json::from_value(inner).context("parse the nested image index")?;
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
             a => a,
         };
-        let list = inner["manifests"]
-            .as_array()
-            .context("nested index: no manifests")?;
-        let found = list.iter().find(|x| {
-            x["platform"]["architecture"].as_str() == Some(arch)
-                && x["platform"]["os"].as_str().unwrap_or("linux") == "linux"
+        let found = inner.manifests().iter().find(|x| {
+            x.platform().as_ref().is_some_and(|p| {
+                p.architecture().to_string() == arch && p.os().to_string() == "linux"
+            })
         });
         return match found {
             Some(x) => Ok(x.clone()),
@@ -407,12 +423,12 @@ impl<R: Read> Read for HashRead<'_, R> {
 
 /// Extract one layer into `tree`, converting whiteouts; returns its diff id (sha256 of the
 /// uncompressed tar) after checking the blob's own digest.
-fn extract_layer(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
+fn extract_layer(layout: &Path, desc: &Descriptor, tree: &Path) -> Result<String> {
     let (p, want) = blob_path(layout, desc)?;
     let f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
     let mut magic = [0u8; 4];
     let n = f.read_at(&mut magic, 0).context("read layer blob")?;
-    let media = desc["mediaType"].as_str().unwrap_or("");
+    let media = desc.media_type().to_string();
     let gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
     if media.contains("zstd") || (n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd]) {
         bail!(
@@ -643,47 +659,34 @@ fn make_node(tree: &Path, rel: &Path, h: &tar::Header) -> Result<()> {
     std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
         .with_context(|| format!("chown {}", at.display()))?;
     // mknod's mode went through the umask.
-    let c = cstr(&at)?;
-    // SAFETY: valid C string; fchmodat on a path we just created.
-    if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, 0) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("chmod {}", at.display()));
-    }
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        &at,
+        rustix::fs::Mode::from_raw_mode(mode),
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("chmod {}", at.display()))?;
     Ok(())
 }
 
-fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("{}: NUL in path", p.display()))
-}
-
+/// mknod(2) of `mode` (file type and permission bits) at `p`.
 fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<()> {
-    let c = cstr(p)?;
-    // SAFETY: valid C string.
-    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mknod {}", p.display()));
-    }
-    Ok(())
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::from_raw_mode(mode),
+        rustix::fs::Mode::from_raw_mode(mode),
+        dev,
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("mknod {}", p.display()))
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
-    let c = cstr(p)?;
-    let n = CString::new(name).context("xattr name")?;
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setxattr {name} on {}", p.display()));
-    }
-    Ok(())
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("setxattr {name} on {}", p.display()))
 }
 
 /// A private directory for one layer's tree and image, removed with everything in it.
@@ -732,18 +735,16 @@ pub mod fuzzing {
         passwd: Option<&str>,
         group: Option<&str>,
     ) -> Result<ProcessConfig> {
-        let index: Value = read_json(&layout.join("index.json"))?;
-        let manifest_desc = pick_manifest(layout, &index, tag)?;
-        let manifest: Value = serde_json::from_slice(&read_blob(layout, &manifest_desc)?)
-            .context("parse the image manifest")?;
-        let config: Value = serde_json::from_slice(&read_blob(layout, &manifest["config"])?)
-            .context("parse the image config")?;
-        process_config(&config["config"], passwd, group)
+        let (_, config) = read_image(layout, tag)?;
+        process_config(&config.config().clone().unwrap_or_default(), passwd, group)
     }
 
     /// One layer blob (tar, or gzip'd tar) extracted into `tree`; returns its diff id.
+    /// `desc` is the descriptor's JSON, parsed here as `import` parses a manifest's.
     pub fn extract(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
-        extract_layer(layout, desc, tree)
+        let desc: Descriptor =
+            serde_json::from_value(desc.clone()).context("parse the layer descriptor")?;
+        extract_layer(layout, &desc, tree)
     }
 }
 
@@ -819,10 +820,11 @@ mod tests {
     fn entrypoint_and_cmd_make_args() {
         let c = json!({"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo hi"],
                        "Env": ["A=1"], "WorkingDir": "/srv", "User": "app"});
+        let c: Config = serde_json::from_value(c).unwrap();
         let p = process_config(&c, Some(PASSWD), None).unwrap();
         assert_eq!(p.args, ["/bin/sh", "-c", "echo hi"]);
         assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/srv", 1000, 1001));
-        assert!(process_config(&json!({}), None, None).is_err());
+        assert!(process_config(&Config::default(), None, None).is_err());
     }
 
     #[test]

@@ -1,0 +1,334 @@
+//! A layered container's root: mounting its closure (shared layer mounts, `shared.rs`) under a
+//! per-container overlay with its writable upper, and releasing it all again.
+//!
+//! ```text
+//! STATE/<id>/root/                mode 0700 (the merged root holds setuid programs)
+//! STATE/<id>/root/rw/{upper,work} the writable upper (a tmpfs of its own with upper=tmpfs)
+//! STATE/<id>/root/merged          the overlay: the container's root
+//! ```
+//! What is taken is recorded first (`RootRecord`, kept by the engine in state.json), so a
+//! crash at any point leaves enough for `release_root` (delete --force) and gc.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use nix::mount::{MntFlags, MsFlags};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use super::header::{Digest, Header};
+use super::shared::Shared;
+use super::spec::{UpperMode, layer_spec};
+use super::store::{LayerRef, Store};
+use super::{LayerContext, closure, overlay};
+
+/// Where containers created before the record moved into state.json keep it.
+const LEGACY_RECORD: &str = "layers.json";
+/// Mode 0700: the merged root holds the image's setuid programs, which host users must not
+/// be able to reach through the state directory (mode 0711).
+const PRIVATE_DIR: &str = "root";
+const RW_DIR: &str = "root/rw";
+const MERGED_DIR: &str = "root/merged";
+
+/// What prepare_root takes, recorded before it takes anything so release_root can undo it
+/// after a crash at any point. The engine stores it in the container's state.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRecord {
+    /// Layer digests (hex), top-most first.
+    pub layers: Vec<String>,
+    pub upper: UpperMode,
+}
+
+impl RootRecord {
+    /// The digests it names (unparseable entries skipped).
+    pub fn digests(&self) -> HashSet<Digest> {
+        self.layers
+            .iter()
+            .filter_map(|h| Digest::parse(h).ok())
+            .collect()
+    }
+}
+
+/// The layers.json of a container created before the record moved into state.json.
+pub fn read_legacy_record(container_dir: &Path) -> Result<Option<RootRecord>> {
+    let p = container_dir.join(LEGACY_RECORD);
+    match fs::read(&p) {
+        Ok(t) => serde_json::from_slice(&t)
+            .map(Some)
+            .with_context(|| format!("parse {}", p.display())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+    }
+}
+
+/// Resolve the tops to the ordered closure (top-most first), importing path references.
+pub fn resolve_closure(
+    store: &Store,
+    tops: &[LayerRef],
+    bundle: &Path,
+) -> Result<Vec<(Digest, Header)>> {
+    let mut digests = Vec::with_capacity(tops.len());
+    let mut missing = Vec::new();
+    for t in tops {
+        match store.resolve(t, bundle)? {
+            Some(d) => digests.push(d),
+            None => missing.push(t.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "layer{} not in the store {}: {} {PULL_HINT}",
+            if missing.len() == 1 { "" } else { "s" },
+            store.root.display(),
+            missing.join(", ")
+        );
+    }
+    closure::resolve(&digests, &mut |d| store.header(d)).map_err(|e| {
+        match e.downcast_ref::<closure::MissingLayers>() {
+            Some(missing) => anyhow::anyhow!("{missing} {PULL_HINT}"),
+            None => e,
+        }
+    })
+}
+
+/// How to get missing layers, appended to the errors that name them.
+const PULL_HINT: &str = "(fetch with --pull SOURCE or `lrun layer pull SOURCE LAYER...`)";
+
+fn container_id(container_dir: &Path) -> Result<String> {
+    container_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("container dir {}: no usable name", container_dir.display()))
+}
+
+/// If the bundle is layered, mount its root (shared layer mounts + a per-container overlay)
+/// and return the merged directory; `None` for a plain bundle. Runs in the host mount
+/// namespace before the container process exists. On error nothing is left mounted.
+///
+/// `record` is called with what will be taken before anything is: the engine stores it with
+/// the container (state.json), and hands it back to `release_root`, which trusts it.
+pub fn prepare_root(
+    ctx: &LayerContext,
+    bundle: &Path,
+    spec: &Spec,
+    container_dir: &Path,
+    record: &mut dyn FnMut(&RootRecord) -> Result<()>,
+) -> Result<Option<PathBuf>> {
+    let Some(ls) = layer_spec(spec)? else {
+        return Ok(None);
+    };
+    let store = Store::new(&ctx.store);
+    let stack = resolve_closure(&store, &ls.tops, bundle)?;
+    let legacy = container_dir.join(LEGACY_RECORD);
+    if legacy.exists() {
+        bail!(
+            "{} exists: this container already holds layers",
+            legacy.display()
+        );
+    }
+    let rec = RootRecord {
+        layers: stack.iter().map(|(d, _)| d.hex()).collect(),
+        upper: ls.upper.clone(),
+    };
+    // Recorded before anything is taken: release_root trusts this list.
+    record(&rec)?;
+    match mount_stack(ctx, &store, &stack, &ls.upper, spec, container_dir) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            if let Err(e2) = release_root(ctx, container_dir, Some(&rec)) {
+                return Err(anyhow::anyhow!("{e:#} (and undoing it failed: {e2:#})"));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn mount_stack(
+    ctx: &LayerContext,
+    store: &Store,
+    stack: &[(Digest, Header)],
+    upper: &UpperMode,
+    spec: &Spec,
+    container_dir: &Path,
+) -> Result<PathBuf> {
+    let shared = Shared::new(&ctx.state_root);
+    let id = container_id(container_dir)?;
+    // gc judges a reference by the state dir it names, from any working directory.
+    let owner = std::path::absolute(container_dir)
+        .with_context(|| format!("absolute path of {}", container_dir.display()))?;
+    let mut lowers = Vec::with_capacity(stack.len());
+    for (d, h) in stack {
+        lowers.push(shared.acquire(d, h, &store.image_path(d), &id, &owner)?);
+    }
+    let private = container_dir.join(PRIVATE_DIR);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("create {}", private.display()))?;
+    let rw = container_dir.join(RW_DIR);
+    let upper_dirs = match upper {
+        UpperMode::None => None,
+        UpperMode::State | UpperMode::Tmpfs(_) => {
+            fs::create_dir(&rw).with_context(|| format!("create {}", rw.display()))?;
+            if let UpperMode::Tmpfs(opts) = upper {
+                let data = if opts.is_empty() {
+                    "mode=0700".to_string()
+                } else {
+                    format!("mode=0700,{opts}")
+                };
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &rw,
+                    Some("tmpfs"),
+                    MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+                    Some(data.as_str()),
+                )
+                .with_context(|| format!("mount tmpfs ({data}) on {}", rw.display()))?;
+            }
+            let (u, w) = (rw.join("upper"), rw.join("work"));
+            fs::create_dir(&u).with_context(|| format!("create {}", u.display()))?;
+            fs::create_dir(&w).with_context(|| format!("create {}", w.display()))?;
+            // The merged root takes the upper root's owner and mode: give it the top layer's
+            // mode and the container's root user, so `/` looks as the image made it.
+            let top = fs::metadata(&lowers[0])
+                .with_context(|| format!("stat {}", lowers[0].display()))?;
+            fs::set_permissions(&u, fs::Permissions::from_mode(top.mode() & 0o7777))
+                .with_context(|| format!("chmod {}", u.display()))?;
+            let (uid, gid) = root_owner(spec, top.uid(), top.gid());
+            std::os::unix::fs::chown(&u, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", u.display()))?;
+            Some((u, w))
+        }
+    };
+    let merged = container_dir.join(MERGED_DIR);
+    fs::create_dir(&merged).with_context(|| format!("create {}", merged.display()))?;
+    let up = upper_dirs
+        .as_ref()
+        .map(|(u, w)| overlay::Upper { upper: u, work: w });
+    overlay::mount(&lowers, up, &merged)?;
+    Ok(merged)
+}
+
+/// Host ids of the container's root user: the image's owner of `/` mapped through the
+/// user namespace mappings, if any.
+fn root_owner(spec: &Spec, uid: u32, gid: u32) -> (u32, u32) {
+    let map = |id: u32, maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| -> u32 {
+        let Some(maps) = maps else { return id };
+        for m in maps {
+            if id >= m.container_id() && id - m.container_id() < m.size() {
+                return m.host_id() + (id - m.container_id());
+            }
+        }
+        id
+    };
+    let linux = spec.linux().as_ref();
+    (
+        map(uid, linux.and_then(|l| l.uid_mappings().as_ref())),
+        map(gid, linux.and_then(|l| l.gid_mappings().as_ref())),
+    )
+}
+
+/// Undo `prepare_root` for a container: idempotent, and safe after a crash at any point.
+/// `record` is what prepare_root handed the engine; `None` for a container that records
+/// none, or one created before the record moved into state.json (its layers.json is read).
+pub fn release_root(
+    ctx: &LayerContext,
+    container_dir: &Path,
+    record: Option<&RootRecord>,
+) -> Result<()> {
+    let legacy = container_dir.join(LEGACY_RECORD);
+    let read;
+    let record = match record {
+        Some(r) => r,
+        None => match read_legacy_record(container_dir)? {
+            Some(r) => {
+                read = r;
+                &read
+            }
+            // Nothing was taken: prepare_root records before anything else.
+            None => return Ok(()),
+        },
+    };
+    let private = container_dir.join(PRIVATE_DIR);
+    let merged = container_dir.join(MERGED_DIR);
+    unmount_all(&merged)?;
+    remove_dir_if_exists(&merged)?;
+    let rw = container_dir.join(RW_DIR);
+    unmount_all(&rw)?;
+    match fs::remove_dir_all(&rw) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", rw.display())),
+    }
+    remove_dir_if_exists(&private)?;
+    let shared = Shared::new(&ctx.state_root);
+    let id = container_id(container_dir)?;
+    for hex in &record.layers {
+        let d = Digest::parse(hex).context("layer record")?;
+        shared.release(&d, &id)?;
+    }
+    // Once for all layers, not per layer: only the last release can empty it.
+    shared.remove_dir_if_empty();
+    crate::utils::remove_file_if_exists(&legacy)
+}
+
+/// Unmount everything stacked on `p` (a crashed retry could have mounted twice). umount2
+/// itself says when nothing is left (EINVAL: not a mount point; ENOENT: no such path), which
+/// saves two stats per round.
+fn unmount_all(p: &Path) -> Result<()> {
+    for _ in 0..16 {
+        match nix::mount::umount2(p, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("umount {}", p.display())),
+        }
+    }
+    bail!("{} is still mounted after 16 unmounts", p.display())
+}
+
+fn remove_dir_if_exists(p: &Path) -> Result<()> {
+    match fs::remove_dir(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("rmdir {}", p.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ann: &[(&str, &str)], readonly: bool) -> Spec {
+        let ann: serde_json::Map<String, serde_json::Value> = ann
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        let v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": readonly},
+            "annotations": ann,
+        });
+        crate::bundle::parse_config(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn root_owner_maps_through_user_namespace() {
+        let v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {
+                "namespaces": [{"type": "user"}],
+                "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]
+            }
+        });
+        let s = crate::bundle::parse_config(v.to_string().as_bytes()).unwrap();
+        assert_eq!(root_owner(&s, 0, 5), (100000, 200005));
+        assert_eq!(root_owner(&spec(&[], false), 0, 0), (0, 0));
+    }
+}
