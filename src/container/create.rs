@@ -130,8 +130,16 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         st.layers = Some(r.clone());
         state::save(&dir, &st)
     };
-    match layers::prepare_root(&rt.layers(), &bundle.dir, spec, &dir, &mut record)? {
-        Some(merged) => {
+    match &layer_spec {
+        Some(ls) => {
+            let merged = layers::prepare_layered_root(
+                &rt.layers(),
+                &bundle.dir,
+                spec,
+                ls,
+                &dir,
+                &mut record,
+            )?;
             guard.layers = st.layers.clone();
             st.rootfs = merged;
             state::save(&dir, &st)?;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::header::{Digest, Header};
 use super::shared::Shared;
-use super::spec::{UpperMode, layer_spec};
+use super::spec::{LayerSpec, UpperMode, layer_spec};
 use super::store::{LayerRef, Store};
 use super::{LayerContext, closure, overlay};
 
@@ -122,6 +122,18 @@ pub fn prepare_root(
     let Some(ls) = layer_spec(spec)? else {
         return Ok(None);
     };
+    prepare_layered_root(ctx, bundle, spec, &ls, container_dir, record).map(Some)
+}
+
+/// `prepare_root` for a bundle whose layer annotations the caller has parsed already.
+pub fn prepare_layered_root(
+    ctx: &LayerContext,
+    bundle: &Path,
+    spec: &Spec,
+    ls: &LayerSpec,
+    container_dir: &Path,
+    record: &mut dyn FnMut(&RootRecord) -> Result<()>,
+) -> Result<PathBuf> {
     let store = Store::new(&ctx.store);
     let stack = resolve_closure(&store, &ls.tops, bundle)?;
     let legacy = container_dir.join(LEGACY_RECORD);
@@ -138,7 +150,7 @@ pub fn prepare_root(
     // Recorded before anything is taken: release_root trusts this list.
     record(&rec)?;
     match mount_stack(ctx, &store, &stack, &ls.upper, spec, container_dir) {
-        Ok(p) => Ok(Some(p)),
+        Ok(p) => Ok(p),
         Err(e) => {
             if let Err(e2) = release_root(ctx, container_dir, Some(&rec)) {
                 return Err(anyhow::anyhow!("{e:#} (and undoing it failed: {e2:#})"));
