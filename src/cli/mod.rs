@@ -285,6 +285,23 @@ mod tests {
     }
 
     #[test]
+    fn flags_win_over_the_node_config_which_wins_over_defaults() {
+        use super::{DEFAULT_ROOT, Globals, NodeConfig};
+        use std::path::{Path, PathBuf};
+        let node = NodeConfig::parse("root = \"/run/node\"\nstore = \"/srv/node\"\n").unwrap();
+        let g = Globals::resolve(None, None, false, node.clone(), |_| None).unwrap();
+        assert_eq!(g.root, Path::new("/run/node"));
+        assert_eq!(g.store, Path::new("/srv/node"));
+        let g = Globals::resolve(Some(PathBuf::from("/r")), None, false, node, |_| None).unwrap();
+        assert_eq!(g.root, Path::new("/r"));
+        assert_eq!(g.store, Path::new("/srv/node"));
+        let g = Globals::resolve(None, None, false, NodeConfig::default(), |_| None).unwrap();
+        assert_eq!(g.root, Path::new(DEFAULT_ROOT));
+        assert_eq!(g.store, Path::new(crate::layers::DEFAULT_STORE));
+        assert_eq!(g.pull_source, None);
+    }
+
+    #[test]
     fn runc_style_invocations_parse() {
         use clap::Parser;
         for argv in [
