@@ -25,6 +25,7 @@ pub mod lockfile;
 pub mod logging;
 pub mod mountinfo;
 pub mod namespaces;
+pub mod node_config;
 pub mod notify;
 pub mod process;
 pub mod rootfs;

@@ -180,7 +180,8 @@ pub fn assert_no_leaks(root: &Path, ids: &[String]) {
         "state left in {}: {left:?}",
         root.display()
     );
-    let base = root.parent().unwrap().to_string_lossy().into_owned();
+    // With the slash: lrun-it-PID-1 must not match the mounts of lrun-it-PID-10.
+    let base = format!("{}/", root.parent().unwrap().to_string_lossy());
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let leaked: Vec<_> = mounts.lines().filter(|l| l.contains(&base)).collect();
     assert!(leaked.is_empty(), "mounts left: {leaked:#?}");

@@ -82,11 +82,11 @@ pub enum LayerCommand {
         #[arg(long)]
         json: bool,
         /// Give up a transfer that gets less than 1 KiB in this many seconds (default 30,
-        /// env LRUN_PULL_STALL_TIMEOUT).
+        /// env LRUN_PULL_STALL_TIMEOUT, node config pull.stall_timeout).
         #[arg(long, value_name = "SECS")]
         stall_timeout: Option<String>,
         /// Give up the whole pull after this many seconds (default 3600, 0 for none, env
-        /// LRUN_PULL_DEADLINE).
+        /// LRUN_PULL_DEADLINE, node config pull.deadline).
         #[arg(long, value_name = "SECS")]
         deadline: Option<String>,
     },
@@ -260,7 +260,7 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                 .iter()
                 .map(|r| LayerRef::parse(r))
                 .collect::<Result<Vec<_>>>()?;
-            let mut limits = distribution::Limits::from_env()?;
+            let mut limits = g.pull_limits;
             if let Some(v) = stall_timeout {
                 limits.stall = distribution::parse_stall(&v).context("--stall-timeout")?;
             }

@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 use crate::container::CreateOptions;
 
 use crate::logging::{self, LogFormat};
+use crate::node_config::NodeConfig;
 
 /// Default state root, as runc uses /run/runc.
 pub const DEFAULT_ROOT: &str = "/run/lrun";
@@ -35,12 +36,17 @@ pub const DEFAULT_ROOT: &str = "/run/lrun";
     about = "OCI container runtime with layered read-only root filesystems"
 )]
 pub struct Cli {
-    /// Directory for container state (tmpfs recommended).
-    #[arg(long, global = true, default_value = DEFAULT_ROOT, env = "LRUN_ROOT")]
-    pub root: PathBuf,
-    /// Node store of layer images (content-addressed).
-    #[arg(long, global = true, default_value = crate::layers::DEFAULT_STORE, env = "LRUN_STORE")]
-    pub store: PathBuf,
+    /// Directory for container state (tmpfs recommended) [default: the node config's `root`,
+    /// else /run/lrun].
+    #[arg(long, global = true, env = "LRUN_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Node store of layer images (content-addressed) [default: the node config's `store`,
+    /// else /var/lib/lrun].
+    #[arg(long, global = true, env = "LRUN_STORE")]
+    pub store: Option<PathBuf>,
+    /// Node configuration file (runtime-spec/node-config.md) [default: /etc/lrun/lrun.toml].
+    #[arg(long, global = true, value_name = "FILE", env = "LRUN_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Write errors and debug messages to this file instead of stderr.
     #[arg(long, global = true)]
     pub log: Option<PathBuf>,
@@ -142,8 +148,9 @@ pub struct CreateArgs {
     /// Pass this many extra fds (from 3 up) to the container process.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: i32,
-    /// First fetch the bundle's missing layers from this directory or http(s):// URL.
-    #[arg(long, value_name = "SOURCE")]
+    /// First fetch the bundle's missing layers from this directory or http(s):// URL
+    /// [default: the node config's `pull.source`].
+    #[arg(long, value_name = "SOURCE", env = "LRUN_PULL_SOURCE")]
     pub pull: Option<String>,
     pub id: String,
 }
@@ -168,19 +175,47 @@ pub struct Globals {
     pub root: PathBuf,
     pub store: PathBuf,
     pub debug: bool,
+    /// Where `create`/`run` fetch missing layers when `--pull` is not given.
+    pub pull_source: Option<String>,
+    /// Pull limits before `--stall-timeout`/`--deadline`: defaults < node config < env.
+    pub pull_limits: crate::distribution::Limits,
 }
 
 impl Globals {
+    /// Each setting from its flag or environment variable (clap has merged those two), else
+    /// the node configuration file, else the built-in default.
+    pub fn resolve(
+        root: Option<PathBuf>,
+        store: Option<PathBuf>,
+        debug: bool,
+        node: NodeConfig,
+        getenv: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Globals> {
+        let pull_limits = node.pull_limits(getenv)?;
+        Ok(Globals {
+            root: root
+                .or(node.root)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            store: store
+                .or(node.store)
+                .unwrap_or_else(|| PathBuf::from(crate::layers::DEFAULT_STORE)),
+            debug,
+            pull_source: node.pull_source,
+            pull_limits,
+        })
+    }
+
     pub fn runtime(&self) -> crate::container::Runtime {
         crate::container::Runtime {
             root: self.root.clone(),
             store: self.store.clone(),
+            pull_limits: self.pull_limits,
         }
     }
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -194,11 +229,23 @@ pub fn main() -> i32 {
         return 1;
     }
     logging::init(cli.log.as_deref(), cli.log_format, cli.debug);
-    let globals = Globals {
-        root: cli.root,
-        store: cli.store,
-        debug: cli.debug,
+    let globals = match NodeConfig::load(cli.config.as_deref()).and_then(|node| {
+        Globals::resolve(cli.root, cli.store, cli.debug, node, |k| {
+            std::env::var(k).ok()
+        })
+    }) {
+        Ok(g) => g,
+        Err(e) => {
+            logging::error(&e);
+            return 1;
+        }
     };
+    // `--pull` / LRUN_PULL_SOURCE, else the node config's source.
+    if let Command::Create(a) | Command::Run(run::Args { create: a, .. }) = &mut cli.command
+        && a.pull.is_none()
+    {
+        a.pull = globals.pull_source.clone();
+    }
     let result = match cli.command {
         Command::Create(a) => create::run(&globals, a),
         Command::Start(a) => start::run(&globals, a),
@@ -235,6 +282,23 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_win_over_the_node_config_which_wins_over_defaults() {
+        use super::{DEFAULT_ROOT, Globals, NodeConfig};
+        use std::path::{Path, PathBuf};
+        let node = NodeConfig::parse("root = \"/run/node\"\nstore = \"/srv/node\"\n").unwrap();
+        let g = Globals::resolve(None, None, false, node.clone(), |_| None).unwrap();
+        assert_eq!(g.root, Path::new("/run/node"));
+        assert_eq!(g.store, Path::new("/srv/node"));
+        let g = Globals::resolve(Some(PathBuf::from("/r")), None, false, node, |_| None).unwrap();
+        assert_eq!(g.root, Path::new("/r"));
+        assert_eq!(g.store, Path::new("/srv/node"));
+        let g = Globals::resolve(None, None, false, NodeConfig::default(), |_| None).unwrap();
+        assert_eq!(g.root, Path::new(DEFAULT_ROOT));
+        assert_eq!(g.store, Path::new(crate::layers::DEFAULT_STORE));
+        assert_eq!(g.pull_source, None);
     }
 
     #[test]

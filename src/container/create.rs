@@ -293,7 +293,7 @@ fn pull_missing(rt: &Runtime, source: &str, ls: &layers::LayerSpec) -> Result<()
     if refs.is_empty() {
         return Ok(());
     }
-    let src = crate::distribution::parse(source)?;
+    let src = crate::distribution::parse_with(source, rt.pull_limits)?;
     let store = layers::Store::new(&rt.store);
     crate::distribution::pull::pull(&store, &*src, &refs, &Default::default())?;
     Ok(())

@@ -40,10 +40,12 @@ pub use start::start;
 pub use state::{list, state};
 pub use update::update;
 
-/// Where a runtime keeps its state and layers (`--root`, `--store`).
+/// Where a runtime keeps its state and layers (`--root`, `--store`), and how long a pull of
+/// missing layers may take.
 pub struct Runtime {
     pub root: PathBuf,
     pub store: PathBuf,
+    pub pull_limits: crate::distribution::Limits,
 }
 
 impl Runtime {

@@ -78,6 +78,7 @@ mod tests {
         let rt = Runtime {
             root: root.clone(),
             store: root.join("store"),
+            pull_limits: Default::default(),
         };
         let fake = Fake { id, rt, child, m };
         fake.m.add_pid(pid).unwrap();

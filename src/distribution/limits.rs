@@ -11,9 +11,11 @@ use anyhow::{Context, Result, bail};
 /// --speed-limit/--speed-time idea: a server dripping bytes makes "progress" forever).
 const STALL_MIN_BYTES: u64 = 1024;
 
-/// How long a pull may take: `--stall-timeout` / `LRUN_PULL_STALL_TIMEOUT` (seconds, default
-/// 30) and `--deadline` / `LRUN_PULL_DEADLINE` (seconds for the whole pull, default 3600; 0
-/// for none). runtime-spec/distribution.md "Limits".
+/// How long a pull may take: `--stall-timeout` / `LRUN_PULL_STALL_TIMEOUT` / `pull.stall_timeout`
+/// (seconds, default 30) and `--deadline` / `LRUN_PULL_DEADLINE` / `pull.deadline` (seconds for
+/// the whole pull, default 3600; 0 for none), in that order of precedence (the last two from
+/// the node configuration file, runtime-spec/node-config.md). runtime-spec/distribution.md
+/// "Limits".
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub stall: Duration,
@@ -32,15 +34,42 @@ impl Default for Limits {
 impl Limits {
     /// The defaults, overridden by LRUN_PULL_STALL_TIMEOUT and LRUN_PULL_DEADLINE.
     pub fn from_env() -> Result<Limits> {
-        let mut l = Limits::default();
-        if let Ok(v) = std::env::var("LRUN_PULL_STALL_TIMEOUT") {
-            l.stall = parse_stall(&v).context("LRUN_PULL_STALL_TIMEOUT")?;
-        }
-        if let Ok(v) = std::env::var("LRUN_PULL_DEADLINE") {
-            l.deadline = parse_deadline(&v).context("LRUN_PULL_DEADLINE")?;
-        }
-        Ok(l)
+        Limits::default().env_over(|k| std::env::var(k).ok())
     }
+
+    /// `self` (the built-in defaults with the node configuration's values over them),
+    /// overridden by LRUN_PULL_STALL_TIMEOUT and LRUN_PULL_DEADLINE as `getenv` reads them.
+    pub fn env_over(mut self, getenv: impl Fn(&str) -> Option<String>) -> Result<Limits> {
+        if let Some(v) = getenv("LRUN_PULL_STALL_TIMEOUT") {
+            self.stall = parse_stall(&v).context("LRUN_PULL_STALL_TIMEOUT")?;
+        }
+        if let Some(v) = getenv("LRUN_PULL_DEADLINE") {
+            self.deadline = parse_deadline(&v).context("LRUN_PULL_DEADLINE")?;
+        }
+        Ok(self)
+    }
+}
+
+/// A stall timeout given as a number of seconds (the node configuration file): more than 0.
+pub fn stall_from_secs(s: f64) -> Result<Duration> {
+    check_secs(s)?;
+    if s == 0.0 {
+        bail!("the stall timeout must be more than 0 seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// A deadline given as a number of seconds; 0 means none.
+pub fn deadline_from_secs(s: f64) -> Result<Option<Duration>> {
+    check_secs(s)?;
+    Ok((s > 0.0).then(|| Duration::from_secs_f64(s)))
+}
+
+fn check_secs(s: f64) -> Result<()> {
+    if !(0.0..=1e9).contains(&s) {
+        bail!("{s}: not a number of seconds (0 to 1e9)");
+    }
+    Ok(())
 }
 
 fn parse_secs(v: &str) -> Result<f64> {
@@ -242,6 +271,32 @@ mod tests {
         assert_eq!(parse_deadline("0").unwrap(), None);
         assert_eq!(parse_deadline("90").unwrap(), Some(Duration::from_secs(90)));
         assert!(parse_deadline("inf").is_err());
+        assert_eq!(stall_from_secs(1.5).unwrap(), Duration::from_millis(1500));
+        assert!(stall_from_secs(0.0).is_err());
+        assert!(stall_from_secs(-3.0).is_err());
+        assert!(stall_from_secs(f64::NAN).is_err());
+        assert_eq!(deadline_from_secs(0.0).unwrap(), None);
+    }
+
+    #[test]
+    fn environment_overrides_the_given_limits() {
+        let base = Limits {
+            stall: Duration::from_secs(5),
+            deadline: None,
+        };
+        assert_eq!(base.env_over(|_| None).unwrap(), base);
+        let l = base
+            .env_over(|k| (k == "LRUN_PULL_DEADLINE").then(|| "7".to_string()))
+            .unwrap();
+        assert_eq!(l.stall, Duration::from_secs(5));
+        assert_eq!(l.deadline, Some(Duration::from_secs(7)));
+        let e = base
+            .env_over(|k| (k == "LRUN_PULL_STALL_TIMEOUT").then(|| "0".to_string()))
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("LRUN_PULL_STALL_TIMEOUT: "),
+            "{e:#}"
+        );
     }
 
     /// One byte per `every`, forever.
