@@ -12,6 +12,13 @@ pub const ANNOTATION_LAYERS: &str = "org.lrun.layers";
 /// Annotation choosing where the writable upper lives.
 pub const ANNOTATION_UPPER: &str = "org.lrun.layers.upper";
 
+/// The annotations by which containerd's CRI and CRI-O mark a pod's sandbox ("pause")
+/// container, with the value they give it there.
+const POD_SANDBOX_MARKERS: [(&str, &str); 2] = [
+    ("io.kubernetes.cri.container-type", "sandbox"),
+    ("io.kubernetes.cri-o.ContainerType", "sandbox"),
+];
+
 /// Where a container's writes go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,7 +38,9 @@ pub struct LayerSpec {
     pub upper: UpperMode,
 }
 
-/// Read the bundle's layer annotations. `None` for a plain bundle.
+/// Read the bundle's layer annotations. `None` for a plain bundle, and for a Kubernetes pod's
+/// sandbox container: the engines copy a pod's annotations into it as into every container of
+/// the pod, but its root is the pause image (runtime-spec/kubernetes.md).
 pub fn layer_spec(spec: &Spec) -> Result<Option<LayerSpec>> {
     let Some(ann) = spec.annotations().as_ref() else {
         return Ok(None);
@@ -39,6 +48,12 @@ pub fn layer_spec(spec: &Spec) -> Result<Option<LayerSpec>> {
     let Some(value) = ann.get(ANNOTATION_LAYERS) else {
         return Ok(None);
     };
+    if POD_SANDBOX_MARKERS
+        .iter()
+        .any(|(k, v)| ann.get(*k).map(String::as_str) == Some(*v))
+    {
+        return Ok(None);
+    }
     let items: Vec<String> = if value.trim_start().starts_with('[') {
         serde_json::from_str(value)
             .with_context(|| format!("annotation {ANNOTATION_LAYERS}: not a JSON string array"))?
@@ -100,6 +115,22 @@ mod tests {
     fn plain_bundle_has_no_layer_spec() {
         assert_eq!(layer_spec(&spec(&[], false)).unwrap(), None);
         assert_eq!(layer_spec(&spec(&[("other", "x")], false)).unwrap(), None);
+    }
+
+    #[test]
+    fn pod_sandbox_container_is_never_layered() {
+        for marker in POD_SANDBOX_MARKERS {
+            let s = spec(&[(ANNOTATION_LAYERS, "app@1"), marker], false);
+            assert_eq!(layer_spec(&s).unwrap(), None, "{marker:?}");
+        }
+        let app = spec(
+            &[
+                (ANNOTATION_LAYERS, "app@1"),
+                ("io.kubernetes.cri.container-type", "container"),
+            ],
+            false,
+        );
+        assert!(layer_spec(&app).unwrap().is_some());
     }
 
     #[test]
