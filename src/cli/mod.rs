@@ -199,6 +199,12 @@ pub fn main() -> i32 {
         store: cli.store,
         debug: cli.debug,
     };
+    // runc exits 255 when `exec` fails (so a caller can tell it from the process's own exit
+    // status) and 1 for every other failure.
+    let failure_code = match cli.command {
+        Command::Exec(_) => 255,
+        _ => 1,
+    };
     let result = match cli.command {
         Command::Create(a) => create::run(&globals, a),
         Command::Start(a) => start::run(&globals, a),
@@ -223,7 +229,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             logging::error(&e);
-            1
+            failure_code
         }
     }
 }
