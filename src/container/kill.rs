@@ -64,10 +64,12 @@ pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     bail!("cannot kill container {id:?}: container not running")
 }
 
-/// Signal every process in the container's cgroups but `skip`.
+/// Signal every process in the container's cgroups but `skip` (and lrun itself, should a
+/// cgroupsPath have named a cgroup it runs in).
 fn signal_cgroup(st: &crate::state::ContainerState, sig: Signal, skip: i32) -> Result<()> {
     let pids = cgroups::open_driver(&st.cgroups)?.pids()?;
-    for pid in pids.into_iter().filter(|p| *p != skip) {
+    let me = std::process::id() as i32;
+    for pid in pids.into_iter().filter(|p| *p != skip && *p != me) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
     }
     Ok(())
