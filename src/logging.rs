@@ -23,7 +23,16 @@ static SINK: OnceLock<Mutex<Sink>> = OnceLock::new();
 
 /// Set up where messages go. A log file that cannot be opened falls back to stderr.
 pub fn init(path: Option<&Path>, format: LogFormat, debug: bool) {
-    let file = path.and_then(|p| OpenOptions::new().create(true).append(true).open(p).ok());
+    use std::os::unix::fs::OpenOptionsExt;
+    // As runc opens it: appended to (containerd reads back the last error entry), 0644.
+    let file = path.and_then(|p| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(p)
+            .ok()
+    });
     let _ = SINK.set(Mutex::new(Sink {
         file,
         format,

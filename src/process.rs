@@ -172,30 +172,67 @@ fn cwd_text_is_reachable(text: &[u8]) -> bool {
     text.first() == Some(&b'/')
 }
 
-/// Find process.args[0] the way execvp would, using the container's PATH (call after
-/// pivot_root, so the lookup happens inside the container).
+/// Find process.args[0] as Go's `exec.LookPath` does inside runc, using the container's PATH
+/// (call after pivot_root, so the lookup happens inside the container). The error text is
+/// runc's, `exec: "ARG0": REASON`, with Go's lower-case errno words: docker, podman and
+/// containerd map "executable file not found in $PATH" and "no such file or directory" to exit
+/// 127, "permission denied" and "is a directory" to 126 (runtime-spec/engines.md).
 pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
+    let fail = |reason: String| anyhow::anyhow!("exec: {arg0:?}: {reason}");
     if arg0.contains('/') {
         let p = PathBuf::from(arg0);
-        if is_exec(&p) {
-            return Ok(p);
-        }
-        bail!("process.args[0]: {arg0:?} is not an executable file in the container");
+        return match check_executable(&p) {
+            Ok(()) => Ok(p),
+            Err(reason) => Err(fail(reason)),
+        };
     }
     let path = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
+    for dir in path.split(':') {
+        // Go: an empty PATH entry means the current directory.
+        let dir = if dir.is_empty() { "." } else { dir };
         let p = Path::new(dir).join(arg0);
-        if is_exec(&p) {
+        if check_executable(&p).is_ok() {
             return Ok(p);
         }
     }
-    bail!("process.args[0]: executable {arg0:?} not found in the container's PATH ({path})")
+    Err(fail("executable file not found in $PATH".into()))
+}
+
+/// Go's `exec.findExecutable`: stat (following links), then a directory is EISDIR and a file
+/// without any x bit is EACCES. The reason as Go prints it.
+fn check_executable(p: &Path) -> std::result::Result<(), String> {
+    let m = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => return Err(format!("stat {}: {}", p.display(), io_error_text(&e))),
+    };
+    if m.is_dir() {
+        return Err(errno_text(nix::errno::Errno::EISDIR));
+    }
+    if m.permissions().mode() & 0o111 == 0 {
+        return Err(errno_text(nix::errno::Errno::EACCES));
+    }
+    Ok(())
+}
+
+/// An errno as Go prints it ("no such file or directory"): strerror with a lower-case first
+/// letter. docker's CLI matches these words case-sensitively.
+pub fn errno_text(errno: nix::errno::Errno) -> String {
+    let desc = errno.desc();
+    let mut chars = desc.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => desc.to_string(),
+    }
+}
+
+fn io_error_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => errno_text(nix::errno::Errno::from_raw(n)),
+        None => e.to_string(),
+    }
 }
 
 pub fn cstrings(v: &[String]) -> Result<Vec<CString>> {
@@ -264,8 +301,9 @@ pub fn secure_and_exec(
         }
     }
     reset_signals();
-    nix::unistd::execve(exe, argv, envp).with_context(|| format!("exec {exe:?}"))?;
-    unreachable!("execve returned without an error")
+    let Err(errno) = nix::unistd::execve(exe, argv, envp);
+    // runc's words for a late exec failure (ENOEXEC, a missing ELF interpreter).
+    bail!("exec {}: {}", exe.to_string_lossy(), errno_text(errno))
 }
 
 /// Load the filter; a SCMP_ACT_NOTIFY listener goes to the agent (the spec: after the filter
@@ -380,6 +418,31 @@ mod tests {
         assert!(cwd_text_is_reachable(b"/srv/app\0"));
         assert!(!cwd_text_is_reachable(b"(unreachable)/etc\0"));
         assert!(!cwd_text_is_reachable(b""));
+    }
+
+    #[test]
+    fn executable_lookup_speaks_gos_words() {
+        let err = |a: &str, env: &[String]| format!("{:#}", find_executable(a, env).unwrap_err());
+        assert_eq!(
+            err("/no/such/prog", &[]),
+            "exec: \"/no/such/prog\": stat /no/such/prog: no such file or directory"
+        );
+        assert_eq!(
+            err("/etc/passwd", &[]),
+            "exec: \"/etc/passwd\": permission denied"
+        );
+        assert_eq!(err("/etc", &[]), "exec: \"/etc\": is a directory");
+        assert_eq!(
+            err("/etc/passwd/x", &[]),
+            "exec: \"/etc/passwd/x\": stat /etc/passwd/x: not a directory"
+        );
+        let path = ["PATH=/nonexistent:/etc".to_string()];
+        assert_eq!(
+            err("passwd", &path),
+            "exec: \"passwd\": executable file not found in $PATH"
+        );
+        let path = ["PATH=/nonexistent:/bin".to_string()];
+        assert_eq!(find_executable("sh", &path).unwrap(), Path::new("/bin/sh"));
     }
 
     #[test]

@@ -211,7 +211,8 @@ impl StateRoot {
                         "container {id:?} is still being created (or its creator died: use delete --force)"
                     )
                 }
-                bail!("container {id:?} does not exist")
+                // runc's words: containerd and podman match "does not exist".
+                bail!("{id:?}: container does not exist")
             }
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };

@@ -229,6 +229,12 @@ pub fn main() -> i32 {
         return 1;
     }
     logging::init(cli.log.as_deref(), cli.log_format, cli.debug);
+    // runc exits 255 when `exec` fails (so a caller can tell it from the process's own exit
+    // status) and 1 for every other failure.
+    let failure_code = match cli.command {
+        Command::Exec(_) => 255,
+        _ => 1,
+    };
     let globals = match NodeConfig::load(cli.config.as_deref()).and_then(|node| {
         Globals::resolve(cli.root, cli.store, cli.debug, node, |k| {
             std::env::var(k).ok()
@@ -237,7 +243,7 @@ pub fn main() -> i32 {
         Ok(g) => g,
         Err(e) => {
             logging::error(&e);
-            return 1;
+            return failure_code;
         }
     };
     // `--pull` / LRUN_PULL_SOURCE, else the node config's source.
@@ -270,7 +276,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             logging::error(&e);
-            1
+            failure_code
         }
     }
 }

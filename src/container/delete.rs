@@ -23,7 +23,8 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         return Ok(());
     }
     if !dir.is_dir() {
-        bail!("container {id:?} does not exist");
+        // runc's words: containerd's shim takes "does not exist" from a plain delete as done.
+        bail!("{id:?}: container does not exist");
     }
     let lock = state::lock(&dir)?;
     let st = match states.load(id) {
@@ -40,7 +41,9 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         let status = st.status(&dir, cgroups::is_frozen);
         let stoppable = matches!(status, Status::Stopped | Status::Created);
         if !force && !stoppable {
-            bail!("cannot delete container {id:?}: it is {status} (stop it first or use --force)");
+            bail!(
+                "cannot delete container {id:?} that is not stopped: {status} (stop it first or use --force)"
+            );
         }
         if status != Status::Stopped {
             let _ = signal_process(st.pid, st.pid_start_time, Signal::SIGKILL);

@@ -206,7 +206,8 @@ fn exec_process(
         bail!("exec: no command given");
     }
     let env = process.env().as_deref().unwrap_or_default();
-    let exe = process::find_executable(&args[0], env)?;
+    let exe =
+        process::find_executable(&args[0], env).context("unable to start container process")?;
     let exe_c = process::path_cstring(&exe)?;
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(env)?;
@@ -220,6 +221,7 @@ fn exec_process(
         process::secure_and_exec(process, filter, None, preserve_fds, &exe_c, &argv, &envp);
     // `lrun exec` no longer listens on the channel: report on the process's stderr.
     eprintln!("lrun: exec: {e:#}");
+    // As runc's: a process that fails after its exec was reported started exits 255.
     // SAFETY: leave without running destructors.
-    unsafe { libc::_exit(127) }
+    unsafe { libc::_exit(255) }
 }

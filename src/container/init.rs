@@ -199,7 +199,10 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         env.retain(|e| !e.starts_with("NOTIFY_SOCKET="));
         env.push(crate::notify::container_env());
     }
-    let exe = process::find_executable(&args[0], &env)?;
+    // Here, so that a missing program fails `create` (engines map its words to 127/126 only
+    // for create and exec errors, not for start's).
+    let exe =
+        process::find_executable(&args[0], &env).context("unable to start container process")?;
     let exe_c = process::path_cstring(&exe)?;
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(&env)?;
@@ -235,8 +238,9 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     if !a.foreground || chan.send(&Message::Error(msg.clone())).is_err() {
         eprintln!("lrun: container init: {msg}");
     }
+    // runc's init exits 255 when it fails after `start` (e.g. execve: exec format error).
     // SAFETY: as above.
-    unsafe { libc::_exit(127) }
+    unsafe { libc::_exit(255) }
 }
 
 /// The seccomp agent's socket is a host path: connect while it is still visible. The pid the

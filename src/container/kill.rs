@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use oci_spec::runtime::LinuxNamespaceType;
 
 use super::Runtime;
 use crate::cgroups;
@@ -24,40 +25,114 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         .map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
 }
 
+/// What engines rely on (runtime-spec/engines.md): a stopped container's plain kill fails
+/// with runc's "container not running" (containerd, docker and CRI-O take those words for
+/// "already gone"); `kill --all` of it signals what is left in its cgroup and succeeds
+/// silently (containerd's shim sends it after every exit, podman after every stop).
 pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     let (dir, st) = rt.states().load(id)?;
     let status = st.status(&dir, cgroups::is_frozen);
-    if !matches!(status, Status::Created | Status::Running | Status::Paused) {
-        bail!("cannot kill container {id:?}: it is {status}");
-    }
+    let mut live = matches!(status, Status::Created | Status::Running | Status::Paused);
     // The init first, checked against pid reuse; with --all, then everything else in the
     // container's cgroups (which may exit meanwhile, and whose loss is no error).
-    signal_process(st.pid, st.pid_start_time, sig)?;
-    if all {
-        let pids = cgroups::open_driver(&st.cgroups)?.pids()?;
-        for pid in pids.into_iter().filter(|p| *p != st.pid) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+    if live {
+        match signal_process(st.pid, st.pid_start_time, sig) {
+            Ok(()) => {}
+            // It exited since `status` looked: now it is a stopped container.
+            Err(KillError::Gone) => live = false,
+            Err(KillError::Other(e)) => return Err(e),
         }
+    }
+    if live {
+        if all {
+            signal_cgroup(&st, sig, st.pid)?;
+        }
+        return Ok(());
+    }
+    // Stopped. The spec asks for an error; runc's `--all` is its own extension, and so is a
+    // SIGKILL for what is left of a container sharing a pid namespace (its processes outlive
+    // the init; in a private one the kernel killed them with it).
+    if all {
+        // Whatever is left, if the cgroup is still there (it goes at delete).
+        let _ = signal_cgroup(&st, sig, 0);
+        return Ok(());
+    }
+    if sig == Signal::SIGKILL && !private_pid_namespace(rt, id) {
+        return signal_cgroup(&st, sig, 0)
+            .context("unable to kill all processes: container not running");
+    }
+    bail!("cannot kill container {id:?}: container not running")
+}
+
+/// Signal every process in the container's cgroups but `skip` (and lrun itself, should a
+/// cgroupsPath have named a cgroup it runs in).
+fn signal_cgroup(st: &crate::state::ContainerState, sig: Signal, skip: i32) -> Result<()> {
+    let pids = cgroups::open_driver(&st.cgroups)?.pids()?;
+    let me = std::process::id() as i32;
+    for pid in pids.into_iter().filter(|p| *p != skip && *p != me) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
     }
     Ok(())
 }
 
+/// Whether the container's config gives it a pid namespace of its own (runc's `IsPrivate`:
+/// listed, and without a path to join). An unreadable config counts as private: then a
+/// stopped container's kill fails as the spec asks.
+fn private_pid_namespace(rt: &Runtime, id: &str) -> bool {
+    let Ok(spec) = super::container_spec(rt, id) else {
+        return true;
+    };
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+        })
+}
+
+/// Why a signal was not sent.
+pub(super) enum KillError {
+    /// The process exited (or its pid now belongs to another process).
+    Gone,
+    Other(anyhow::Error),
+}
+
+impl From<KillError> for anyhow::Error {
+    fn from(e: KillError) -> Self {
+        match e {
+            // Go's words, which containerd and CRI-O take for "already exited".
+            KillError::Gone => {
+                anyhow::anyhow!("unable to signal init: os: process already finished")
+            }
+            KillError::Other(e) => e,
+        }
+    }
+}
+
 /// Signal a process through a pidfd, after checking it is still the one we started: a pid
 /// reused by an unrelated process must never be signalled.
-pub(super) fn signal_process(pid: i32, start_time: u64, sig: Signal) -> Result<()> {
+pub(super) fn signal_process(
+    pid: i32,
+    start_time: u64,
+    sig: Signal,
+) -> std::result::Result<(), KillError> {
     use rustix::process::{PidfdFlags, pidfd_open, pidfd_send_signal};
-    let gone = || anyhow::anyhow!("the container process {pid} is gone");
-    let raw_pid = rustix::process::Pid::from_raw(pid).ok_or_else(gone)?;
-    let fd = pidfd_open(raw_pid, PidfdFlags::empty()).map_err(|_| gone())?;
+    let raw_pid = rustix::process::Pid::from_raw(pid).ok_or(KillError::Gone)?;
+    let fd = pidfd_open(raw_pid, PidfdFlags::empty()).map_err(|_| KillError::Gone)?;
     if !process_alive(pid, start_time) {
-        return Err(gone());
+        return Err(KillError::Gone);
     }
     // nix's signals are the named ones, which rustix knows too.
     let rsig = rustix::process::Signal::from_named_raw(sig as i32)
-        .with_context(|| format!("send {sig} to {pid}: unknown signal"))?;
-    pidfd_send_signal(&fd, rsig)
-        .map_err(std::io::Error::from)
-        .with_context(|| format!("send {sig} to {pid}"))
+        .ok_or_else(|| KillError::Other(anyhow::anyhow!("send {sig} to {pid}: unknown signal")))?;
+    match pidfd_send_signal(&fd, rsig) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::SRCH) => Err(KillError::Gone),
+        Err(e) => Err(KillError::Other(
+            anyhow::Error::from(std::io::Error::from(e)).context(format!("send {sig} to {pid}")),
+        )),
+    }
 }
 
 #[cfg(test)]

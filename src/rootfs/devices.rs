@@ -108,7 +108,8 @@ pub fn create(root: BorrowedFd, dev: &Device, bind_from_host: bool) -> Result<()
     Ok(())
 }
 
-/// The /dev symlinks runc and the spec provide.
+/// The /dev symlinks runc and the spec provide. Called before pivot_root: `/proc` is still
+/// the runtime's own view of the host's.
 pub fn create_symlinks(root: BorrowedFd, with_ptmx: bool) -> Result<()> {
     let dev = ensure_in_root(root, Path::new("/dev"), Kind::Dir)?;
     let mut links = vec![
@@ -116,8 +117,11 @@ pub fn create_symlinks(root: BorrowedFd, with_ptmx: bool) -> Result<()> {
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
-        ("core", "/proc/kcore"),
     ];
+    // As runc: only where the kernel has one (CONFIG_PROC_KCORE), never a dangling link.
+    if Path::new("/proc/kcore").exists() {
+        links.push(("core", "/proc/kcore"));
+    }
     if with_ptmx {
         links.push(("ptmx", "pts/ptmx"));
     }
