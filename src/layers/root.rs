@@ -314,19 +314,7 @@ fn remove_dir_if_exists(p: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(ann: &[(&str, &str)], readonly: bool) -> Spec {
-        let ann: serde_json::Map<String, serde_json::Value> = ann
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-            .collect();
-        let v = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "root": {"path": "rootfs", "readonly": readonly},
-            "annotations": ann,
-        });
-        crate::bundle::parse_config(v.to_string().as_bytes()).unwrap()
-    }
+    use crate::layers::spec::tests::spec;
 
     #[test]
     fn root_owner_maps_through_user_namespace() {

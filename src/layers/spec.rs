@@ -95,10 +95,11 @@ pub fn layer_spec(spec: &Spec) -> Result<Option<LayerSpec>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(ann: &[(&str, &str)], readonly: bool) -> Spec {
+    /// A config.json with these annotations (shared by the layers module's unit tests).
+    pub(crate) fn spec(ann: &[(&str, &str)], readonly: bool) -> Spec {
         let ann: serde_json::Map<String, serde_json::Value> = ann
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
