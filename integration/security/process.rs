@@ -316,22 +316,36 @@ fn exec_never_exposes_the_runtime_binary() {
             .unwrap()
             .success()
     );
-    let report = start_attacker(&env, &lrun, &id, "scan", "3");
+    scan_while(&mut env, &lrun, &id, "exec", |env, lrun| {
+        lrun.cmd(env).args(["exec", &id, "true"]).status()
+    });
+}
+
+/// Start the scanning attacker in container `id`, run `step` (an lrun command whose process
+/// the attacker can see) again and again for 2.5 s, then assert the attacker never opened
+/// lrun's exe and the binary is unchanged.
+fn scan_while(
+    env: &mut Env,
+    lrun: &LrunCopy,
+    id: &str,
+    what: &str,
+    mut step: impl FnMut(&mut Env, &LrunCopy) -> std::io::Result<std::process::ExitStatus>,
+) {
+    let report = start_attacker(env, lrun, id, "scan", "3");
     let end = Instant::now() + Duration::from_millis(2500);
-    let mut execs = 0;
+    let mut steps = 0;
     while Instant::now() < end {
-        // A failing exec may mean the copy was overwritten: the report and the bytes tell.
-        let st = lrun.cmd(&env).args(["exec", &id, "true"]).status();
-        if !st.is_ok_and(|s| s.success()) {
+        // A failing step may mean the copy was overwritten: the report and the bytes tell.
+        if !step(env, lrun).is_ok_and(|s| s.success()) {
             break;
         }
-        execs += 1;
+        steps += 1;
     }
     let r = read_report(&report);
-    assert!(execs > 0, "no exec ran");
+    assert!(steps > 0, "no {what} ran");
     assert!(
         r.contains(" got 0 "),
-        "the container opened lrun's exe: {r} ({execs} execs)"
+        "the container opened lrun's exe: {r} ({steps} {what}s)"
     );
     lrun.assert_unchanged();
 }
@@ -742,25 +756,10 @@ fn sibling_in_a_shared_pid_namespace_never_reaches_the_runtime_binary() {
         }
     }
     b.write();
-    let report = start_attacker(&env, &lrun, &id_a, "scan", "3");
-    let end = Instant::now() + Duration::from_millis(2500);
-    let mut runs = 0;
-    while Instant::now() < end {
+    scan_while(&mut env, &lrun, &id_a, "sibling run", |env, lrun| {
         let id_b = env.id("exe-sib-b");
-        let st = lrun
-            .cmd(&env)
+        lrun.cmd(env)
             .args(["run", "--bundle", b.path(), &id_b])
-            .status();
-        if !st.is_ok_and(|s| s.success()) {
-            break;
-        }
-        runs += 1;
-    }
-    let r = read_report(&report);
-    assert!(runs > 0, "no sibling container ran");
-    assert!(
-        r.contains(" got 0 "),
-        "the sibling opened lrun's exe: {r} ({runs} runs)"
-    );
-    lrun.assert_unchanged();
+            .status()
+    });
 }
