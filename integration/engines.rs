@@ -12,23 +12,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-/// Run lrun; (exit code, stderr). stdout is dropped: only for commands that leave no process
-/// holding it (create does: use `quiet`-like redirection there).
+/// Run lrun; (exit code, stderr), stdio detached.
 fn code_err(env: &Env, args: &[&str]) -> (i32, String) {
-    let log = env.scratch.join("engines.err");
-    let err = fs::File::create(&log).unwrap();
-    let st = env
-        .lrun()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .status()
-        .unwrap();
-    (
-        st.code().unwrap_or(-1),
-        fs::read_to_string(&log).unwrap_or_default(),
-    )
+    env.quiet_code(args)
 }
 
 fn wait_stopped(env: &Env, id: &str) {

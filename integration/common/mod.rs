@@ -100,6 +100,12 @@ impl Env {
 
     /// Run lrun with stdio detached (create leaves an init holding its stdio open).
     pub fn quiet(&self, args: &[&str]) -> (bool, String) {
+        let (code, err) = self.quiet_code(args);
+        (code == 0, err)
+    }
+
+    /// As `quiet`, with the exit code (-1 for a signal).
+    pub fn quiet_code(&self, args: &[&str]) -> (i32, String) {
         let log = self.scratch.join("quiet.err");
         let err = fs::File::create(&log).unwrap();
         let st = self
@@ -110,7 +116,10 @@ impl Env {
             .stderr(err)
             .status()
             .unwrap();
-        (st.success(), fs::read_to_string(&log).unwrap_or_default())
+        (
+            st.code().unwrap_or(-1),
+            fs::read_to_string(&log).unwrap_or_default(),
+        )
     }
 
     pub fn bundle(&self, name: &str, args: &[&str]) -> Bundle {
