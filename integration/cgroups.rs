@@ -249,3 +249,110 @@ fn absolute_cgroups_path_is_honoured_on_a_dedicated_machine() {
     // The parent is created on demand and, as with runc, left in place: remove it.
     let _ = std::fs::remove_dir("/sys/fs/cgroup/lrun-abs-test");
 }
+
+/// Where a relative cgroupsPath `rel` lands in the hierarchy that freezes, with the file and
+/// value that freeze it: the v1 freezer, else cgroup2 (pure v2 nests beside our own cgroup).
+fn freezer_target(rel: &str) -> Option<(std::path::PathBuf, &'static str, &'static str)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let v1 = std::path::Path::new("/sys/fs/cgroup/freezer");
+    if v1.join("freezer.state").exists() || v1.join("cgroup.procs").exists() {
+        let p = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+            c.split(',')
+                .any(|c| c == "freezer")
+                .then(|| p.trim_start_matches('/').to_string())
+        })?;
+        return Some((v1.join(p).join(rel), "freezer.state", "FROZEN"));
+    }
+    let v2 = std::path::Path::new("/sys/fs/cgroup");
+    if v2.join("cgroup.controllers").exists() {
+        let p = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let parent = std::path::Path::new(p.trim_start_matches('/')).parent()?;
+        return Some((v2.join(parent).join(rel), "cgroup.freeze", "1"));
+    }
+    None
+}
+
+/// runc refuses to start a container in a frozen cgroup ("container's cgroup unexpectedly
+/// frozen"), at once, leaving the cgroup as it was; lrun used to hang in it.
+#[test]
+fn create_into_a_frozen_cgroup_is_refused_at_once() {
+    let mut env = Env::new();
+    let rel = format!("lrun-frozen-{}", std::process::id());
+    let Some((dir, file, value)) = freezer_target(&format!("{rel}/c")) else {
+        lrun::test_support::skip("no freezer (v1 freezer or cgroup2) here");
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(file), value).unwrap();
+    let top = dir.parent().unwrap().to_path_buf();
+    for verb in ["run", "create"] {
+        let id = env.id("frz");
+        let mut b = env.bundle("frz", &["true"]);
+        b.config["linux"]["cgroupsPath"] = json!(format!("{rel}/c"));
+        b.write();
+        let log = env.scratch.join("frz.err");
+        let mut child = env
+            .lrun()
+            .args(if verb == "run" {
+                vec!["run", "-d"]
+            } else {
+                vec!["create"]
+            })
+            .args(["--bundle", b.path(), &id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&log).unwrap_or_default();
+        let hung = status.is_none();
+        if hung || status.unwrap().success() {
+            // Thaw first so cleanup can end what started.
+            let _ = std::fs::write(
+                dir.join(file),
+                if file == "cgroup.freeze" {
+                    "0"
+                } else {
+                    "THAWED"
+                },
+            );
+        }
+        assert!(!hung, "lrun {verb} into a frozen cgroup hung");
+        assert!(
+            !status.unwrap().success(),
+            "lrun {verb} into a frozen cgroup succeeded"
+        );
+        assert!(
+            err.contains("container's cgroup unexpectedly frozen"),
+            "{verb}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        // Nothing is left: no state, and the cgroup stays as it was.
+        assert!(!env.out(&["state", &id]).status.success());
+        assert!(dir.exists(), "the pre-existing cgroup was removed");
+    }
+    let _ = std::fs::write(
+        dir.join(file),
+        if file == "cgroup.freeze" {
+            "0"
+        } else {
+            "THAWED"
+        },
+    );
+    std::fs::remove_dir(&dir).unwrap();
+    std::fs::remove_dir(&top).unwrap();
+}

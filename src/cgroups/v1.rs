@@ -101,17 +101,28 @@ impl CgroupDriver for V1Driver {
         self.unified.as_deref()
     }
 
-    fn create(&self) -> Result<()> {
+    fn preflight(&self) -> Result<()> {
         // destroy kills everything inside: never adopt a cgroup that already holds processes
         // (a cgroupsPath naming someone else's cgroup, or our own).
         for dir in self.paths() {
-            if dir.exists() && !fs::procs(dir, true)?.is_empty() {
-                bail!(
-                    "cgroup {} already exists and has processes: refusing to take it over",
-                    dir.display()
-                );
-            }
+            super::refuse_populated(dir)?;
         }
+        // A v1 freezer.state reads FROZEN below a frozen ancestor too; the hybrid cgroup2
+        // directory can be frozen on its own.
+        if let Some(d) = self.v1_dir("freezer").and_then(super::nearest_existing)
+            && read_opt(d, "freezer.state")?
+                .is_some_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
+        {
+            bail!("container's cgroup unexpectedly frozen: {}", d.display());
+        }
+        if let Some(u) = self.unified.as_deref() {
+            v2::refuse_frozen(u)?;
+        }
+        Ok(())
+    }
+
+    fn create(&self) -> Result<()> {
+        self.preflight()?;
         for d in &self.dirs {
             let created = match fs::mkdir_all(&d.path) {
                 Ok(c) => c,

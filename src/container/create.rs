@@ -72,6 +72,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .context("config.json: process is required")?;
     let linux = spec.linux().as_ref();
     let cgroup = cgroups::new_driver(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
+    // A populated or frozen target cgroup is refused before the id is claimed: the failed
+    // create's cleanup would otherwise destroy it (killing what is inside).
+    cgroup.preflight()?;
     let layer_spec = layers::layer_spec(spec)?;
 
     // 2. `--pull`: what the store lacks, before the id is claimed (the store is shared and
