@@ -356,3 +356,67 @@ fn create_into_a_frozen_cgroup_is_refused_at_once() {
     std::fs::remove_dir(&dir).unwrap();
     std::fs::remove_dir(&top).unwrap();
 }
+
+/// The v1 memory cgroup directory of a running container, from its init's /proc/PID/cgroup.
+fn v1_memory_dir(env: &Env, id: &str) -> Option<std::path::PathBuf> {
+    let pid = env.state(id)["pid"].as_i64()?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let p = cg.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+        c.split(',').any(|c| c == "memory").then_some(p)
+    })?;
+    Some(std::path::Path::new("/sys/fs/cgroup/memory").join(p.trim_start_matches('/')))
+}
+
+/// v1 keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every write: `update
+/// --memory -1` with a swap limit set lifts the swap limit too (as runc does), and raising or
+/// lowering both orders the writes so that each one is valid.
+#[test]
+fn update_memory_unlimited_with_a_swap_limit() {
+    let mut env = Env::new();
+    let id = detached(&mut env, "memsw", &["sleep", "1000"], |b| {
+        b.config["linux"]["resources"]["memory"] = json!({"limit": 100 << 20, "swap": 200 << 20});
+    });
+    let Some(dir) = v1_memory_dir(&env, &id).filter(|d| d.join("memory.limit_in_bytes").exists())
+    else {
+        lrun::test_support::skip("no v1 memory cgroup here");
+        return;
+    };
+    if !dir.join("memory.memsw.limit_in_bytes").exists() {
+        lrun::test_support::skip("the kernel has no swap accounting (no memory.memsw files)");
+        return;
+    }
+    let read = |f: &str| -> u64 {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(read("memory.memsw.limit_in_bytes"), 200 << 20);
+    let (ok, err) = env.quiet(&["update", "--memory", "-1", &id]);
+    assert!(ok, "update --memory -1: {err}");
+    assert!(read("memory.limit_in_bytes") > 1 << 60);
+    assert!(read("memory.memsw.limit_in_bytes") > 1 << 60);
+    // Down from unlimited, then up again: each in the order the kernel accepts.
+    let (ok, err) = env.quiet(&["update", "--memory", "50M", "--memory-swap", "80M", &id]);
+    assert!(ok, "lowering: {err}");
+    assert_eq!(
+        (
+            read("memory.limit_in_bytes"),
+            read("memory.memsw.limit_in_bytes")
+        ),
+        (50 << 20, 80 << 20)
+    );
+    let (ok, err) = env.quiet(&["update", "--memory", "300M", "--memory-swap", "400M", &id]);
+    assert!(ok, "raising: {err}");
+    assert_eq!(
+        (
+            read("memory.limit_in_bytes"),
+            read("memory.memsw.limit_in_bytes")
+        ),
+        (300 << 20, 400 << 20)
+    );
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}

@@ -329,7 +329,12 @@ fn set(m: &V1Driver, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<()>
 
 fn memory(dir: &Path, mem: &LinuxMemory) -> Result<()> {
     let limit = mem.limit().filter(|&l| l != 0);
-    let swap = mem.swap().filter(|&s| s != 0);
+    let mut swap = mem.swap().filter(|&s| s != 0);
+    // An unlimited memory limit without a swap limit lifts the swap limit too (runc's
+    // setMemoryAndSwap): memory.limit above memsw.limit is EINVAL.
+    if limit == Some(-1) && swap.is_none() && exists(dir, "memory.memsw.limit_in_bytes") {
+        swap = Some(-1);
+    }
     if mem.check_before_update() == Some(true)
         && let Some(l) = limit
         && l > 0
