@@ -420,3 +420,88 @@ fn update_memory_unlimited_with_a_swap_limit() {
     );
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
+
+/// Remove the directory `rel` (and what is below it) that a container with a relative
+/// cgroupsPath left beneath our own cgroup in each v1 hierarchy and cgroup2 (hybrid layout):
+/// lrun, as runc, leaves the parents of the container's cgroup in place.
+fn remove_own_v1_cgroup_dirs(rel: &str) {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for l in own.lines() {
+        let mut f = l.splitn(3, ':');
+        let (Some(_), Some(c), Some(p)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let mount = match c {
+            "" => "unified".to_string(),
+            c => c.strip_prefix("name=").unwrap_or(c).to_string(),
+        };
+        let top = std::path::Path::new("/sys/fs/cgroup")
+            .join(mount)
+            .join(p.trim_start_matches('/'))
+            .join(rel);
+        // Deepest first; only empty cgroups go (rmdir), nothing else is touched.
+        let mut dirs: Vec<_> = walk_dirs(&top);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn walk_dirs(top: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if top.is_dir() {
+        out.push(top.to_path_buf());
+        for e in std::fs::read_dir(top).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk_dirs(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// An existing parent cpuset cgroup with empty cpuset.cpus/cpuset.mems (someone made it and
+/// did not fill it in) is filled from its nearest non-empty ancestor, as runc does, instead of
+/// the container failing to join with ENOSPC.
+#[test]
+fn an_empty_existing_parent_cpuset_is_filled_in() {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(own_cpuset) = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+        c.split(',').any(|c| c == "cpuset").then_some(p)
+    }) else {
+        lrun::test_support::skip("no v1 cpuset hierarchy here");
+        return;
+    };
+    let base =
+        std::path::Path::new("/sys/fs/cgroup/cpuset").join(own_cpuset.trim_start_matches('/'));
+    if !base.join("cpuset.cpus").exists() {
+        lrun::test_support::skip("the v1 cpuset hierarchy is not at /sys/fs/cgroup/cpuset");
+        return;
+    }
+    let rel = format!("lrun-cpuset-{}", std::process::id());
+    let mid = base.join(&rel);
+    std::fs::create_dir(&mid).unwrap();
+    let empty = |f: &str| {
+        std::fs::read_to_string(mid.join(f))
+            .unwrap()
+            .trim()
+            .is_empty()
+    };
+    if !empty("cpuset.cpus") || !empty("cpuset.mems") {
+        let _ = std::fs::remove_dir(&mid);
+        lrun::test_support::skip("new cpusets are filled in here (cgroup.clone_children)");
+        return;
+    }
+    let mut env = Env::new();
+    let mut b = env.bundle("cpuset", &["true"]);
+    b.config["linux"]["cgroupsPath"] = json!(format!("{rel}/c"));
+    let (code, _, err) = run(&mut env, &b);
+    let filled = !empty("cpuset.cpus") && !empty("cpuset.mems");
+    remove_own_v1_cgroup_dirs(&rel);
+    assert_eq!(code, 0, "run under an empty parent cpuset: {err}");
+    assert!(filled, "the parent cpuset was not filled in");
+    assert!(!mid.exists(), "cleanup left {}", mid.display());
+}

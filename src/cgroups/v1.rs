@@ -124,8 +124,8 @@ impl CgroupDriver for V1Driver {
     fn create(&self) -> Result<()> {
         self.preflight()?;
         for d in &self.dirs {
-            let created = match fs::mkdir_all(&d.path) {
-                Ok(c) => c,
+            match fs::mkdir_all(&d.path) {
+                Ok(_) => {}
                 Err(e) if optional(d) => {
                     logging::debug(&format!("skipping cgroup {}: {e:#}", d.path.display()));
                     continue;
@@ -133,10 +133,9 @@ impl CgroupDriver for V1Driver {
                 Err(e) => return Err(e),
             };
             if d.controllers.iter().any(|c| c == "cpuset") {
-                // A new v1 cpuset starts empty and refuses tasks until filled in.
-                for dir in &created {
-                    init_cpuset(dir)?;
-                }
+                // A new v1 cpuset starts empty and refuses tasks until filled in, and so
+                // does an existing one (or parent) someone made without filling it in.
+                fill_cpuset(&d.path)?;
             }
         }
         if let Some(leaf) = &self.unified
@@ -222,15 +221,28 @@ impl CgroupDriver for V1Driver {
     }
 }
 
-/// Copy cpuset.cpus and cpuset.mems from the parent into a new (empty) v1 cpuset.
-fn init_cpuset(dir: &Path) -> Result<()> {
-    let parent = dir
-        .parent()
-        .with_context(|| format!("{} has no parent", dir.display()))?;
+/// Fill cpuset.cpus and cpuset.mems of `dir` and of each empty ancestor with the value of
+/// the nearest ancestor that has one, top-down (runc's cpuset ensureParent). Only empty
+/// directories are written: a cgroup with tasks (ours, and every ancestor of ours) never is.
+fn fill_cpuset(dir: &Path) -> Result<()> {
     for file in ["cpuset.cpus", "cpuset.mems"] {
-        if fs::read(dir, file)?.trim().is_empty() {
-            let value = fs::read(parent, file)?;
-            fs::write(dir, file, value.trim())?;
+        let mut empty = Vec::new();
+        let mut value = None;
+        for d in dir.ancestors() {
+            // No such file: above the hierarchy's root.
+            let Some(v) = read_opt(d, file)? else { break };
+            if v.trim().is_empty() {
+                empty.push(d);
+            } else {
+                value = Some(v.trim().to_string());
+                break;
+            }
+        }
+        let Some(value) = value else {
+            bail!("{}: no ancestor has a non-empty {file}", dir.display());
+        };
+        for d in empty.iter().rev() {
+            write(d, file, &value)?;
         }
     }
     Ok(())
