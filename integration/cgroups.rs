@@ -505,3 +505,42 @@ fn an_empty_existing_parent_cpuset_is_filled_in() {
     assert!(filled, "the parent cpuset was not filled in");
     assert!(!mid.exists(), "cleanup left {}", mid.display());
 }
+
+/// A second container given the cgroup of a running one is refused, as runc 1.2+ does
+/// ("container's cgroup is not empty"; runc 1.1 only warned, and its delete then killed both):
+/// the refusal leaves no state and the first container keeps running.
+#[test]
+fn a_populated_cgroup_is_refused_and_its_processes_live_on() {
+    let mut env = Env::new();
+    let rel = format!("lrun-shared-{}", std::process::id());
+    let first = detached(&mut env, "shared1", &["sleep", "1000"], |b| {
+        b.config["linux"]["cgroupsPath"] = json!(rel);
+    });
+    for verb in ["run", "create"] {
+        let id = env.id("shared2");
+        let mut b = env.bundle("shared2", &["true"]);
+        b.config["linux"]["cgroupsPath"] = json!(rel);
+        b.write();
+        let args: &[&str] = if verb == "run" {
+            &["run", "-d"]
+        } else {
+            &["create"]
+        };
+        let (ok, err) = env.quiet(&[args, &["--bundle", b.path(), &id]].concat());
+        assert!(!ok, "{verb} into a populated cgroup succeeded");
+        assert!(
+            err.contains("container's cgroup is not empty"),
+            "{verb}: {err}"
+        );
+        assert!(
+            !env.out(&["state", &id]).status.success(),
+            "{verb} left state"
+        );
+        assert_eq!(
+            env.status(&first),
+            "running",
+            "{verb} harmed the first container"
+        );
+    }
+    assert!(env.quiet(&["delete", "--force", &first]).0);
+}
