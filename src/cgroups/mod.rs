@@ -54,11 +54,11 @@ pub trait CgroupDriver: Debug {
     /// whole subtree at once.
     fn cgroup2_dir(&self) -> Option<&Path>;
 
-    /// Refuse a target cgroup no container may start in, before anything is made or claimed
+    /// Refuse a target cgroup no container may start in, before any cgroup is made
     /// (runc's checks in its factory's Create): one that already holds processes (destroy
     /// would kill them) or one that is frozen or freezing, itself or through an ancestor (the
-    /// init would hang there). `create` runs it too; the engine calls it first so that a
-    /// refusal leaves nothing behind and the failed create's cleanup never touches the cgroup.
+    /// init would hang there). `create` runs it too; the engine calls it before its
+    /// cleanup owns the cgroup, so that a refusal never destroys the cgroup.
     fn preflight(&self) -> Result<()>;
 
     /// Create the cgroups (before any process joins).

@@ -72,9 +72,6 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .context("config.json: process is required")?;
     let linux = spec.linux().as_ref();
     let cgroup = cgroups::new_driver(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
-    // A populated or frozen target cgroup is refused before the id is claimed: the failed
-    // create's cleanup would otherwise destroy it (killing what is inside).
-    cgroup.preflight()?;
     let layer_spec = layers::layer_spec(spec)?;
 
     // 2. `--pull`: what the store lacks, before the id is claimed (the store is shared and
@@ -101,6 +98,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         layers: None,
         done: false,
     };
+    // A populated or frozen target cgroup is refused before the guard owns it (its cleanup
+    // would destroy it, killing what is inside) and after the id is claimed (a duplicate id
+    // is reported as such, though it names the same default cgroup).
+    cgroup.preflight()?;
     let mut st = ContainerState {
         oci_version: spec.version().clone(),
         id: opts.id.to_string(),
