@@ -249,3 +249,298 @@ fn absolute_cgroups_path_is_honoured_on_a_dedicated_machine() {
     // The parent is created on demand and, as with runc, left in place: remove it.
     let _ = std::fs::remove_dir("/sys/fs/cgroup/lrun-abs-test");
 }
+
+/// Where a relative cgroupsPath `rel` lands in the hierarchy that freezes, with the file and
+/// value that freeze it: the v1 freezer, else cgroup2 (pure v2 nests beside our own cgroup).
+fn freezer_target(rel: &str) -> Option<(std::path::PathBuf, &'static str, &'static str)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let v1 = std::path::Path::new("/sys/fs/cgroup/freezer");
+    if v1.join("freezer.state").exists() || v1.join("cgroup.procs").exists() {
+        let p = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+            c.split(',')
+                .any(|c| c == "freezer")
+                .then(|| p.trim_start_matches('/').to_string())
+        })?;
+        return Some((v1.join(p).join(rel), "freezer.state", "FROZEN"));
+    }
+    let v2 = std::path::Path::new("/sys/fs/cgroup");
+    if v2.join("cgroup.controllers").exists() {
+        let p = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let parent = std::path::Path::new(p.trim_start_matches('/')).parent()?;
+        return Some((v2.join(parent).join(rel), "cgroup.freeze", "1"));
+    }
+    None
+}
+
+/// runc refuses to start a container in a frozen cgroup ("container's cgroup unexpectedly
+/// frozen"), at once, leaving the cgroup as it was; lrun used to hang in it.
+#[test]
+fn create_into_a_frozen_cgroup_is_refused_at_once() {
+    let mut env = Env::new();
+    let rel = format!("lrun-frozen-{}", std::process::id());
+    let Some((dir, file, value)) = freezer_target(&format!("{rel}/c")) else {
+        lrun::test_support::skip("no freezer (v1 freezer or cgroup2) here");
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(file), value).unwrap();
+    let top = dir.parent().unwrap().to_path_buf();
+    for verb in ["run", "create"] {
+        let id = env.id("frz");
+        let mut b = env.bundle("frz", &["true"]);
+        b.config["linux"]["cgroupsPath"] = json!(format!("{rel}/c"));
+        b.write();
+        let log = env.scratch.join("frz.err");
+        let mut child = env
+            .lrun()
+            .args(if verb == "run" {
+                vec!["run", "-d"]
+            } else {
+                vec!["create"]
+            })
+            .args(["--bundle", b.path(), &id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&log).unwrap_or_default();
+        let hung = status.is_none();
+        if hung || status.unwrap().success() {
+            // Thaw first so cleanup can end what started.
+            let _ = std::fs::write(
+                dir.join(file),
+                if file == "cgroup.freeze" {
+                    "0"
+                } else {
+                    "THAWED"
+                },
+            );
+        }
+        assert!(!hung, "lrun {verb} into a frozen cgroup hung");
+        assert!(
+            !status.unwrap().success(),
+            "lrun {verb} into a frozen cgroup succeeded"
+        );
+        assert!(
+            err.contains("container's cgroup unexpectedly frozen"),
+            "{verb}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        // Nothing is left: no state, and the cgroup stays as it was.
+        assert!(!env.out(&["state", &id]).status.success());
+        assert!(dir.exists(), "the pre-existing cgroup was removed");
+    }
+    let _ = std::fs::write(
+        dir.join(file),
+        if file == "cgroup.freeze" {
+            "0"
+        } else {
+            "THAWED"
+        },
+    );
+    std::fs::remove_dir(&dir).unwrap();
+    std::fs::remove_dir(&top).unwrap();
+}
+
+/// The v1 memory cgroup directory of a running container, from its init's /proc/PID/cgroup.
+fn v1_memory_dir(env: &Env, id: &str) -> Option<std::path::PathBuf> {
+    let pid = env.state(id)["pid"].as_i64()?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let p = cg.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+        c.split(',').any(|c| c == "memory").then_some(p)
+    })?;
+    Some(std::path::Path::new("/sys/fs/cgroup/memory").join(p.trim_start_matches('/')))
+}
+
+/// v1 keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every write: `update
+/// --memory -1` with a swap limit set lifts the swap limit too (as runc does), and raising or
+/// lowering both orders the writes so that each one is valid.
+#[test]
+fn update_memory_unlimited_with_a_swap_limit() {
+    let mut env = Env::new();
+    let id = detached(&mut env, "memsw", &["sleep", "1000"], |b| {
+        b.config["linux"]["resources"]["memory"] = json!({"limit": 100 << 20, "swap": 200 << 20});
+    });
+    let Some(dir) = v1_memory_dir(&env, &id).filter(|d| d.join("memory.limit_in_bytes").exists())
+    else {
+        lrun::test_support::skip("no v1 memory cgroup here");
+        return;
+    };
+    if !dir.join("memory.memsw.limit_in_bytes").exists() {
+        lrun::test_support::skip("the kernel has no swap accounting (no memory.memsw files)");
+        return;
+    }
+    let read = |f: &str| -> u64 {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(read("memory.memsw.limit_in_bytes"), 200 << 20);
+    let (ok, err) = env.quiet(&["update", "--memory", "-1", &id]);
+    assert!(ok, "update --memory -1: {err}");
+    assert!(read("memory.limit_in_bytes") > 1 << 60);
+    assert!(read("memory.memsw.limit_in_bytes") > 1 << 60);
+    // Down from unlimited, then up again: each in the order the kernel accepts.
+    let (ok, err) = env.quiet(&["update", "--memory", "50M", "--memory-swap", "80M", &id]);
+    assert!(ok, "lowering: {err}");
+    assert_eq!(
+        (
+            read("memory.limit_in_bytes"),
+            read("memory.memsw.limit_in_bytes")
+        ),
+        (50 << 20, 80 << 20)
+    );
+    let (ok, err) = env.quiet(&["update", "--memory", "300M", "--memory-swap", "400M", &id]);
+    assert!(ok, "raising: {err}");
+    assert_eq!(
+        (
+            read("memory.limit_in_bytes"),
+            read("memory.memsw.limit_in_bytes")
+        ),
+        (300 << 20, 400 << 20)
+    );
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}
+
+/// Remove the directory `rel` (and what is below it) that a container with a relative
+/// cgroupsPath left beneath our own cgroup in each v1 hierarchy and cgroup2 (hybrid layout):
+/// lrun, as runc, leaves the parents of the container's cgroup in place.
+fn remove_own_v1_cgroup_dirs(rel: &str) {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for l in own.lines() {
+        let mut f = l.splitn(3, ':');
+        let (Some(_), Some(c), Some(p)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let mount = match c {
+            "" => "unified".to_string(),
+            c => c.strip_prefix("name=").unwrap_or(c).to_string(),
+        };
+        let top = std::path::Path::new("/sys/fs/cgroup")
+            .join(mount)
+            .join(p.trim_start_matches('/'))
+            .join(rel);
+        // Deepest first; only empty cgroups go (rmdir), nothing else is touched.
+        let mut dirs: Vec<_> = walk_dirs(&top);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn walk_dirs(top: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if top.is_dir() {
+        out.push(top.to_path_buf());
+        for e in std::fs::read_dir(top).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk_dirs(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// An existing parent cpuset cgroup with empty cpuset.cpus/cpuset.mems (someone made it and
+/// did not fill it in) is filled from its nearest non-empty ancestor, as runc does, instead of
+/// the container failing to join with ENOSPC.
+#[test]
+fn an_empty_existing_parent_cpuset_is_filled_in() {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(own_cpuset) = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+        c.split(',').any(|c| c == "cpuset").then_some(p)
+    }) else {
+        lrun::test_support::skip("no v1 cpuset hierarchy here");
+        return;
+    };
+    let base =
+        std::path::Path::new("/sys/fs/cgroup/cpuset").join(own_cpuset.trim_start_matches('/'));
+    if !base.join("cpuset.cpus").exists() {
+        lrun::test_support::skip("the v1 cpuset hierarchy is not at /sys/fs/cgroup/cpuset");
+        return;
+    }
+    let rel = format!("lrun-cpuset-{}", std::process::id());
+    let mid = base.join(&rel);
+    std::fs::create_dir(&mid).unwrap();
+    let empty = |f: &str| {
+        std::fs::read_to_string(mid.join(f))
+            .unwrap()
+            .trim()
+            .is_empty()
+    };
+    if !empty("cpuset.cpus") || !empty("cpuset.mems") {
+        let _ = std::fs::remove_dir(&mid);
+        lrun::test_support::skip("new cpusets are filled in here (cgroup.clone_children)");
+        return;
+    }
+    let mut env = Env::new();
+    let mut b = env.bundle("cpuset", &["true"]);
+    b.config["linux"]["cgroupsPath"] = json!(format!("{rel}/c"));
+    let (code, _, err) = run(&mut env, &b);
+    let filled = !empty("cpuset.cpus") && !empty("cpuset.mems");
+    remove_own_v1_cgroup_dirs(&rel);
+    assert_eq!(code, 0, "run under an empty parent cpuset: {err}");
+    assert!(filled, "the parent cpuset was not filled in");
+    assert!(!mid.exists(), "cleanup left {}", mid.display());
+}
+
+/// A second container given the cgroup of a running one is refused, as runc 1.2+ does
+/// ("container's cgroup is not empty"; runc 1.1 only warned, and its delete then killed both):
+/// the refusal leaves no state and the first container keeps running.
+#[test]
+fn a_populated_cgroup_is_refused_and_its_processes_live_on() {
+    let mut env = Env::new();
+    let rel = format!("lrun-shared-{}", std::process::id());
+    let first = detached(&mut env, "shared1", &["sleep", "1000"], |b| {
+        b.config["linux"]["cgroupsPath"] = json!(rel);
+    });
+    for verb in ["run", "create"] {
+        let id = env.id("shared2");
+        let mut b = env.bundle("shared2", &["true"]);
+        b.config["linux"]["cgroupsPath"] = json!(rel);
+        b.write();
+        let args: &[&str] = if verb == "run" {
+            &["run", "-d"]
+        } else {
+            &["create"]
+        };
+        let (ok, err) = env.quiet(&[args, &["--bundle", b.path(), &id]].concat());
+        assert!(!ok, "{verb} into a populated cgroup succeeded");
+        assert!(
+            err.contains("container's cgroup is not empty"),
+            "{verb}: {err}"
+        );
+        assert!(
+            !env.out(&["state", &id]).status.success(),
+            "{verb} left state"
+        );
+        assert_eq!(
+            env.status(&first),
+            "running",
+            "{verb} harmed the first container"
+        );
+    }
+    assert!(env.quiet(&["delete", "--force", &first]).0);
+}

@@ -54,6 +54,13 @@ pub trait CgroupDriver: Debug {
     /// whole subtree at once.
     fn cgroup2_dir(&self) -> Option<&Path>;
 
+    /// Refuse a target cgroup no container may start in, before any cgroup is made
+    /// (runc's checks in its factory's Create): one that already holds processes (destroy
+    /// would kill them) or one that is frozen or freezing, itself or through an ancestor (the
+    /// init would hang there). `create` runs it too; the engine calls it before its
+    /// cleanup owns the cgroup, so that a refusal never destroys the cgroup.
+    fn preflight(&self) -> Result<()>;
+
     /// Create the cgroups (before any process joins).
     fn create(&self) -> Result<()>;
 
@@ -220,6 +227,26 @@ fn kill_all_but<D: CgroupDriver + ?Sized>(d: &D, me: i32) -> Result<()> {
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(50));
     }
+}
+
+/// `dir` if it exists, else its nearest existing ancestor: a new cgroup inherits that one's
+/// frozen state.
+fn nearest_existing(dir: &Path) -> Option<&Path> {
+    dir.ancestors().find(|d| d.exists())
+}
+
+/// `preflight`'s refusal of a populated target cgroup, in runc's words.
+fn refuse_populated(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let n = fs::procs(dir, true)?.len();
+        if n > 0 {
+            bail!(
+                "container's cgroup is not empty: {n} process(es) found in {}",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Pids in any of the container's directories: destroy must not miss one that moved.

@@ -26,6 +26,10 @@ impl CgroupDriver for NoCgroups {
         None
     }
 
+    fn preflight(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn create(&self) -> Result<()> {
         Ok(())
     }

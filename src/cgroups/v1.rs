@@ -101,20 +101,31 @@ impl CgroupDriver for V1Driver {
         self.unified.as_deref()
     }
 
-    fn create(&self) -> Result<()> {
+    fn preflight(&self) -> Result<()> {
         // destroy kills everything inside: never adopt a cgroup that already holds processes
         // (a cgroupsPath naming someone else's cgroup, or our own).
         for dir in self.paths() {
-            if dir.exists() && !fs::procs(dir, true)?.is_empty() {
-                bail!(
-                    "cgroup {} already exists and has processes: refusing to take it over",
-                    dir.display()
-                );
-            }
+            super::refuse_populated(dir)?;
         }
+        // A v1 freezer.state reads FROZEN below a frozen ancestor too; the hybrid cgroup2
+        // directory can be frozen on its own.
+        if let Some(d) = self.v1_dir("freezer").and_then(super::nearest_existing)
+            && read_opt(d, "freezer.state")?
+                .is_some_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
+        {
+            bail!("container's cgroup unexpectedly frozen: {}", d.display());
+        }
+        if let Some(u) = self.unified.as_deref() {
+            v2::refuse_frozen(u)?;
+        }
+        Ok(())
+    }
+
+    fn create(&self) -> Result<()> {
+        self.preflight()?;
         for d in &self.dirs {
-            let created = match fs::mkdir_all(&d.path) {
-                Ok(c) => c,
+            match fs::mkdir_all(&d.path) {
+                Ok(_) => {}
                 Err(e) if optional(d) => {
                     logging::debug(&format!("skipping cgroup {}: {e:#}", d.path.display()));
                     continue;
@@ -122,10 +133,9 @@ impl CgroupDriver for V1Driver {
                 Err(e) => return Err(e),
             };
             if d.controllers.iter().any(|c| c == "cpuset") {
-                // A new v1 cpuset starts empty and refuses tasks until filled in.
-                for dir in &created {
-                    init_cpuset(dir)?;
-                }
+                // A new v1 cpuset starts empty and refuses tasks until filled in, and so
+                // does an existing one (or parent) someone made without filling it in.
+                fill_cpuset(&d.path)?;
             }
         }
         if let Some(leaf) = &self.unified
@@ -211,15 +221,28 @@ impl CgroupDriver for V1Driver {
     }
 }
 
-/// Copy cpuset.cpus and cpuset.mems from the parent into a new (empty) v1 cpuset.
-fn init_cpuset(dir: &Path) -> Result<()> {
-    let parent = dir
-        .parent()
-        .with_context(|| format!("{} has no parent", dir.display()))?;
+/// Fill cpuset.cpus and cpuset.mems of `dir` and of each empty ancestor with the value of
+/// the nearest ancestor that has one, top-down (runc's cpuset ensureParent). Only empty
+/// directories are written: a cgroup with tasks (ours, and every ancestor of ours) never is.
+fn fill_cpuset(dir: &Path) -> Result<()> {
     for file in ["cpuset.cpus", "cpuset.mems"] {
-        if fs::read(dir, file)?.trim().is_empty() {
-            let value = fs::read(parent, file)?;
-            fs::write(dir, file, value.trim())?;
+        let mut empty = Vec::new();
+        let mut value = None;
+        for d in dir.ancestors() {
+            // No such file: above the hierarchy's root.
+            let Some(v) = read_opt(d, file)? else { break };
+            if v.trim().is_empty() {
+                empty.push(d);
+            } else {
+                value = Some(v.trim().to_string());
+                break;
+            }
+        }
+        let Some(value) = value else {
+            bail!("{}: no ancestor has a non-empty {file}", dir.display());
+        };
+        for d in empty.iter().rev() {
+            write(d, file, &value)?;
         }
     }
     Ok(())
@@ -318,7 +341,12 @@ fn set(m: &V1Driver, r: &LinuxResources, devices: Option<&[Rule]>) -> Result<()>
 
 fn memory(dir: &Path, mem: &LinuxMemory) -> Result<()> {
     let limit = mem.limit().filter(|&l| l != 0);
-    let swap = mem.swap().filter(|&s| s != 0);
+    let mut swap = mem.swap().filter(|&s| s != 0);
+    // An unlimited memory limit without a swap limit lifts the swap limit too (runc's
+    // setMemoryAndSwap): memory.limit above memsw.limit is EINVAL.
+    if limit == Some(-1) && swap.is_none() && exists(dir, "memory.memsw.limit_in_bytes") {
+        swap = Some(-1);
+    }
     if mem.check_before_update() == Some(true)
         && let Some(l) = limit
         && l > 0

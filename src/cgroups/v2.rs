@@ -68,15 +68,15 @@ impl CgroupDriver for V2Driver {
         Some(&self.dir)
     }
 
-    fn create(&self) -> Result<()> {
+    fn preflight(&self) -> Result<()> {
         // destroy kills everything inside: never adopt a cgroup that already holds processes
         // (a cgroupsPath naming someone else's cgroup, or our own).
-        if self.dir.exists() && !fs::procs(&self.dir, true)?.is_empty() {
-            bail!(
-                "cgroup {} already exists and has processes: refusing to take it over",
-                self.dir.display()
-            );
-        }
+        super::refuse_populated(&self.dir)?;
+        refuse_frozen(&self.dir)
+    }
+
+    fn create(&self) -> Result<()> {
+        self.preflight()?;
         if let Some(parent) = self.dir.parent() {
             fs::mkdir_all(parent)?;
         }
@@ -404,6 +404,21 @@ pub fn freeze(dir: &Path) -> Result<()> {
 
 pub fn thaw(dir: &Path) -> Result<()> {
     write(dir, "cgroup.freeze", "0")
+}
+
+/// Refuse a cgroup that is frozen (cgroup.freeze 1) or, if it does not exist yet, whose
+/// nearest existing ancestor is (cgroup.events: frozen 1 counts inherited freezing).
+pub fn refuse_frozen(dir: &Path) -> Result<()> {
+    let Some(d) = super::nearest_existing(dir) else {
+        return Ok(());
+    };
+    let frozen = is_frozen(d)?
+        || read_opt(d, "cgroup.events")?
+            .is_some_and(|t| fs::parse_flat_keyed(&t).get("frozen") == Some(&1));
+    if frozen {
+        bail!("container's cgroup unexpectedly frozen: {}", d.display());
+    }
+    Ok(())
 }
 
 pub fn is_frozen(dir: &Path) -> Result<bool> {

@@ -98,6 +98,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         layers: None,
         done: false,
     };
+    // A populated or frozen target cgroup is refused before the guard owns it (its cleanup
+    // would destroy it, killing what is inside) and after the id is claimed (a duplicate id
+    // is reported as such, though it names the same default cgroup).
+    cgroup.preflight()?;
     let mut st = ContainerState {
         oci_version: spec.version().clone(),
         id: opts.id.to_string(),
