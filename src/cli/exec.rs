@@ -59,8 +59,7 @@ pub fn run(g: &Globals, a: Args) -> Result<i32> {
         Some(path) => {
             let text =
                 std::fs::read(path).with_context(|| format!("--process {}", path.display()))?;
-            serde_json::from_slice::<Process>(&text)
-                .with_context(|| format!("--process {}", path.display()))?
+            process_from_file(&text).with_context(|| format!("--process {}", path.display()))?
         }
         None => from_flags(
             &a,
@@ -81,6 +80,37 @@ pub fn run(g: &Globals, a: Args) -> Result<i32> {
             preserve_fds: a.preserve_fds,
         },
     )
+}
+
+/// A `--process` file as runc reads it: Go's decoder leaves what is missing at its zero value
+/// (no `user` is uid 0, gid 0, where oci-spec requires the field), then runc's
+/// `validateProcessSpec` wants an absolute cwd and some args.
+fn process_from_file(text: &[u8]) -> Result<Process> {
+    let mut v: serde_json::Value = serde_json::from_slice(text)?;
+    if let Some(obj) = v.as_object_mut() {
+        for (key, zero) in [
+            ("user", serde_json::json!({})),
+            ("cwd", serde_json::json!("")),
+        ] {
+            match obj.get(key) {
+                None | Some(serde_json::Value::Null) => {
+                    obj.insert(key.to_string(), zero);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let p: Process = serde_json::from_value(v)?;
+    if p.cwd().as_os_str().is_empty() {
+        bail!("Cwd property must not be empty");
+    }
+    if !p.cwd().is_absolute() {
+        bail!("Cwd must be an absolute path");
+    }
+    if p.args().as_ref().is_none_or(|a| a.is_empty()) {
+        bail!("args must not be empty");
+    }
+    Ok(p)
 }
 
 /// The container's own process settings, overridden by the flags (as runc does).
@@ -164,6 +194,28 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
+    }
+
+    #[test]
+    fn a_process_file_without_user_runs_as_root_like_runcs() {
+        let p = process_from_file(br#"{"args": ["true"], "cwd": "/"}"#).expect("no user");
+        assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
+        let p = process_from_file(br#"{"args": ["true"], "cwd": "/", "user": null}"#).unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
+        let p = process_from_file(br#"{"args": ["id"], "cwd": "/", "user": {"uid": 7}}"#).unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (7, 0));
+        for (text, want) in [
+            (r#"{"args": ["true"]}"#, "Cwd property must not be empty"),
+            (
+                r#"{"args": ["true"], "cwd": "tmp"}"#,
+                "Cwd must be an absolute path",
+            ),
+            (r#"{"cwd": "/"}"#, "args must not be empty"),
+            (r#"{"args": [], "cwd": "/"}"#, "args must not be empty"),
+        ] {
+            let err = process_from_file(text.as_bytes()).unwrap_err().to_string();
+            assert_eq!(err, want, "{text}");
+        }
     }
 
     #[test]
