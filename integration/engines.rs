@@ -283,6 +283,7 @@ fn a_bad_program_fails_exec_with_255_and_runcs_words() {
     let id = stopped(&mut env, &b);
     let (code, err) = code_err(&env, &["exec", &id, "true"]);
     assert_eq!(code, 255, "{err}");
+    assert!(err.contains("cannot exec in a stopped container"), "{err}");
     assert_eq!(code_err(&env, &["delete", &id]).0, 0);
 }
 

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{Capability, LinuxCapabilities, Process};
 
 use super::Globals;
+use crate::cgroups;
 use crate::container::{self, ExecOptions};
 
 #[derive(clap::Args, Debug)]
@@ -42,6 +43,13 @@ pub struct Args {
     pub no_new_privs: bool,
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: i32,
+    /// Run the process in an existing sub-cgroup of the container's:
+    /// [CONTROLLER[,CONTROLLER...]:]PATH (repeatable, one per controller, on cgroup v1).
+    #[arg(long)]
+    pub cgroup: Vec<String>,
+    /// Allow exec in a paused container.
+    #[arg(long)]
+    pub ignore_paused: bool,
     /// Accepted for runc compatibility.
     #[arg(long, hide = true)]
     pub process_label: Option<String>,
@@ -78,8 +86,39 @@ pub fn run(g: &Globals, a: Args) -> Result<i32> {
             pid_file: a.pid_file.as_deref(),
             console_socket: a.console_socket.as_deref(),
             preserve_fds: a.preserve_fds,
+            sub_cgroups: sub_cgroups(&a.cgroup)?,
+            ignore_paused: a.ignore_paused,
         },
     )
+}
+
+/// `--cgroup` arguments as runc's `getSubCgroupPaths` takes them: CONTROLLER[,...]:PATH, or
+/// a single PATH (key "", for cgroup v2 or every v1 hierarchy).
+fn sub_cgroups(args: &[String]) -> Result<cgroups::SubCgroups> {
+    let mut paths = cgroups::SubCgroups::new();
+    for arg in args {
+        match arg.split_once(':') {
+            Some((ctrls, path)) => {
+                for c in ctrls.split(',') {
+                    if c.is_empty() {
+                        bail!("invalid --cgroup argument: {arg} (empty <controller> prefix)");
+                    }
+                    if paths.insert(c.to_string(), path.to_string()).is_some() {
+                        bail!(
+                            "invalid --cgroup argument(s): controller {c} specified multiple times"
+                        );
+                    }
+                }
+            }
+            None if args.len() != 1 => {
+                bail!("invalid --cgroup argument: {arg} (missing <controller>: prefix)")
+            }
+            None => {
+                paths.insert(String::new(), arg.clone());
+            }
+        }
+    }
+    Ok(paths)
 }
 
 /// A `--process` file as runc reads it: Go's decoder leaves what is missing at its zero value
@@ -216,6 +255,39 @@ mod tests {
             let err = process_from_file(text.as_bytes()).unwrap_err().to_string();
             assert_eq!(err, want, "{text}");
         }
+    }
+
+    #[test]
+    fn cgroup_flags_parse_like_runcs() {
+        let parse = |v: &[&str]| sub_cgroups(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let m = parse(&["memory:submem", "cpu,cpuacct:subcpu"]).unwrap();
+        let want: Vec<(&str, &str)> = vec![
+            ("cpu", "subcpu"),
+            ("cpuacct", "subcpu"),
+            ("memory", "submem"),
+        ];
+        assert_eq!(
+            m.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(parse(&["/sub"]).unwrap().get(""), Some(&"/sub".to_string()));
+        assert!(parse(&[]).unwrap().is_empty());
+        for (args, want) in [
+            (&[":x"][..], "empty <controller> prefix"),
+            (
+                &["cpu:a", "cpu:b"],
+                "controller cpu specified multiple times",
+            ),
+            (&["a", "cpu:b"], "missing <controller>: prefix"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        let a = Cli::parse_from(["exec", "--cgroup", "a", "--ignore-paused", "id", "sh"]).args;
+        assert!(a.ignore_paused);
+        assert_eq!(a.cgroup, ["a"]);
     }
 
     #[test]
