@@ -544,3 +544,89 @@ fn a_populated_cgroup_is_refused_and_its_processes_live_on() {
     }
     assert!(env.quiet(&["delete", "--force", &first]).0);
 }
+
+/// runc refuses exec into a paused container unless told `--ignore-paused`; then the
+/// process joins the frozen cgroup and runs once the container is resumed.
+#[test]
+fn exec_into_a_paused_container_needs_ignore_paused() {
+    let mut env = Env::new();
+    let id = detached(&mut env, "execpaused", &["sleep", "1000"], |_| {});
+    assert!(env.quiet(&["pause", &id]).0);
+    let out = env.out(&["exec", &id, "echo", "ok"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        err.contains("cannot exec in a paused container (use --ignore-paused to override)"),
+        "{err}"
+    );
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(env.quiet(&["resume", &id]).0);
+        });
+        env.out(&["exec", "--ignore-paused", &id, "echo", "ok"])
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.status(&id), "running");
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}
+
+/// runc's `exec --cgroup [CONTROLLER:]PATH` runs the process in an existing sub-cgroup of
+/// the container's, and refuses one outside it, a missing one and an unknown controller.
+#[test]
+fn exec_cgroup_joins_a_sub_cgroup_of_the_container() {
+    let mut env = Env::new();
+    let id = detached(&mut env, "execcg", &["sleep", "1000"], |_| {});
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // The init's memory cgroup on v1, its only one on v2, seen from the host.
+    let (v1, line) = match own.lines().find(|l| l.split(':').nth(1) == Some("memory")) {
+        Some(l) => (true, l),
+        None => (false, own.lines().find(|l| l.starts_with("0::")).unwrap()),
+    };
+    let rel = line.splitn(3, ':').nth(2).unwrap();
+    let host = if v1 {
+        format!("/sys/fs/cgroup/memory{rel}")
+    } else {
+        format!("/sys/fs/cgroup{rel}")
+    };
+    std::fs::create_dir(format!("{host}/sub")).unwrap();
+    let flag = if v1 { "memory:sub" } else { "sub" };
+    let want = if v1 { ":memory:" } else { "0::" };
+    let in_sub = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let l = text.lines().find(|l| l.contains(want)).unwrap().to_string();
+        l.ends_with("/sub")
+    };
+    let out = env.out(&["exec", "--cgroup", flag, &id, "cat", "/proc/self/cgroup"]);
+    assert!(in_sub(&out), "{}", String::from_utf8_lossy(&out.stdout));
+    for top in [&["exec", &id][..], &["exec", "--cgroup", "/", &id]] {
+        let out = env.out(&[top, &["cat", "/proc/self/cgroup"]].concat());
+        assert!(
+            !in_sub(&out),
+            "{top:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    for (arg, words) in [
+        ("..", "bad sub cgroup path"),
+        ("nonexistent", "o such file or directory"),
+        ("whaaat:/", "unknown controller whaaat"),
+    ] {
+        let (ok, err) = env.quiet(&["exec", "--cgroup", arg, &id, "true"]);
+        assert!(!ok && err.contains(words), "--cgroup {arg}: {err}");
+    }
+    let (_, err) = env.quiet(&["exec", "--cgroup", "nonexistent", &id, "true"]);
+    assert!(err.contains("error adding pid"), "{err}");
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}

@@ -141,6 +141,35 @@ fn kill_reaches_what_a_stopped_container_left_in_its_cgroup() {
     }
 }
 
+// runc's `kill ID 0` (kill(2)'s null signal) tests liveness: it succeeds and sends nothing
+// for a created or running container, and fails as any plain kill does for a stopped one.
+#[test]
+fn kill_with_signal_0_tests_liveness() {
+    let mut env = Env::new();
+    let b = env.bundle("zero", &["sleep", "1000"]);
+    b.write();
+    let created = env.id("created");
+    assert_eq!(
+        code_err(&env, &["create", "--bundle", b.path(), &created]).0,
+        0
+    );
+    let running = running(&mut env);
+    for id in [&created, &running] {
+        let status = env.status(id);
+        for argv in [&["kill", id, "0"][..], &["kill", "--all", id, "0"]] {
+            let (code, err) = code_err(&env, argv);
+            assert_eq!((code, err.as_str()), (0, ""), "{argv:?} ({status})");
+        }
+        assert_eq!(env.status(id), status, "signal 0 changed nothing");
+    }
+    assert_eq!(code_err(&env, &["kill", &running, "KILL"]).0, 0);
+    wait_stopped(&env, &running);
+    let (code, err) = code_err(&env, &["kill", &running, "0"]);
+    assert!(code == 1 && err.contains("container not running"), "{err}");
+    assert_eq!(code_err(&env, &["delete", &running]).0, 0);
+    assert_eq!(code_err(&env, &["delete", "--force", &created]).0, 0);
+}
+
 #[test]
 fn kill_and_delete_of_a_running_container() {
     let mut env = Env::new();
@@ -240,6 +269,7 @@ fn a_bad_program_fails_exec_with_255_and_runcs_words() {
     let id = stopped(&mut env, &b);
     let (code, err) = code_err(&env, &["exec", &id, "true"]);
     assert_eq!(code, 255, "{err}");
+    assert!(err.contains("cannot exec in a stopped container"), "{err}");
     assert_eq!(code_err(&env, &["delete", &id]).0, 0);
 }
 

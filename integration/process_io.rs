@@ -134,6 +134,27 @@ fn exec_with_a_process_file() {
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
 
+// runc accepts a process file without `user` (Go's zero value: uid 0, gid 0).
+#[test]
+fn exec_with_a_process_file_without_user_runs_as_root() {
+    let mut env = Env::new();
+    let id = running(&mut env, "execnouser");
+    let file = env.scratch.join("process.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&json!({"args": ["sh", "-c", "id -u; id -g"], "cwd": "/"})).unwrap(),
+    )
+    .unwrap();
+    let out = env.out(&["exec", "-p", file.to_str().unwrap(), &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\n0\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}
+
 #[test]
 fn exec_in_a_stopped_or_unknown_container_fails_clearly() {
     let mut env = Env::new();

@@ -157,10 +157,15 @@ fn validate(spec: &Spec) -> Result<()> {
         }
     }
     if let Some(linux) = spec.linux() {
+        // runc's specconv refuses a type listed twice, of every type (a path or not), in
+        // these words; the cgroup namespace is no exception.
         let mut seen = Vec::new();
         for ns in linux.namespaces().iter().flatten() {
             if seen.contains(&ns.typ()) {
-                bail!("field linux.namespaces: {} appears twice", ns.typ());
+                // The type as the config spells it ("network", where Display says "net").
+                let name = serde_json::to_value(ns.typ()).unwrap_or_default();
+                let name = name.as_str().unwrap_or_default();
+                bail!("field linux.namespaces: malformed spec file: duplicated ns \"{name}\"");
             }
             seen.push(ns.typ());
         }
@@ -287,6 +292,26 @@ mod tests {
         );
         let err = format!("{:#}", parse_config(text.as_bytes()).unwrap_err());
         assert!(err.contains("linux.intelRdt"), "{err}");
+    }
+
+    #[test]
+    fn a_namespace_listed_twice_is_refused_in_runcs_words() {
+        for (t, second) in [
+            ("cgroup", r#"{"type":"cgroup"}"#),
+            ("cgroup", r#"{"type":"cgroup","path":"/proc/1/ns/cgroup"}"#),
+            ("pid", r#"{"type":"pid","path":"/proc/1/ns/pid"}"#),
+            ("network", r#"{"type":"network"}"#),
+        ] {
+            let text = MINIMAL.replace(
+                "\"root\"",
+                &format!(r#""linux":{{"namespaces":[{{"type":"{t}"}},{second}]}},"root""#),
+            );
+            let err = format!("{:#}", parse_config(text.as_bytes()).unwrap_err());
+            assert_eq!(
+                err,
+                format!("field linux.namespaces: malformed spec file: duplicated ns \"{t}\"")
+            );
+        }
     }
 
     #[test]

@@ -24,9 +24,9 @@ mod v2;
 #[cfg(test)]
 mod kernel_tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -69,6 +69,11 @@ pub trait CgroupDriver: Debug {
 
     /// Move a process into the container's cgroups.
     fn add_pid(&self, pid: i32) -> Result<()>;
+
+    /// Where a process goes to run in existing sub-cgroups of the container's (runc's
+    /// `exec --cgroup`), as a record for `open_driver` whose `add_pid` joins them (only that:
+    /// it is no container's record). Nothing is checked on disk.
+    fn sub_cgroup(&self, sub: &SubCgroups) -> Result<CgroupRecord>;
 
     fn freeze(&self) -> Result<()>;
     fn thaw(&self) -> Result<()>;
@@ -138,6 +143,26 @@ pub trait CgroupDriver: Debug {
             .copied()
             .unwrap_or(0))
     }
+}
+
+/// Sub-cgroups of a container's cgroup, by controller (runc's `exec --cgroup
+/// [CONTROLLER[,CONTROLLER...]:]PATH`): the key "" is every hierarchy (and the only key
+/// cgroup v2 takes); paths are below the container's cgroup.
+pub type SubCgroups = BTreeMap<String, String>;
+
+/// `base` joined with `sub` as runc does (Go's path.Join: lexical, a leading / is dropped),
+/// refused if it leaves `base`.
+pub fn sub_dir(base: &Path, sub: &str) -> Result<PathBuf> {
+    let mut rel = PathBuf::new();
+    for c in Path::new(sub).components() {
+        match c {
+            Component::Normal(n) => rel.push(n),
+            Component::ParentDir if rel.pop() => {}
+            Component::ParentDir => bail!("bad sub cgroup path: {sub}"),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(base.join(rel))
 }
 
 /// The driver for a new container on this host: works out where its cgroups go (no file is
@@ -324,6 +349,68 @@ mod tests {
             Some(Path::new("/sys/fs/cgroup"))
         );
         assert_eq!(open_driver(&r).unwrap().record(), r);
+    }
+
+    #[test]
+    fn sub_cgroups_stay_below_the_container() {
+        let base = Path::new("/sys/fs/cgroup/memory/c1");
+        assert_eq!(sub_dir(base, "/").unwrap(), base);
+        assert_eq!(sub_dir(base, "a/./b").unwrap(), base.join("a/b"));
+        assert_eq!(sub_dir(base, "/a/../b").unwrap(), base.join("b"));
+        for bad in ["..", "a/../..", "/../c2"] {
+            let err = sub_dir(base, bad).unwrap_err().to_string();
+            assert_eq!(err, format!("bad sub cgroup path: {bad}"));
+        }
+
+        let mi = "\
+35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        let own = "4:memory:/\n3:cpu,cpuacct:/\n0::/\n";
+        let d = driver_for_layout(&layout::detect(mi, own).unwrap(), None, "c1").unwrap();
+        let sub = |pairs: &[(&str, &str)]| -> SubCgroups {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let r = d
+            .sub_cgroup(&sub(&[("memory", "m"), ("cpu", "c")]))
+            .unwrap();
+        assert_eq!(
+            r.v1_dir("memory"),
+            Some(Path::new("/sys/fs/cgroup/memory/c1/m"))
+        );
+        assert_eq!(
+            r.v1_dir("cpuacct"),
+            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct/c1/c"))
+        );
+        assert_eq!(r.unified, d.record().unified, "cgroup2 stays at the top");
+        let r = d.sub_cgroup(&sub(&[("", "s")])).unwrap();
+        assert_eq!(
+            r.v1_dir("memory"),
+            Some(Path::new("/sys/fs/cgroup/memory/c1/s"))
+        );
+        assert_eq!(
+            r.v1_dir("cpu"),
+            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct/c1/s"))
+        );
+        let err = d.sub_cgroup(&sub(&[("whaaat", "/")])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown controller whaaat"),
+            "{err}"
+        );
+
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let d = driver_for_layout(&layout::detect(v2, "0::/\n").unwrap(), None, "c1").unwrap();
+        let r = d.sub_cgroup(&sub(&[("", "x/y")])).unwrap();
+        assert_eq!(
+            r.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/c1/x/y"))
+        );
+        assert!(d.sub_cgroup(&sub(&[("memory", "m")])).is_err());
+        assert!(d.sub_cgroup(&sub(&[("", "..")])).is_err());
     }
 
     #[test]

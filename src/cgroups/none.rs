@@ -8,7 +8,7 @@ use oci_spec::runtime::LinuxResources;
 
 use super::devices::Rule;
 use super::oom::OomWatcher;
-use super::{CgroupDriver, CgroupRecord, Stats};
+use super::{CgroupDriver, CgroupRecord, Stats, SubCgroups};
 
 #[derive(Debug)]
 pub struct NoCgroups;
@@ -43,6 +43,13 @@ impl CgroupDriver for NoCgroups {
 
     fn add_pid(&self, _pid: i32) -> Result<()> {
         Ok(())
+    }
+
+    fn sub_cgroup(&self, sub: &SubCgroups) -> Result<CgroupRecord> {
+        if !sub.is_empty() {
+            bail!("--cgroup: no cgroup filesystem is mounted");
+        }
+        Ok(CgroupRecord::default())
     }
 
     fn freeze(&self) -> Result<()> {

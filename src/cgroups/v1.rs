@@ -12,7 +12,9 @@ use super::devices::Rule;
 use super::fs::{self, exists, read_opt, read_u64, read_u64_opt, write};
 use super::oom::OomWatcher;
 use super::stats::{self, Stats};
-use super::{CgroupDriver, CgroupRecord, DriverKind, V1Dir, layout, rdma_lines, v2};
+use super::{
+    CgroupDriver, CgroupRecord, DriverKind, SubCgroups, V1Dir, layout, rdma_lines, sub_dir, v2,
+};
 use crate::logging;
 
 #[derive(Debug)]
@@ -175,6 +177,27 @@ impl CgroupDriver for V1Driver {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A path for "" moves every hierarchy; one for a controller moves its hierarchy; the
+    /// others, and a hybrid layout's cgroup2 directory, stay at the container's cgroup.
+    fn sub_cgroup(&self, sub: &SubCgroups) -> Result<CgroupRecord> {
+        if let Some(c) = sub
+            .keys()
+            .find(|c| !c.is_empty() && self.v1_dir(c).is_none())
+        {
+            bail!("unknown controller {c} in --cgroup");
+        }
+        let mut r = self.record();
+        for d in &mut r.v1 {
+            let s = sub
+                .get("")
+                .or_else(|| d.controllers.iter().find_map(|c| sub.get(c)));
+            if let Some(s) = s {
+                d.path = sub_dir(&d.path, s)?;
+            }
+        }
+        Ok(r)
     }
 
     fn freeze(&self) -> Result<()> {

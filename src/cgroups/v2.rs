@@ -12,7 +12,7 @@ use super::devices::Rule;
 use super::fs::{self, exists, read_opt, read_u64_opt, write};
 use super::oom::OomWatcher;
 use super::stats::{self, Stats};
-use super::{CgroupDriver, CgroupRecord, DriverKind, bpf, layout, rdma_lines};
+use super::{CgroupDriver, CgroupRecord, DriverKind, SubCgroups, bpf, layout, rdma_lines, sub_dir};
 
 use crate::logging;
 
@@ -93,6 +93,18 @@ impl CgroupDriver for V2Driver {
 
     fn add_pid(&self, pid: i32) -> Result<()> {
         fs::write(&self.dir, "cgroup.procs", &pid.to_string())
+    }
+
+    /// One hierarchy: only a path without a controller.
+    fn sub_cgroup(&self, sub: &SubCgroups) -> Result<CgroupRecord> {
+        if let Some(c) = sub.keys().find(|c| !c.is_empty()) {
+            bail!("unknown controller {c} in --cgroup: cgroup v2 takes a path without one");
+        }
+        let mut r = self.record();
+        if let Some(s) = sub.get("") {
+            r.unified = Some(sub_dir(&self.dir, s)?);
+        }
+        Ok(r)
     }
 
     fn freeze(&self) -> Result<()> {

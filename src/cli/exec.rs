@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{Capability, LinuxCapabilities, Process};
 
 use super::Globals;
+use crate::cgroups;
 use crate::container::{self, ExecOptions};
 
 #[derive(clap::Args, Debug)]
@@ -42,6 +43,13 @@ pub struct Args {
     pub no_new_privs: bool,
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: i32,
+    /// Run the process in an existing sub-cgroup of the container's:
+    /// [CONTROLLER[,CONTROLLER...]:]PATH (repeatable, one per controller, on cgroup v1).
+    #[arg(long)]
+    pub cgroup: Vec<String>,
+    /// Allow exec in a paused container.
+    #[arg(long)]
+    pub ignore_paused: bool,
     /// Accepted for runc compatibility.
     #[arg(long, hide = true)]
     pub process_label: Option<String>,
@@ -59,8 +67,7 @@ pub fn run(g: &Globals, a: Args) -> Result<i32> {
         Some(path) => {
             let text =
                 std::fs::read(path).with_context(|| format!("--process {}", path.display()))?;
-            serde_json::from_slice::<Process>(&text)
-                .with_context(|| format!("--process {}", path.display()))?
+            process_from_file(&text).with_context(|| format!("--process {}", path.display()))?
         }
         None => from_flags(
             &a,
@@ -79,8 +86,70 @@ pub fn run(g: &Globals, a: Args) -> Result<i32> {
             pid_file: a.pid_file.as_deref(),
             console_socket: a.console_socket.as_deref(),
             preserve_fds: a.preserve_fds,
+            sub_cgroups: sub_cgroups(&a.cgroup)?,
+            ignore_paused: a.ignore_paused,
         },
     )
+}
+
+/// `--cgroup` arguments as runc's `getSubCgroupPaths` takes them: CONTROLLER[,...]:PATH, or
+/// a single PATH (key "", for cgroup v2 or every v1 hierarchy).
+fn sub_cgroups(args: &[String]) -> Result<cgroups::SubCgroups> {
+    let mut paths = cgroups::SubCgroups::new();
+    for arg in args {
+        match arg.split_once(':') {
+            Some((ctrls, path)) => {
+                for c in ctrls.split(',') {
+                    if c.is_empty() {
+                        bail!("invalid --cgroup argument: {arg} (empty <controller> prefix)");
+                    }
+                    if paths.insert(c.to_string(), path.to_string()).is_some() {
+                        bail!(
+                            "invalid --cgroup argument(s): controller {c} specified multiple times"
+                        );
+                    }
+                }
+            }
+            None if args.len() != 1 => {
+                bail!("invalid --cgroup argument: {arg} (missing <controller>: prefix)")
+            }
+            None => {
+                paths.insert(String::new(), arg.clone());
+            }
+        }
+    }
+    Ok(paths)
+}
+
+/// A `--process` file as runc reads it: Go's decoder leaves what is missing at its zero value
+/// (no `user` is uid 0, gid 0, where oci-spec requires the field), then runc's
+/// `validateProcessSpec` wants an absolute cwd and some args.
+fn process_from_file(text: &[u8]) -> Result<Process> {
+    let mut v: serde_json::Value = serde_json::from_slice(text)?;
+    if let Some(obj) = v.as_object_mut() {
+        for (key, zero) in [
+            ("user", serde_json::json!({})),
+            ("cwd", serde_json::json!("")),
+        ] {
+            match obj.get(key) {
+                None | Some(serde_json::Value::Null) => {
+                    obj.insert(key.to_string(), zero);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let p: Process = serde_json::from_value(v)?;
+    if p.cwd().as_os_str().is_empty() {
+        bail!("Cwd property must not be empty");
+    }
+    if !p.cwd().is_absolute() {
+        bail!("Cwd must be an absolute path");
+    }
+    if p.args().as_ref().is_none_or(|a| a.is_empty()) {
+        bail!("args must not be empty");
+    }
+    Ok(p)
 }
 
 /// The container's own process settings, overridden by the flags (as runc does).
@@ -164,6 +233,61 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
+    }
+
+    #[test]
+    fn a_process_file_without_user_runs_as_root_like_runcs() {
+        let p = process_from_file(br#"{"args": ["true"], "cwd": "/"}"#).expect("no user");
+        assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
+        let p = process_from_file(br#"{"args": ["true"], "cwd": "/", "user": null}"#).unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
+        let p = process_from_file(br#"{"args": ["id"], "cwd": "/", "user": {"uid": 7}}"#).unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (7, 0));
+        for (text, want) in [
+            (r#"{"args": ["true"]}"#, "Cwd property must not be empty"),
+            (
+                r#"{"args": ["true"], "cwd": "tmp"}"#,
+                "Cwd must be an absolute path",
+            ),
+            (r#"{"cwd": "/"}"#, "args must not be empty"),
+            (r#"{"args": [], "cwd": "/"}"#, "args must not be empty"),
+        ] {
+            let err = process_from_file(text.as_bytes()).unwrap_err().to_string();
+            assert_eq!(err, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn cgroup_flags_parse_like_runcs() {
+        let parse = |v: &[&str]| sub_cgroups(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let m = parse(&["memory:submem", "cpu,cpuacct:subcpu"]).unwrap();
+        let want: Vec<(&str, &str)> = vec![
+            ("cpu", "subcpu"),
+            ("cpuacct", "subcpu"),
+            ("memory", "submem"),
+        ];
+        assert_eq!(
+            m.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(parse(&["/sub"]).unwrap().get(""), Some(&"/sub".to_string()));
+        assert!(parse(&[]).unwrap().is_empty());
+        for (args, want) in [
+            (&[":x"][..], "empty <controller> prefix"),
+            (
+                &["cpu:a", "cpu:b"],
+                "controller cpu specified multiple times",
+            ),
+            (&["a", "cpu:b"], "missing <controller>: prefix"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        let a = Cli::parse_from(["exec", "--cgroup", "a", "--ignore-paused", "id", "sh"]).args;
+        assert!(a.ignore_paused);
+        assert_eq!(a.cgroup, ["a"]);
     }
 
     #[test]

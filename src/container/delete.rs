@@ -46,7 +46,7 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
             );
         }
         if status != Status::Stopped {
-            let _ = signal_process(st.pid, st.pid_start_time, Signal::SIGKILL);
+            let _ = signal_process(st.pid, st.pid_start_time, Some(Signal::SIGKILL));
         }
         cgroups::open_driver(&st.cgroups)?.destroy()?;
         wait_gone(st.pid, st.pid_start_time);

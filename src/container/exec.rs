@@ -34,6 +34,10 @@ pub struct ExecOptions<'a> {
     pub pid_file: Option<&'a Path>,
     pub console_socket: Option<&'a Path>,
     pub preserve_fds: i32,
+    /// Sub-cgroups of the container's to run in (`--cgroup`); empty: its own.
+    pub sub_cgroups: cgroups::SubCgroups,
+    /// Exec into a paused container (the process waits, frozen, until it is resumed).
+    pub ignore_paused: bool,
 }
 
 /// The container's config as saved by create (exec builds its process from it).
@@ -46,8 +50,14 @@ pub fn container_spec(rt: &Runtime, id: &str) -> Result<Spec> {
 
 pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     let (dir, st) = rt.states().load(opts.id)?;
+    // runc's words.
     match st.status(&dir, cgroups::is_frozen) {
         Status::Running | Status::Created => {}
+        Status::Paused if opts.ignore_paused => {}
+        Status::Paused => {
+            bail!("cannot exec in a paused container (use --ignore-paused to override)")
+        }
+        Status::Stopped => bail!("cannot exec in a stopped container"),
         s => bail!("cannot exec in container {:?}: it is {s}", opts.id),
     }
     let spec = container_spec(rt, opts.id)?;
@@ -65,7 +75,10 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         .map(|s| crate::seccomp::prepare_cached(s, &rt.root.join(".seccomp-cache")))
         .transpose()?;
 
-    let cgroup = cgroups::open_driver(&st.cgroups)?;
+    let mut cgroup = cgroups::open_driver(&st.cgroups)?;
+    if !opts.sub_cgroups.is_empty() {
+        cgroup = cgroups::open_driver(&cgroup.sub_cgroup(&opts.sub_cgroups)?)?;
+    }
     let mask = if opts.detach {
         None
     } else {
@@ -176,7 +189,10 @@ fn joiner(one_thread: &SingleThreaded, t: &Target, chan: &Channel) -> Result<Inf
         preserve_fds,
     } = *t;
     sync::die_with_parent(chan);
-    cgroups.add_pid(std::process::id() as i32)?;
+    let me = std::process::id() as i32;
+    cgroups
+        .add_pid(me)
+        .with_context(|| format!("error adding pid {me} to cgroups"))?;
     for (t, fd) in joins {
         setns(fd.as_fd(), namespaces::flag(*t))
             .with_context(|| format!("setns into the container's {t} namespace"))?;

@@ -10,10 +10,16 @@ use super::Runtime;
 use crate::cgroups;
 use crate::state::{Status, process_alive};
 
-/// Parse a signal as runc does: a number, or a name with or without SIG.
-pub fn parse_signal(s: &str) -> Result<Signal> {
+/// Parse a signal as runc does: a number, or a name with or without SIG. `None` is signal 0,
+/// which sends nothing and tests that the container's init is alive (kill(2)'s null signal).
+pub fn parse_signal(s: &str) -> Result<Option<Signal>> {
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).with_context(|| format!("unknown signal {s:?}"));
+        if n == 0 {
+            return Ok(None);
+        }
+        return Signal::try_from(n)
+            .map(Some)
+            .with_context(|| format!("unknown signal {s:?}"));
     }
     let up = s.to_ascii_uppercase();
     let name = if up.starts_with("SIG") {
@@ -22,6 +28,7 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         format!("SIG{up}")
     };
     name.parse::<Signal>()
+        .map(Some)
         .map_err(|_| anyhow::anyhow!("unknown signal {s:?}"))
 }
 
@@ -29,7 +36,9 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
 /// with runc's "container not running" (containerd, docker and CRI-O take those words for
 /// "already gone"); `kill --all` of it signals what is left in its cgroup and succeeds
 /// silently (containerd's shim sends it after every exit, podman after every stop).
-pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
+/// `sig` `None` is signal 0: it succeeds for a live container and fails like any plain
+/// kill for a stopped one, sending nothing.
+pub fn kill(rt: &Runtime, id: &str, sig: Option<Signal>, all: bool) -> Result<()> {
     let (dir, st) = rt.states().load(id)?;
     let status = st.status(&dir, cgroups::is_frozen);
     let mut live = matches!(status, Status::Created | Status::Running | Status::Paused);
@@ -44,7 +53,7 @@ pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
         }
     }
     if live {
-        if all {
+        if let (true, Some(sig)) = (all, sig) {
             signal_cgroup(&st, sig, st.pid)?;
         }
         return Ok(());
@@ -54,11 +63,13 @@ pub fn kill(rt: &Runtime, id: &str, sig: Signal, all: bool) -> Result<()> {
     // the init; in a private one the kernel killed them with it).
     if all {
         // Whatever is left, if the cgroup is still there (it goes at delete).
-        let _ = signal_cgroup(&st, sig, 0);
+        if let Some(sig) = sig {
+            let _ = signal_cgroup(&st, sig, 0);
+        }
         return Ok(());
     }
-    if sig == Signal::SIGKILL && !private_pid_namespace(rt, id) {
-        return signal_cgroup(&st, sig, 0)
+    if sig == Some(Signal::SIGKILL) && !private_pid_namespace(rt, id) {
+        return signal_cgroup(&st, Signal::SIGKILL, 0)
             .context("unable to kill all processes: container not running");
     }
     bail!("cannot kill container {id:?}: container not running")
@@ -111,11 +122,11 @@ impl From<KillError> for anyhow::Error {
 }
 
 /// Signal a process through a pidfd, after checking it is still the one we started: a pid
-/// reused by an unrelated process must never be signalled.
+/// reused by an unrelated process must never be signalled. `None` (signal 0) only checks.
 pub(super) fn signal_process(
     pid: i32,
     start_time: u64,
-    sig: Signal,
+    sig: Option<Signal>,
 ) -> std::result::Result<(), KillError> {
     use rustix::process::{PidfdFlags, pidfd_open, pidfd_send_signal};
     let raw_pid = rustix::process::Pid::from_raw(pid).ok_or(KillError::Gone)?;
@@ -123,6 +134,9 @@ pub(super) fn signal_process(
     if !process_alive(pid, start_time) {
         return Err(KillError::Gone);
     }
+    let Some(sig) = sig else {
+        return Ok(());
+    };
     // nix's signals are the named ones, which rustix knows too.
     let rsig = rustix::process::Signal::from_named_raw(sig as i32)
         .ok_or_else(|| KillError::Other(anyhow::anyhow!("send {sig} to {pid}: unknown signal")))?;
@@ -141,9 +155,10 @@ mod tests {
 
     #[test]
     fn signals_parse_like_runc() {
-        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
-        assert_eq!(parse_signal("SIGHUP").unwrap(), Signal::SIGHUP);
+        assert_eq!(parse_signal("9").unwrap(), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("term").unwrap(), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGHUP").unwrap(), Some(Signal::SIGHUP));
+        assert_eq!(parse_signal("0").unwrap(), None);
         assert!(parse_signal("SIGNOPE").is_err());
         assert!(parse_signal("999").is_err());
     }
