@@ -409,3 +409,45 @@ fn personality_io_priority_and_scheduler_are_applied() {
     // nice 5; policy 3 = SCHED_BATCH.
     assert_eq!(lines.next(), Some("5 3"), "{out}");
 }
+
+/// The optional fields of the container's `/` in its /proc/self/mountinfo, for each
+/// linux.rootfsPropagation value (runc applies shared and unbindable after pivot_root).
+#[test]
+fn every_rootfs_propagation_value_applies_to_the_container_root() {
+    let mut env = Env::new();
+    for prop in [
+        "private",
+        "rprivate",
+        "slave",
+        "rslave",
+        "shared",
+        "rshared",
+        "unbindable",
+        "runbindable",
+    ] {
+        let mut b = env.bundle("prop", &["cat", "/proc/self/mountinfo"]);
+        b.config["linux"]["rootfsPropagation"] = json!(prop);
+        let (code, out, err) = run(&mut env, &b);
+        assert_eq!(code, 0, "rootfsPropagation {prop}: {err}");
+        let root = out
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/"))
+            .unwrap_or_else(|| panic!("{prop}: no / in mountinfo:\n{out}"));
+        // Fields 7.. up to the "-" separator are the optional (propagation) fields.
+        let fields: Vec<&str> = root.split(' ').skip(6).take_while(|f| *f != "-").collect();
+        let shared = fields.iter().any(|f| f.starts_with("shared:"));
+        let unbindable = fields.contains(&"unbindable");
+        match prop {
+            "shared" | "rshared" => assert!(shared && !unbindable, "{prop}: {root}"),
+            "unbindable" | "runbindable" => assert!(unbindable && !shared, "{prop}: {root}"),
+            // A slave of a private mount shows no master: field; never shared.
+            _ => assert!(!shared && !unbindable, "{prop}: {root}"),
+        }
+        if prop.contains("private") {
+            assert!(
+                !fields.iter().any(|f| f.starts_with("master:")),
+                "{prop}: {root}"
+            );
+        }
+    }
+}

@@ -49,8 +49,10 @@ pub fn prepare(
         .and_then(|l| l.rootfs_propagation().as_deref())
         .unwrap_or("rslave");
     let root_prop = match prop {
-        // Shared is applied to the container's root after pivot_root; the host side stays slave.
-        "shared" | "rshared" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        // Shared and unbindable are applied to the container's root after pivot_root (as runc
+        // does): an unbindable / could not be bind-mounted onto itself below, and a shared one
+        // would propagate back to the host. Until then the host side stays slave.
+        "shared" | "rshared" | "unbindable" | "runbindable" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
         p => {
             propagation_flag(p)
                 .with_context(|| format!("linux.rootfsPropagation: unknown value {p:?}"))?
@@ -197,9 +199,9 @@ pub fn finalize(spec: &Spec) -> Result<()> {
         if let Some(p) = linux
             .rootfs_propagation()
             .as_deref()
-            .filter(|p| p.contains("shared"))
+            .filter(|p| p.contains("shared") || p.contains("unbindable"))
         {
-            let f = propagation_flag(p).unwrap_or(MsFlags::MS_SHARED);
+            let f = propagation_flag(p).context("linux.rootfsPropagation")?;
             mount(None::<&str>, "/", None::<&str>, f, None::<&str>)
                 .context("linux.rootfsPropagation")?;
         }
