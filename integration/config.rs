@@ -451,3 +451,27 @@ fn every_rootfs_propagation_value_applies_to_the_container_root() {
         }
     }
 }
+
+/// runtime-spec 1.2 runtime.md lifecycle steps 9 and 13: a failing poststart or poststop hook
+/// is logged as a warning, and the remaining hooks and the lifecycle go on.
+#[test]
+fn a_failing_poststart_or_poststop_hook_is_warned_about_and_the_next_ones_run() {
+    let mut env = Env::new();
+    let log = env.scratch.join("hooks.log");
+    let mark = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} >> {}", log.display())]});
+    let fail = json!({"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]});
+    let mut b = env.bundle("warnhooks", &["true"]);
+    b.config["hooks"] = json!({
+        "poststart": [fail, mark("poststart")],
+        "poststop": [fail, mark("poststop")],
+    });
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap_or_default(),
+        "poststart\npoststop\n",
+        "stderr: {err}"
+    );
+    assert!(err.contains("hooks.poststart[0]"), "{err}");
+    assert!(err.contains("hooks.poststop[0]"), "{err}");
+}

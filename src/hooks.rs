@@ -10,13 +10,30 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{Hook, Spec};
 
-/// Run hooks in order; the first failure stops the sequence.
+/// Run hooks in order; the first failure stops the sequence (prestart, createRuntime,
+/// createContainer, startContainer: runtime.md lifecycle steps 3-7).
 pub fn run_all(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> Result<()> {
     for (i, h) in hooks.into_iter().flatten().enumerate() {
         run(h, state_json)
             .with_context(|| format!("hooks.{kind}[{i}] ({})", h.path().display()))?;
     }
     Ok(())
+}
+
+/// Run every hook in order, whatever the others did, and return each failure (poststart and
+/// poststop: runtime-spec 1.2 runtime.md lifecycle steps 9 and 13, "the runtime MUST log a
+/// warning, but the remaining hooks and lifecycle continue as if the hook had succeeded").
+pub fn run_each(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> Vec<anyhow::Error> {
+    hooks
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            run(h, state_json)
+                .with_context(|| format!("hooks.{kind}[{i}] ({})", h.path().display()))
+                .err()
+        })
+        .collect()
 }
 
 pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {

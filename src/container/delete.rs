@@ -63,8 +63,8 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         && let Some(h) = &st.hooks
     {
         let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
-        // The spec: poststop failures are logged and delete goes on.
-        if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &json) {
+        // The spec: each poststop failure is logged; the other hooks run and delete goes on.
+        for e in hooks::run_each("poststop", h.poststop().as_ref(), &json) {
             logging::warn(&format!("{e:#}"));
         }
     }

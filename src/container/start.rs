@@ -72,8 +72,9 @@ fn relay_until_ready(relay: &notify::Relay, pid: i32, start_time: u64) -> Result
 pub(super) fn run_poststart(st: &ContainerState) {
     if let Some(h) = &st.hooks {
         let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
-        // The spec: a failing poststart hook is logged; the container keeps running.
-        if let Err(e) = hooks::run_all("poststart", h.poststart().as_ref(), &json) {
+        // runtime-spec 1.2: each failing poststart hook is logged, the others still run and the
+        // container keeps running (1.3 makes it an error that stops the container, as runc).
+        for e in hooks::run_each("poststart", h.poststart().as_ref(), &json) {
             logging::warn(&format!("{e:#}"));
         }
     }
