@@ -475,3 +475,68 @@ fn a_failing_poststart_or_poststop_hook_is_warned_about_and_the_next_ones_run() 
     assert!(err.contains("hooks.poststart[0]"), "{err}");
     assert!(err.contains("hooks.poststop[0]"), "{err}");
 }
+
+/// Each hook kind runs where runc runs it (runc's hooks inherit the cwd of the process that
+/// runs them): createContainer in the container's root before pivot_root (runc's
+/// prepareRootfs chdirs there), startContainer in process.cwd, the runtime-namespace hooks of
+/// `run` in the bundle (runc chdirs to --bundle).
+#[test]
+fn each_hook_kind_runs_in_runcs_working_directory() {
+    let mut env = Env::new();
+    let log = env.scratch.join("cwd.log");
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} $(pwd -P) >> {}", log.display())]});
+    let mut b = env.bundle("hookcwd", &["true"]);
+    b.config["process"]["cwd"] = json!("/bin");
+    b.config["hooks"] = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "createContainer": [hook("createContainer")],
+        "startContainer": [hook("startContainer")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": env.scratch, "type": "bind", "source": env.scratch, "options": ["rbind"]}));
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+    let bundle = fs::canonicalize(&b.dir).unwrap();
+    let root = fs::canonicalize(rootfs()).unwrap();
+    let want = format!(
+        "prestart {b}\ncreateRuntime {b}\ncreateContainer {r}\nstartContainer /bin\npoststart {b}\npoststop {b}\n",
+        b = bundle.display(),
+        r = root.display()
+    );
+    assert_eq!(fs::read_to_string(&log).unwrap(), want);
+
+    // `start` and `delete` (runc does not chdir for them): poststart and poststop run in the
+    // caller's cwd; create's hooks still in the bundle.
+    fs::remove_file(&log).unwrap();
+    let id = env.id("hookcwd");
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let caller = fs::canonicalize(&env.scratch).unwrap();
+    for verb in ["start", "delete"] {
+        let st = env
+            .lrun()
+            .args([verb, &id])
+            .current_dir(&caller)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{verb}");
+        if verb == "start" {
+            // The container runs `true`: wait for it to stop before deleting it.
+            for _ in 0..200 {
+                if env.status(&id) == "stopped" {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    let want = format!(
+        "prestart {b}\ncreateRuntime {b}\ncreateContainer {r}\nstartContainer /bin\npoststart {c}\npoststop {c}\n",
+        b = bundle.display(),
+        r = root.display(),
+        c = caller.display()
+    );
+    assert_eq!(fs::read_to_string(&log).unwrap(), want);
+}

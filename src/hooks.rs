@@ -12,9 +12,16 @@ use oci_spec::runtime::{Hook, Spec};
 
 /// Run hooks in order; the first failure stops the sequence (prestart, createRuntime,
 /// createContainer, startContainer: runtime.md lifecycle steps 3-7).
-pub fn run_all(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> Result<()> {
+/// `cwd`: the hook's working directory (runc's hooks inherit the cwd of the process that runs
+/// them: see each caller); None keeps ours.
+pub fn run_all(
+    kind: &str,
+    hooks: Option<&Vec<Hook>>,
+    state_json: &[u8],
+    cwd: Option<&Path>,
+) -> Result<()> {
     for (i, h) in hooks.into_iter().flatten().enumerate() {
-        run(h, state_json)
+        run(h, state_json, cwd)
             .with_context(|| format!("hooks.{kind}[{i}] ({})", h.path().display()))?;
     }
     Ok(())
@@ -23,20 +30,25 @@ pub fn run_all(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> Resu
 /// Run every hook in order, whatever the others did, and return each failure (poststart and
 /// poststop: runtime-spec 1.2 runtime.md lifecycle steps 9 and 13, "the runtime MUST log a
 /// warning, but the remaining hooks and lifecycle continue as if the hook had succeeded").
-pub fn run_each(kind: &str, hooks: Option<&Vec<Hook>>, state_json: &[u8]) -> Vec<anyhow::Error> {
+pub fn run_each(
+    kind: &str,
+    hooks: Option<&Vec<Hook>>,
+    state_json: &[u8],
+    cwd: Option<&Path>,
+) -> Vec<anyhow::Error> {
     hooks
         .into_iter()
         .flatten()
         .enumerate()
         .filter_map(|(i, h)| {
-            run(h, state_json)
+            run(h, state_json, cwd)
                 .with_context(|| format!("hooks.{kind}[{i}] ({})", h.path().display()))
                 .err()
         })
         .collect()
 }
 
-pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {
+pub fn run(hook: &Hook, state_json: &[u8], cwd: Option<&Path>) -> Result<()> {
     let args = hook.args().as_deref().unwrap_or_default();
     let mut cmd = Command::new(hook.path());
     if let Some((arg0, rest)) = args.split_first() {
@@ -47,6 +59,9 @@ pub fn run(hook: &Hook, state_json: &[u8]) -> Result<()> {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
         }
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
     }
     cmd.stdin(Stdio::piped());
     // A hook must not outlive an lrun that was killed while waiting for it, and gets stdio

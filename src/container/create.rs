@@ -253,8 +253,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         chan.expect(Message::RunRuntimeHooks)?;
         if let Some(h) = spec.hooks() {
             let json = hooks::hook_state(opts.id, "creating", pid, &bundle.dir, spec);
-            hooks::run_all("prestart", h.prestart().as_ref(), &json)?;
-            hooks::run_all("createRuntime", h.create_runtime().as_ref(), &json)?;
+            // runc runs these in `create` (or `run`), which chdirs to the bundle.
+            let cwd = Some(bundle.dir.as_path());
+            hooks::run_all("prestart", h.prestart().as_ref(), &json, cwd)?;
+            hooks::run_all("createRuntime", h.create_runtime().as_ref(), &json, cwd)?;
         }
         chan.send(&Message::RuntimeHooksDone(pid))?;
     }

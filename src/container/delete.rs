@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 
 use super::Runtime;
 use super::kill::signal_process;
+use super::start::HooksCwd;
 use crate::cgroups;
 use crate::hooks;
 use crate::layers;
@@ -16,6 +17,10 @@ use crate::state::{self, Status, process_alive};
 
 /// `delete`: stop what is left, release cgroups and layers, run poststop hooks, remove state.
 pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
+    delete_from(rt, id, force, HooksCwd::Caller)
+}
+
+pub(super) fn delete_from(rt: &Runtime, id: &str, force: bool, cwd: HooksCwd) -> Result<()> {
     let states = rt.states();
     let dir = states.container_dir(id)?;
     // runc: deleting an unknown container with --force is not an error.
@@ -64,7 +69,8 @@ pub fn delete(rt: &Runtime, id: &str, force: bool) -> Result<()> {
     {
         let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
         // The spec: each poststop failure is logged; the other hooks run and delete goes on.
-        for e in hooks::run_each("poststop", h.poststop().as_ref(), &json) {
+        let cwd = (cwd == HooksCwd::Bundle).then_some(st.bundle.as_path());
+        for e in hooks::run_each("poststop", h.poststop().as_ref(), &json, cwd) {
             logging::warn(&format!("{e:#}"));
         }
     }

@@ -10,6 +10,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::start::HooksCwd;
 use super::{CreateOptions, Runtime};
 use crate::notify::Relay;
 use crate::sync::Message;
@@ -48,8 +49,8 @@ pub fn run(rt: &Runtime, opts: &CreateOptions, detach: bool, keep: bool) -> Resu
             ..opts.clone()
         };
         super::create(rt, &opts)?;
-        if let Err(e) = super::start(rt, opts.id) {
-            let _ = super::delete(rt, opts.id, true);
+        if let Err(e) = super::start::start_from(rt, opts.id, HooksCwd::Bundle) {
+            let _ = super::delete::delete_from(rt, opts.id, true, HooksCwd::Bundle);
             return Err(e);
         }
         return Ok(0);
@@ -70,11 +71,11 @@ pub fn run(rt: &Runtime, opts: &CreateOptions, detach: bool, keep: bool) -> Resu
             c.wait_closed()
         });
     let result = started.and_then(|()| {
-        super::start::run_poststart(&created.state);
+        super::start::run_poststart(&created.state, HooksCwd::Bundle);
         supervise(pid, &mask, created.pty, created.relay.as_ref())
     });
     if result.is_err() || !keep {
-        let deleted = super::delete(rt, opts.id, true);
+        let deleted = super::delete::delete_from(rt, opts.id, true, HooksCwd::Bundle);
         let code = result?;
         deleted?;
         return Ok(code);

@@ -166,6 +166,8 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
             "createContainer",
             h.create_container().as_ref(),
             &state_json("created"),
+            // runc's prepareRootfs chdirs into the container's root (before pivot_root) first.
+            Some(a.rootfs),
         )?;
     }
 
@@ -314,7 +316,13 @@ fn finish(
     envp: &[CString],
 ) -> Result<Infallible> {
     if let Some(h) = a.spec.hooks().as_ref() {
-        hooks::run_all("startContainer", h.start_container().as_ref(), state_json)?;
+        // In process.cwd, entered above (as runc, whose init has chdired there by now).
+        hooks::run_all(
+            "startContainer",
+            h.start_container().as_ref(),
+            state_json,
+            None,
+        )?;
     }
     process::secure_and_exec(process, a.seccomp, agent, a.preserve_fds, exe, argv, envp)
 }

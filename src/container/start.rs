@@ -16,6 +16,18 @@ use crate::utils;
 
 /// `start`: release the init from the exec fifo, then run poststart hooks.
 pub fn start(rt: &Runtime, id: &str) -> Result<()> {
+    start_from(rt, id, HooksCwd::Caller)
+}
+
+/// Where poststart and poststop hooks run: runc runs them in its own cwd, which `runc run`
+/// has changed to the bundle and `runc start` or `runc delete` has not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum HooksCwd {
+    Caller,
+    Bundle,
+}
+
+pub(super) fn start_from(rt: &Runtime, id: &str, cwd: HooksCwd) -> Result<()> {
     let (dir, st) = rt.states().load(id)?;
     let _lock = state::lock(&dir)?;
     match st.status(&dir, cgroups::is_frozen) {
@@ -40,7 +52,7 @@ pub fn start(rt: &Runtime, id: &str) -> Result<()> {
     let _ = nix::unistd::read(&fifo, &mut byte);
     utils::remove_file_if_exists(&fifo_path)?;
     wait_for_exec(&fifo)?;
-    run_poststart(&st);
+    run_poststart(&st, cwd);
     if let Some(relay) = relay {
         relay_until_ready(&relay, st.pid, st.pid_start_time)?;
     }
@@ -69,12 +81,13 @@ fn relay_until_ready(relay: &notify::Relay, pid: i32, start_time: u64) -> Result
     }
 }
 
-pub(super) fn run_poststart(st: &ContainerState) {
+pub(super) fn run_poststart(st: &ContainerState, cwd: HooksCwd) {
     if let Some(h) = &st.hooks {
         let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
         // runtime-spec 1.2: each failing poststart hook is logged, the others still run and the
         // container keeps running (1.3 makes it an error that stops the container, as runc).
-        for e in hooks::run_each("poststart", h.poststart().as_ref(), &json) {
+        let cwd = (cwd == HooksCwd::Bundle).then_some(st.bundle.as_path());
+        for e in hooks::run_each("poststart", h.poststart().as_ref(), &json, cwd) {
             logging::warn(&format!("{e:#}"));
         }
     }
