@@ -36,6 +36,67 @@ fn memory_hog_is_oom_killed_and_the_oom_shows_in_events() {
     assert_eq!(code, 128 + 9, "the hog was not OOM-killed: {err}");
 }
 
+/// runc's events loop: an OOM in the container is reported as {"type":"oom","id":...}.
+#[test]
+fn events_reports_an_oom_as_it_happens() {
+    use std::io::BufRead;
+    let mut env = Env::new();
+    let id = detached(&mut env, "oomstream", &["sh", "-c", "sleep 1000"], |b| {
+        b.config["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20});
+    });
+    let mut events = env
+        .lrun()
+        .args(["events", "--interval", "60s", &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // As runc's events.bats: the hog is an exec'd process, started once events has begun.
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no first event");
+    assert!(first.contains(&id), "{first}");
+    let (ok, err) = env.quiet(&[
+        "exec",
+        "-d",
+        &id,
+        "sh",
+        "-c",
+        "test=$(dd if=/dev/urandom ibs=5120k)",
+    ]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut oom = None;
+    while oom.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if v["type"] == "oom" {
+                    oom = Some(v);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+    let oom = oom.expect("no oom event from lrun events");
+    assert_eq!(oom["id"], json!(id));
+}
+
 #[test]
 fn oom_count_is_reported_by_events_stats() {
     let mut env = Env::new();

@@ -163,6 +163,26 @@ fn bind_mounts_honour_ro_and_tmpfs_mounts_are_writable() {
     assert!(!host.join("new").exists());
 }
 
+/// As runc: a read-only /dev tmpfs is filled (devices, /dev/pts) first and made read-only at
+/// the end; a read-only tmpfs elsewhere is read-only too.
+#[test]
+fn a_readonly_dev_tmpfs_gets_its_devices_and_pts_then_refuses_writes() {
+    let mut env = Env::new();
+    let out = sh(
+        &mut env,
+        |b| {
+            let m = b.config["mounts"].as_array_mut().unwrap();
+            let dev = m.iter_mut().find(|m| m["destination"] == "/dev").unwrap();
+            dev["options"].as_array_mut().unwrap().push(json!("ro"));
+            m.push(json!({"destination": "/rotmp", "type": "tmpfs", "source": "tmpfs", "options": ["ro"]}));
+        },
+        "test -c /dev/null && test -d /dev/pts && echo hi > /dev/null && echo devs-ok; \
+         touch /dev/x 2>/dev/null && echo dev-WROTE || echo dev-ro; \
+         touch /rotmp/x 2>/dev/null && echo tmp-WROTE || echo tmp-ro",
+    );
+    assert_eq!(out, "devs-ok\ndev-ro\ntmp-ro\n");
+}
+
 #[test]
 fn mount_destinations_cannot_escape_through_symlinks() {
     let mut env = Env::new();

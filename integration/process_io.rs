@@ -224,6 +224,84 @@ fn console_socket_receives_a_working_pty() {
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
 
+/// Read a pty master until `marker` shows (or the pty closes).
+fn read_pty_until(master: OwnedFd, marker: &str) -> String {
+    let mut f = std::fs::File::from(master);
+    let mut out = String::new();
+    let mut buf = [0u8; 1024];
+    while !out.contains(marker) {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    out
+}
+
+/// runc's fixStdioPermissions: a non-root process's terminal is owned by its uid (the devpts
+/// gid 5 is kept), for the container's process and for an exec'd one.
+#[test]
+fn the_pty_is_owned_by_a_non_root_process_user() {
+    let mut env = Env::new();
+    let sock = env.scratch.join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let id = env.id("ttyown");
+    let mut b = env.bundle(
+        "ttyown",
+        &["sh", "-c", "stat -c owner=%u:%g $(tty); sleep 1000"],
+    );
+    b.config["process"]["terminal"] = json!(true);
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    b.write();
+    let sock_s = sock.to_str().unwrap().to_string();
+    let mut run = env
+        .lrun()
+        .args([
+            "run",
+            "-d",
+            "--bundle",
+            b.path(),
+            "--console-socket",
+            &sock_s,
+            &id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let master = receive_pty(&listener);
+    assert!(run.wait().unwrap().success());
+    let out = read_pty_until(master, "owner=");
+    assert!(out.contains("owner=1000:5"), "run: {out:?}");
+
+    let mut exec = env
+        .lrun()
+        .args([
+            "exec",
+            "-t",
+            "-d",
+            "--console-socket",
+            &sock_s,
+            "--user",
+            "1000:1000",
+            &id,
+            "sh",
+            "-c",
+            "stat -c owner=%u:%g $(tty)",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let master = receive_pty(&listener);
+    let out = read_pty_until(master, "owner=");
+    let _ = exec.wait();
+    assert!(out.contains("owner=1000:5"), "exec: {out:?}");
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}
+
 #[test]
 fn terminal_without_console_socket_is_refused_for_create() {
     let mut env = Env::new();

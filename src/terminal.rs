@@ -30,6 +30,24 @@ pub fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
+/// Give the pty `slave` to the process's `uid`, keeping its group (runc's fixStdioPermissions:
+/// only the uid changes; EINVAL or EPERM, an owner or group not mapped in a user namespace,
+/// leave it as it is).
+pub fn chown_to_process_user(slave: &OwnedFd, uid: u32) -> Result<()> {
+    let st = nix::sys::stat::fstat(slave).context("fstat the pty slave")?;
+    if st.st_uid == uid {
+        return Ok(());
+    }
+    match nix::unistd::fchown(
+        slave,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(st.st_gid)),
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("chown the pty to uid {uid}")),
+    }
+}
+
 /// Make `slave` the calling process's controlling terminal and its stdio.
 pub fn become_session_leader_on(slave: &OwnedFd) -> Result<()> {
     nix::unistd::setsid().context("setsid")?;

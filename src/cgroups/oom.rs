@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -107,19 +107,47 @@ impl OomWatcher {
             }
             return Ok(Wake::Timeout);
         }
+        // As runc's notifyOnOOM: each wake of the eventfd is an OOM. The counter (kernels
+        // before 4.13 have none) only says how many kills; with the OOM killer disabled the
+        // event means "under OOM", no kill counted.
         let text = fs::read(&self.dir, "memory.oom_control")?;
-        let kills = fs::parse_flat_keyed(&text).get("oom_kill").copied();
-        match kills {
+        let new = match fs::parse_flat_keyed(&text).get("oom_kill").copied() {
             Some(k) => {
                 let new = k.saturating_sub(self.last);
                 self.last = k;
-                // With the OOM killer disabled the event means "under OOM", no kill counted.
-                Ok(Wake::Oom(new.max(1)))
+                new
             }
-            None => bail!(
-                "{}/memory.oom_control has no oom_kill counter",
-                self.dir.display()
-            ),
-        }
+            None => 0,
+        };
+        Ok(Wake::Oom(new.max(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v1 memory.oom_control without an oom_kill counter (kernels before 4.13): the wake is
+    /// still an OOM, not an error that ends `events`.
+    #[test]
+    fn a_v1_wake_without_a_kill_counter_is_an_oom() {
+        let dir = std::env::temp_dir().join(format!("lrun-oom-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\n",
+        )
+        .unwrap();
+        let fd = OwnedFd::from(EventFd::from_value_and_flags(1, EfdFlags::EFD_CLOEXEC).unwrap());
+        let mut w = OomWatcher {
+            fd,
+            dir: dir.clone(),
+            v2: false,
+            last: 0,
+            _control: None,
+        };
+        let woke = w.wait(Duration::from_secs(1));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(woke, Ok(Wake::Oom(1))), "{:?}", woke.err());
     }
 }

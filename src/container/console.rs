@@ -12,8 +12,11 @@ use crate::terminal;
 
 /// Container side: a pty from the container's own devpts becomes the process's terminal; the
 /// master goes to the parent (for the console socket or its own terminal).
-pub fn setup_terminal(chan: &Channel) -> Result<()> {
+/// As runc's fixStdioPermissions, the slave is then owned by the process's uid (its gid, the
+/// devpts `gid=5`, is kept) so a non-root process can use its own terminal.
+pub fn setup_terminal(chan: &Channel, uid: u32) -> Result<()> {
     let (master, slave) = terminal::open_pty()?;
+    terminal::chown_to_process_user(&slave, uid)?;
     terminal::become_session_leader_on(&slave)?;
     chan.send_with_fd(&Message::Pty, Some(master.as_raw_fd()))?;
     Ok(())

@@ -228,7 +228,7 @@ fn exec_process(
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(env)?;
     if process.terminal() == Some(true) {
-        super::console::setup_terminal(chan)?;
+        super::console::setup_terminal(chan, process.user().uid())?;
     }
     // From here the process belongs to the container.
     let _ = nix::sys::prctl::set_pdeathsig(None);

@@ -177,7 +177,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     crate::sysctl::apply(linux.and_then(|l| l.sysctl().as_ref()))?;
     rootfs::finalize(spec)?;
     if process.terminal() == Some(true) {
-        super::console::setup_terminal(chan)?;
+        super::console::setup_terminal(chan, process.user().uid())?;
     }
 
     if let Some(name) = spec.hostname().as_deref() {

@@ -206,6 +206,11 @@ pub fn finalize(spec: &Spec) -> Result<()> {
                 .context("linux.rootfsPropagation")?;
         }
     }
+    if spec.mounts().iter().flatten().any(mounts::is_readonly_dev) {
+        // Mounted writable for its devices and /dev/pts (runc's finalizeRootfs does the same).
+        let dev = open_in_root(root.as_fd(), Path::new("/dev")).context("open /dev")?;
+        mounts::make_mount_readonly(dev.as_fd()).context("remount /dev read-only")?;
+    }
     if spec
         .root()
         .as_ref()

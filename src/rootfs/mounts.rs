@@ -185,11 +185,22 @@ pub fn mount_entry(
     let typ = m.typ().as_deref().unwrap_or("");
     let bind = is_bind(m);
     let what = || format!("mount {} on {}", typ, dest.display());
-    let opts = parse_options(
+    let mut opts = parse_options(
         if bind { "bind" } else { typ },
         m.options().as_deref().unwrap_or_default(),
     )
     .with_context(what)?;
+    // As runc's mountPropagate: a tmpfs, and /dev, are mounted writable first (devices, /dev/pts
+    // and copy-ups go in), then made read-only: a tmpfs just below, /dev by `finalize`.
+    let ro_later = !bind
+        && !opts.remount
+        && (typ == "tmpfs" || dest == Path::new("/dev"))
+        && is_readonly_new_fs(&opts);
+    if ro_later {
+        opts.attrs.set &= !fdmount::ATTR_RDONLY;
+        opts.rec_attrs.set &= !fdmount::ATTR_RDONLY;
+        opts.sb.retain(|f| *f != "ro");
+    }
 
     if typ == "cgroup" && !bind {
         let cgroup = cgroup.context("internal: cgroup mount without the host's cgroup layout")?;
@@ -243,7 +254,28 @@ pub fn mount_entry(
         // The tree fd now refers to the attached mount: no second lookup.
         fdmount::set_propagation(tree.as_fd(), p).with_context(what)?;
     }
+    if ro_later && dest != Path::new("/dev") {
+        make_readonly_fd(tree.as_fd()).with_context(what)?;
+    }
     Ok(())
+}
+
+fn is_readonly_new_fs(opts: &Options) -> bool {
+    opts.new_fs_attrs().set & fdmount::ATTR_RDONLY != 0
+}
+
+/// Whether `m` is a /dev mount made writable by `mount_entry` that `finalize` makes read-only.
+pub fn is_readonly_dev(m: &Mount) -> bool {
+    let typ = m.typ().as_deref().unwrap_or("");
+    clean(m.destination()) == Path::new("/dev")
+        && !is_bind(m)
+        && parse_options(typ, m.options().as_deref().unwrap_or_default())
+            .is_ok_and(|o| !o.remount && is_readonly_new_fs(&o))
+}
+
+/// Make the mount at `fd` (a mount's root) read-only.
+pub fn make_mount_readonly(fd: BorrowedFd) -> Result<()> {
+    make_readonly_fd(fd)
 }
 
 /// Entries of /proc that lxcfs emulates: runc allows mounts on exactly these.
