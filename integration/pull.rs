@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Env, LRUN, lrun_with, ok};
+use common::{Env, LRUN, lrun_with, ok, pack_tree};
 use serde_json::{Value, json};
 
 /// Pack a layer whose tree holds `size` bytes of varied data in /<name>.dat, plus extra files.
@@ -37,25 +37,7 @@ fn pack(env: &Env, name: &str, size: usize, deps: &[&Path], extra: &[(&str, &str
         fs::create_dir_all(f.parent().unwrap()).unwrap();
         fs::write(f, c).unwrap();
     }
-    let out = env.scratch.join(format!("{name}.lrl"));
-    let mut args = vec![
-        "layer".to_string(),
-        "pack".into(),
-        tree.to_str().unwrap().into(),
-        "--name".into(),
-        name.into(),
-        "--version".into(),
-        "1".into(),
-        "-o".into(),
-        out.to_str().unwrap().into(),
-    ];
-    for d in deps {
-        args.push("--dep".into());
-        args.push(d.to_str().unwrap().into());
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&lrun_with(env, &env.scratch.join("unused-store"), &a));
-    out
+    pack_tree(env, &tree, name, deps)
 }
 
 /// base (busybox) <- mid (1 MiB) <- app (3 MiB), published into a source directory.

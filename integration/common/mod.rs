@@ -271,6 +271,28 @@ pub fn lrun_with(env: &Env, store: &Path, args: &[&str]) -> Output {
         .expect("run lrun")
 }
 
+/// `lrun layer pack TREE --name NAME --version 1` with these dependencies, into the scratch
+/// directory; returns the image's path.
+pub fn pack_tree(env: &Env, tree: &Path, name: &str, deps: &[&Path]) -> PathBuf {
+    let out = env.scratch.join(format!("{name}.lrl"));
+    let mut args = vec![
+        "layer",
+        "pack",
+        tree.to_str().unwrap(),
+        "--name",
+        name,
+        "--version",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    for d in deps {
+        args.extend(["--dep", d.to_str().unwrap()]);
+    }
+    ok(&lrun_with(env, &env.scratch.join("unused-store"), &args));
+    out
+}
+
 /// The stdout of a command that must have succeeded.
 pub fn ok(out: &Output) -> String {
     assert!(

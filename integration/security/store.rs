@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Env, LRUN, lrun_with, ok};
+use crate::common::{Env, LRUN, lrun_with, ok, pack_tree};
 
 const NOBODY: u32 = 65534;
 const ORIGINAL: &[u8] = b"ORIGINAL-CONTENT-the-store-verified-0123456789";
@@ -31,25 +31,7 @@ fn pack(env: &Env, name: &str, files: &[(&str, &[u8])], deps: &[&Path]) -> PathB
         fs::write(f, c).unwrap();
     }
     fs::create_dir_all(&tree).unwrap();
-    let out = env.scratch.join(format!("{name}.lrl"));
-    let mut args = vec![
-        "layer".to_string(),
-        "pack".into(),
-        tree.to_str().unwrap().into(),
-        "--name".into(),
-        name.into(),
-        "--version".into(),
-        "1".into(),
-        "-o".into(),
-        out.to_str().unwrap().into(),
-    ];
-    for d in deps {
-        args.push("--dep".into());
-        args.push(d.to_str().unwrap().into());
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&lrun_with(env, &env.scratch.join("unused-store"), &a));
-    out
+    pack_tree(env, &tree, name, deps)
 }
 
 /// A base layer with busybox, to run containers on.
