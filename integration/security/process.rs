@@ -253,6 +253,17 @@ impl LrunCopy {
             .stderr(Stdio::null());
         c
     }
+    /// `run -d` of this bundle with the copy; returns the container's id.
+    fn run_detached(&self, env: &mut Env, b: &Bundle, name: &str) -> String {
+        let id = env.id(name);
+        let st = self
+            .cmd(env)
+            .args(["run", "-d", "--bundle", b.path(), &id])
+            .status()
+            .unwrap();
+        assert!(st.success(), "run -d {id}");
+        id
+    }
     fn ino_dev(&self) -> (String, String) {
         let m = fs::metadata(&self.path).unwrap();
         (m.ino().to_string(), m.dev().to_string())
@@ -308,14 +319,7 @@ fn exec_never_exposes_the_runtime_binary() {
         return;
     };
     let lrun = LrunCopy::new(&env);
-    let id = env.id("exe");
-    assert!(
-        lrun.cmd(&env)
-            .args(["run", "-d", "--bundle", b.path(), &id])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let id = lrun.run_detached(&mut env, &b, "exe");
     scan_while(&mut env, &lrun, &id, "exec", |env, lrun| {
         lrun.cmd(env).args(["exec", &id, "true"]).status()
     });
@@ -740,14 +744,7 @@ fn sibling_in_a_shared_pid_namespace_never_reaches_the_runtime_binary() {
         return;
     };
     let lrun = LrunCopy::new(&env);
-    let id_a = env.id("exe-sib-a");
-    assert!(
-        lrun.cmd(&env)
-            .args(["run", "-d", "--bundle", a.path(), &id_a])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let id_a = lrun.run_detached(&mut env, &a, "exe-sib-a");
     let pid_a = env.state(&id_a)["pid"].as_i64().unwrap();
     let mut b = env.bundle("exe-sib-b", &["true"]);
     for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
