@@ -289,7 +289,10 @@ pub fn release_root(
         let d = Digest::parse(hex).context("layer record")?;
         shared.release(&d, &id)?;
     }
-    shared.sweep_idle(false)?;
+    // Other layers' expiry is no reason to fail this delete.
+    if let Err(e) = shared.sweep_idle(false) {
+        crate::logging::warn(&format!("unmounting idle layers: {e:#}"));
+    }
     // Once for all layers, not per layer: only the last release can empty it.
     shared.remove_dir_if_empty();
     crate::utils::remove_file_if_exists(&legacy)
