@@ -310,6 +310,7 @@ def print_table(res):
         "4b_concurrent_layers": print_r4b,
         "5_big": print_r5,
         "6_rss": print_r6,
+        "7_scale": print_r7,
     }
     for key, section in sections.items():
         item = res["items"].get(key)
@@ -512,6 +513,49 @@ def print_r6(res):
     print()
 
 
+def item_scale(work):
+    rows = read_rows(os.path.join(work, "scale.tsv"))
+    if not rows:
+        return None
+    by = {}
+    for kind, n, *us in rows:
+        d = by.setdefault(kind, {}).setdefault(n, {"list": [], "state": [], "create": [], "delete": []})
+        for k, v in zip(("list", "state", "create", "delete"), us):
+            d[k].append(int(v) / 1000)
+    results = {
+        kind: {n: {k: statistics.median(v) for k, v in d.items()} for n, d in per_n.items()}
+        for kind, per_n in by.items()
+    }
+    conc = read_kv(os.path.join(work, "scale-conc.txt"))
+    return {
+        "what": "N containers existing (run -d of sleep, plain and from the 5-layer package): "
+        "median ms of list, state, and create + delete of one more; then concurrent run -d "
+        "from the 5-layer package in an empty root",
+        "results": results,
+        "concurrent": conc,
+    }
+
+
+def print_r7(res):
+    r7 = res["items"]["7_scale"]
+    print("7. scale: N containers existing, median ms (list, state, create and delete of one more)")
+    print(f"{'':20}{'N':>6}{'list':>9}{'state':>9}{'create':>9}{'delete':>9}")
+    for kind, per_n in r7["results"].items():
+        for n, d in sorted(per_n.items(), key=lambda x: int(x[0])):
+            print(
+                f"  {kind:18}{n:>6}{d['list']:9.2f}{d['state']:9.2f}{d['create']:9.2f}{d['delete']:9.2f}"
+            )
+    c = r7["concurrent"].get("conc")
+    if c:
+        after = r7["concurrent"].get("conc_after", ["?", "?"])
+        print(
+            f"  {c[0]} x run -d at once, 5 layers: {int(c[1]) / 1e6:.1f} s wall, failures {c[2]},"
+            f" layer mounts {c[3]}, containers listed {c[4]}; after delete: {after[0]} mounts,"
+            f" {after[1]} entries"
+        )
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
@@ -548,6 +592,7 @@ def main():
             "4b_concurrent_layers": item_concurrent_layers(a.work),
             "5_big": item_big(a.work),
             "6_rss": item_rss(a.work),
+            "7_scale": item_scale(a.work),
         },
         "cgroup_dirs_per_container": cgroups_created(a.work),
         "leaks": leaks,
