@@ -69,24 +69,23 @@ pub fn run(g: &Globals, c: ImageCommand) -> Result<i32> {
                 None => oci::Platform::host(),
             };
             let (dir, tag) = split_layout(&layout);
-            let source: Box<dyn oci::ImageSource + '_>;
-            if layout.starts_with(registry::PREFIX) {
-                source = Box::new(registry::RegistryImage::new(
+            let source: Box<dyn oci::ImageSource + '_> = if layout.starts_with(registry::PREFIX) {
+                Box::new(registry::RegistryImage::new(
                     &layout,
                     &reg.options(),
                     g.pull_limits,
                     platform,
-                )?);
+                )?)
             } else {
                 if !dir.is_dir() {
                     bail!("{}: not an OCI image layout directory", dir.display());
                 }
-                source = Box::new(oci::LayoutSource {
+                Box::new(oci::LayoutSource {
                     layout: &dir,
                     tag: tag.as_deref(),
                     platform,
-                });
-            }
+                })
+            };
             if let Some(o) = &out
                 && o.join("config.json").exists()
             {
@@ -104,8 +103,11 @@ pub fn run(g: &Globals, c: ImageCommand) -> Result<i32> {
                 fs: FsType::parse(&fs)?,
                 compression: compression.as_deref(),
             })?;
-            for (label, d) in &imp.layers {
-                println!("{label} {d}");
+            for (label, d, reused) in &imp.layers {
+                println!(
+                    "{label} {d} {}",
+                    if *reused { "reused" } else { "converted" }
+                );
             }
             if let Some(o) = out {
                 std::fs::create_dir_all(&o).with_context(|| format!("create {}", o.display()))?;

@@ -417,10 +417,16 @@ impl Client {
                 .configure_request(req)
                 .timeout_global(left)
                 .build();
-            let r = self
-                .agent
-                .run(req)
-                .with_context(|| format!("{method} {url}"))?;
+            let r = self.agent.run(req).map_err(|e| {
+                let hint = if matches!(e, ureq::Error::Rustls(_))
+                    || e.to_string().contains("certificate")
+                {
+                    " (a private CA: --cert-dir DIR with its *.crt; a test registry: --tls-verify=false)"
+                } else {
+                    ""
+                };
+                anyhow::Error::new(e).context(format!("{method} {url}{hint}"))
+            })?;
             if r.status().as_u16() != 401 || answered {
                 if r.status().as_u16() == 401 {
                     bail!("{}", self.auth_failed(&format!("{method} {url}: HTTP 401")));

@@ -133,8 +133,9 @@ pub struct ImportOptions<'a> {
 /// What an import produced.
 #[derive(Debug)]
 pub struct Imported {
-    /// (label, digest), bottom-most first; the last one is NAME@VERSION.
-    pub layers: Vec<(String, Digest)>,
+    /// (label, digest, reused: already in the store, not fetched or converted), bottom-most
+    /// first; the last one is NAME@VERSION.
+    pub layers: Vec<(String, Digest, bool)>,
     /// The image config's process: the bundle config.json fields it sets.
     pub process: ProcessConfig,
 }
@@ -190,17 +191,18 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
             .strip_prefix("sha256:")
             .unwrap_or_default()
             .to_string();
-        if !last && let Some(d) = o.store.lookup_label(LOWER_NAME, &chain_hex)? {
-            if let Some(h) = o.store.header(&d).ok().flatten() {
-                dep = Some(Dep {
-                    name: h.name.clone(),
-                    version: h.version.clone(),
-                    digest: d,
-                });
-                out.push((h.label(), d));
-                users.push(None);
-                continue;
-            }
+        if !last
+            && let Some(d) = o.store.lookup_label(LOWER_NAME, &chain_hex)?
+            && let Some(h) = o.store.header(&d).ok().flatten()
+        {
+            dep = Some(Dep {
+                name: h.name.clone(),
+                version: h.version.clone(),
+                digest: d,
+            });
+            out.push((h.label(), d, true));
+            users.push(None);
+            continue;
         }
         let tmp = TempDir::new(&format!("import-{i}"))?;
         let tree = tmp.0.join("tree");
@@ -242,7 +244,7 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
             version: h.version.clone(),
             digest: d,
         });
-        out.push((h.label(), d));
+        out.push((h.label(), d, false));
     }
     // Names for the user: the topmost /etc/passwd and /etc/group win. A reused layer is read
     // for them only when the image's User names a user or group.
