@@ -26,8 +26,72 @@ const PASS: &str = "s3cret-pass";
 /// A registry process of this test, killed (by its pid) and its directory removed on drop.
 struct Registry {
     child: Child,
+    /// The token server of a Bearer-auth registry, killed the same way.
+    token_server: Option<Child>,
     dir: PathBuf,
     port: u16,
+}
+
+/// How the registry authenticates.
+#[derive(PartialEq)]
+enum Auth {
+    /// htpasswd: `WWW-Authenticate: Basic`.
+    Basic,
+    /// A token server (`TOKEN_SERVER`): `WWW-Authenticate: Bearer realm=…`.
+    Bearer,
+}
+
+/// A token server in the distribution spec's sense: checks Basic credentials, answers
+/// `{"token": JWT}` for the scope asked, the JWT RS256-signed (openssl) with the key whose
+/// self-signed certificate the registry trusts (`rootcertbundle`), carried in `x5c`.
+const TOKEN_SERVER: &str = r#"
+import base64, json, os, ssl, subprocess, sys, time, urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port, d, user, pw = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+der = subprocess.run(["openssl", "x509", "-in", d + "/token.crt", "-outform", "DER"],
+                     check=True, capture_output=True).stdout
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        want = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+        if self.headers.get("Authorization") != want:
+            self.send_response(401); self.end_headers(); return
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        access = []
+        for s in q.get("scope", []):
+            kind, name, actions = s.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": "lrun-test-issuer", "sub": user, "aud": q.get("service", [""])[0],
+                  "exp": now + 600, "nbf": now - 60, "iat": now, "jti": os.urandom(8).hex(),
+                  "access": access}
+        head = {"alg": "RS256", "typ": "JWT", "x5c": [base64.b64encode(der).decode()]}
+        signing = b64(json.dumps(head).encode()) + "." + b64(json.dumps(claims).encode())
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", d + "/token.key"],
+                             input=signing.encode(), check=True, capture_output=True).stdout
+        body = json.dumps({"token": signing + "." + b64(sig)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+srv = HTTPServer(("127.0.0.1", port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(d + "/server.crt", d + "/server.key")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+fn wait_listening(port: u16, log: &Path) {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}: {}",
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn run_ok(c: &mut Command) {
@@ -50,6 +114,10 @@ fn free_port() -> u16 {
 impl Registry {
     /// None (the test is skipped) when the packages cannot be installed.
     fn start(env: &Env) -> Option<Registry> {
+        Registry::start_with(env, Auth::Basic)
+    }
+
+    fn start_with(env: &Env, auth: Auth) -> Option<Registry> {
         let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-registry");
         let st = Command::new(&setup).status();
         if !matches!(st, Ok(s) if s.success()) {
@@ -115,16 +183,53 @@ impl Registry {
         assert!(ht.status.success());
         fs::write(dir.join("htpasswd"), ht.stdout).unwrap();
         let port = free_port();
+        let mut token_server = None;
+        let auth_conf = match auth {
+            Auth::Basic => format!(
+                "auth:\n  htpasswd:\n    realm: lrun-test\n    path: {}\n",
+                d("htpasswd")
+            ),
+            Auth::Bearer => {
+                run_ok(Command::new("openssl").args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=lrun test token signer",
+                    "-keyout",
+                    &d("token.key"),
+                    "-out",
+                    &d("token.crt"),
+                ]));
+                let tport = free_port();
+                let log = fs::File::create(dir.join("token.log")).unwrap();
+                let child = Command::new("python3")
+                    .args(["-c", TOKEN_SERVER, &tport.to_string(), &d(""), USER, PASS])
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .expect("start the token server");
+                token_server = Some(child);
+                wait_listening(tport, &dir.join("token.log"));
+                format!(
+                    "auth:\n  token:\n    realm: https://127.0.0.1:{tport}/token\n    service: lrun-test-registry\n    issuer: lrun-test-issuer\n    rootcertbundle: {}\n",
+                    d("token.crt")
+                )
+            }
+        };
         fs::write(
             dir.join("config.yml"),
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: lrun-test\n  tls:\n    certificate: {}\n    key: {}\n\
-                 auth:\n  htpasswd:\n    realm: lrun-test\n    path: {}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: lrun-test\n  tls:\n    certificate: {}\n    key: {}\n{auth_conf}",
                 d("data"),
                 d("server.crt"),
                 d("server.key"),
-                d("htpasswd")
             ),
         )
         .unwrap();
@@ -136,16 +241,13 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
-        let reg = Registry { child, dir, port };
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "the registry did not listen: {}",
-                fs::read_to_string(reg.dir.join("registry.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let reg = Registry {
+            child,
+            token_server,
+            dir,
+            port,
+        };
+        wait_listening(port, &reg.dir.join("registry.log"));
         Some(reg)
     }
 
@@ -170,8 +272,10 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         // Child::kill signals this child's own pid.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in std::iter::once(&mut self.child).chain(self.token_server.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -436,6 +540,47 @@ fn layers_publish_and_pull_through_a_registry_with_tls_and_auth() {
         .output()
         .unwrap();
     assert_eq!(ok(&out), "from mid\napp two\n");
+}
+
+#[test]
+fn bearer_token_auth_publishes_and_pulls() {
+    let env = Env::new();
+    let Some(reg) = Registry::start_with(&env, Auth::Bearer) else {
+        return;
+    };
+    let url = reg.url("lrun/bearer");
+    let one = pack(&env, "one", "1", 256 << 10, None, &[]);
+    let out = ok(&lrun_reg(
+        &env,
+        &reg,
+        &env.scratch.join("none"),
+        &["layer", "publish", &url, one.to_str().unwrap()],
+    ));
+    assert!(out.contains("published"), "{out}");
+    let v = pull_json(&env, &reg, &env.scratch.join("store"), &url, &["one@1"]);
+    assert_eq!(v["bytesFetched"], json!(size(&one)), "{v}");
+    // The token server refuses wrong credentials: one clear line.
+    let out = env
+        .lrun()
+        .arg("--store")
+        .arg(env.scratch.join("fresh"))
+        .args([
+            "layer",
+            "pull",
+            &url,
+            "one@1",
+            "--creds",
+            &format!("{USER}:wrong"),
+        ])
+        .args(["--cert-dir", &reg.certs()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("authentication failed as \"tester\" (token from https://"),
+        "{err}"
+    );
 }
 
 fn base64_encode(data: &[u8]) -> String {
