@@ -339,6 +339,20 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The HTTP client of a registry connection: statuses handled by the caller, the stall
+/// timeout on connect and on every read, redirects followed (blob storage: S3, a CDN) with
+/// the Authorization header kept only for the same host.
+fn agent(stall: Duration, tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10).min(stall)))
+        .timeout_per_read(Some(stall))
+        .tls_config(tls)
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+        .build()
+        .into()
+}
+
 /// A connection to one repository of one registry, authenticated on demand.
 struct Client {
     agent: ureq::Agent,
@@ -354,18 +368,8 @@ struct Client {
 
 impl Client {
     fn new(r: &Reference, o: &RegistryOptions, transfer: Transfer, push: bool) -> Result<Client> {
-        let stall = transfer.limits.stall;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10).min(stall)))
-            .timeout_per_read(Some(stall))
-            .tls_config(tls_config(&r.host, o)?)
-            // Blob storage behind a redirect (S3, a CDN) gets no registry credentials.
-            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
-            .build()
-            .into();
         Ok(Client {
-            agent,
+            agent: agent(transfer.limits.stall, tls_config(&r.host, o)?),
             reference: r.clone(),
             base: format!("https://{}", r.host),
             creds: credentials(&r.host, o)?,
@@ -1119,6 +1123,58 @@ mod tests {
                 .unwrap()
                 .starts_with("base@1=sha256:")
         );
+    }
+
+    /// One HTTP request read from `c` (headers only), lower-cased.
+    fn read_request(c: &mut std::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+            buf.push(b[0]);
+        }
+        String::from_utf8_lossy(&buf).to_lowercase()
+    }
+
+    /// A registry redirecting a blob to storage on another host: the redirect is followed,
+    /// and the registry's Authorization header is not sent there.
+    #[test]
+    fn redirects_to_another_host_drop_the_authorization() {
+        let storage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sport = storage.local_addr().unwrap().port();
+        let reg = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let rport = reg.local_addr().unwrap().port();
+        let r = std::thread::spawn(move || {
+            let (mut c, _) = reg.accept().unwrap();
+            let req = read_request(&mut c);
+            // "localhost" is another host than "127.0.0.1" for the client.
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{sport}/blob\r\nContent-Length: 0\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            req
+        });
+        let s = std::thread::spawn(move || {
+            let (mut c, _) = storage.accept().unwrap();
+            let req = read_request(&mut c);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nblob");
+            req
+        });
+        let a = agent(
+            Duration::from_secs(5),
+            ureq::tls::TlsConfig::builder().build(),
+        );
+        let mut resp = a
+            .get(format!("http://127.0.0.1:{rport}/v2/r/blobs/x"))
+            .header("Authorization", "Bearer secret-token")
+            .call()
+            .unwrap();
+        assert_eq!(resp.body_mut().read_to_string().unwrap(), "blob");
+        assert!(r.join().unwrap().contains("authorization: bearer secret-token"));
+        let at_storage = s.join().unwrap();
+        assert!(at_storage.starts_with("get /blob"), "{at_storage}");
+        assert!(!at_storage.contains("authorization"), "{at_storage}");
     }
 
     #[test]
