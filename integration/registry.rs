@@ -467,6 +467,33 @@ fn layers_publish_and_pull_through_a_registry_with_tls_and_auth() {
         v["seconds"].as_f64().unwrap()
     );
 
+    // Two concurrent pulls into one empty store download each layer once between them.
+    let shared = env.scratch.join("shared");
+    let spawn = || {
+        env.lrun()
+            .arg("--store")
+            .arg(&shared)
+            .args(["layer", "pull", "--json", &url, "app@1"])
+            .args([
+                "--creds",
+                &format!("{USER}:{PASS}"),
+                "--cert-dir",
+                &reg.certs(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let mut bytes = 0;
+    for c in [a, b] {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        bytes += v["bytesFetched"].as_u64().unwrap();
+    }
+    assert_eq!(bytes, total, "each layer crosses once");
+
     // Wrong credentials: one clear line, nothing stored.
     let fresh = env.scratch.join("fresh");
     let out = env
@@ -716,6 +743,60 @@ fn corrupt_blob_is_refused_and_a_cut_download_resumes() {
     );
     let names: Vec<_> = fs::read_dir(store.join("layers/sha256")).unwrap().collect();
     assert_eq!(names.len(), 1, "only big@1 is stored");
+    assert!(fs::read_dir(store.join("partial")).unwrap().count() == 0);
+
+    // A manifest that gives the blob another size than the image's header declares: refused
+    // before any payload byte is stored.
+    let small = pack(&env, "small", "1", 32 << 10, None, &[]);
+    ok(&lrun_reg(
+        &env,
+        &reg,
+        &env.scratch.join("none"),
+        &["layer", "publish", &url, small.to_str().unwrap()],
+    ));
+    let curl = |args: &[&str]| -> Vec<u8> {
+        let out = Command::new("curl")
+            .args(["-sf", "--cacert", &format!("{}/ca.crt", reg.certs())])
+            .args(["-u", &format!("{USER}:{PASS}")])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {args:?}");
+        out.stdout
+    };
+    let base = format!("https://127.0.0.1:{}/v2/lrun/cut/manifests", reg.port);
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    let mut m: Value =
+        serde_json::from_slice(&curl(&["-H", accept, &format!("{base}/small_1")])).unwrap();
+    let digest_tag = format!(
+        "sha256-{}",
+        m["annotations"]["org.lrun.layer.digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+    );
+    m["layers"][0]["size"] = json!(m["layers"][0]["size"].as_u64().unwrap() * 2);
+    let body = env.scratch.join("lying.json");
+    fs::write(&body, m.to_string()).unwrap();
+    for tag in ["small_1", &digest_tag] {
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("{base}/{tag}"),
+        ]);
+    }
+    let out = lrun_reg(&env, &reg, &store, &["layer", "pull", &url, "small@1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("the manifest"), "{err}");
+    assert_eq!(
+        fs::read_dir(store.join("layers/sha256")).unwrap().count(),
+        1
+    );
     assert!(fs::read_dir(store.join("partial")).unwrap().count() == 0);
 }
 

@@ -1171,7 +1171,11 @@ mod tests {
             .call()
             .unwrap();
         assert_eq!(resp.body_mut().read_to_string().unwrap(), "blob");
-        assert!(r.join().unwrap().contains("authorization: bearer secret-token"));
+        assert!(
+            r.join()
+                .unwrap()
+                .contains("authorization: bearer secret-token")
+        );
         let at_storage = s.join().unwrap();
         assert!(at_storage.starts_with("get /blob"), "{at_storage}");
         assert!(!at_storage.contains("authorization"), "{at_storage}");
