@@ -1008,6 +1008,23 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
     );
     assert_eq!(ok(&run), "second image\n");
 
+    // A layer blob download cut short resumes (through a proxy that cuts once after
+    // 256 KiB, into a fresh store so every blob is fetched).
+    let proxy = Proxy::start(reg.port, 256 << 10);
+    let via = format!("docker://127.0.0.1:{}/img:v1", proxy.port);
+    let out = ok(&lrun_reg(
+        &env,
+        &reg,
+        &env.scratch.join("store3"),
+        &["image", "import", &via, "--name", "img", "--version", "1"],
+    ));
+    assert_eq!(
+        proxy.cuts.load(Ordering::SeqCst),
+        1,
+        "the proxy cut nothing: {out}"
+    );
+    assert_eq!(out.matches(" converted").count(), 2, "{out}");
+
     // A tag the registry does not have.
     let out = lrun_reg(
         &env,
