@@ -1098,6 +1098,32 @@ mod tests {
     }
 
     #[test]
+    fn zstd_streams_of_several_frames_decode_whole() {
+        use ruzstd::encoding::{CompressionLevel, compress_to_vec};
+        let a = b"first frame ".repeat(1000);
+        let b = b"second frame".repeat(1000);
+        let mut z = compress_to_vec(&a[..], CompressionLevel::Fastest);
+        z.extend(compress_to_vec(&b[..], CompressionLevel::Fastest));
+        let mut out = Vec::new();
+        Compression::Zstd
+            .decoder(&z[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, [a, b].concat());
+        // A damaged frame is an error, not a short stream.
+        let mut bad = compress_to_vec(&b"x".repeat(5000)[..], CompressionLevel::Fastest);
+        bad.truncate(bad.len() / 2);
+        assert!(
+            Compression::Zstd
+                .decoder(&bad[..])
+                .unwrap()
+                .read_to_end(&mut Vec::new())
+                .is_err()
+        );
+    }
+
+    #[test]
     fn tar_paths_stay_relative() {
         assert_eq!(clean_rel(Path::new("./a/b")).unwrap(), Path::new("a/b"));
         assert_eq!(clean_rel(Path::new("/etc/x")).unwrap(), Path::new("etc/x"));
