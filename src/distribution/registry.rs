@@ -998,6 +998,19 @@ impl ImageSource for RegistryImage {
 
     fn layer(&self, desc: &Descriptor) -> Result<LayerFile> {
         let tmp = TempDir::new("blob")?;
+        // A descriptor can claim any size: refuse one that cannot fit before writing a byte.
+        let v = rustix::fs::statvfs(&tmp.0)
+            .with_context(|| format!("statvfs {}", tmp.0.display()))?;
+        let free = v.f_bavail.saturating_mul(v.f_frsize);
+        if desc.size() > free {
+            bail!(
+                "{}: layer {} is {} bytes, {} has {free} bytes free",
+                self.client.describe(),
+                desc.digest(),
+                desc.size(),
+                tmp.0.display()
+            );
+        }
         let path = tmp.0.join("blob");
         self.download(desc, &path)?;
         Ok(LayerFile {
