@@ -847,6 +847,37 @@ fn put_blob(layout: &Path, media: &str, data: &[u8]) -> Value {
 /// An OCI layout under `dir`: the busybox rootfs as a gzip layer, then a zstd layer with
 /// /etc/msg; tagged "v1".
 fn make_image(dir: &Path, msg: &str) -> PathBuf {
+    let layout = new_layout(dir);
+    let mut m = image_manifest(&layout, dir, msg, "amd64");
+    m["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+    write_index(&layout, m);
+    layout
+}
+
+/// As `make_image`, but "v1" is an image index with one image per (architecture, message).
+fn make_multi_arch_image(dir: &Path, images: &[(&str, &str)]) -> PathBuf {
+    let layout = new_layout(dir);
+    let manifests: Vec<Value> = images
+        .iter()
+        .map(|(arch, msg)| {
+            let mut m = image_manifest(&layout, dir, msg, arch);
+            m["platform"] = json!({"architecture": arch, "os": "linux"});
+            m
+        })
+        .collect();
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": manifests});
+    let mut m = put_blob(
+        &layout,
+        "application/vnd.oci.image.index.v1+json",
+        index.to_string().as_bytes(),
+    );
+    m["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+    write_index(&layout, m);
+    layout
+}
+
+fn new_layout(dir: &Path) -> PathBuf {
     let layout = dir.join("oci");
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     fs::write(
@@ -854,49 +885,61 @@ fn make_image(dir: &Path, msg: &str) -> PathBuf {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .unwrap();
-    let l1 = tar_of(&[], true);
-    let l2 = tar_of(&[("etc/msg", msg.as_bytes())], false);
-    let d1 = put_blob(
-        &layout,
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        &gzip(&l1),
-    );
-    let d2 = put_blob(
-        &layout,
-        "application/vnd.oci.image.layer.v1.tar+zstd",
-        &zstd(dir, &l2),
-    );
-    let config = json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["cat /etc/msg"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha_hex(&l1)),
-                                                   format!("sha256:{}", sha_hex(&l2))]},
-    });
-    let c = put_blob(
-        &layout,
-        "application/vnd.oci.image.config.v1+json",
-        config.to_string().as_bytes(),
-    );
-    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                          "config": c, "layers": [d1, d2]});
-    let mut m = put_blob(
-        &layout,
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.to_string().as_bytes(),
-    );
-    m["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+    layout
+}
+
+fn write_index(layout: &Path, m: Value) {
     fs::write(
         layout.join("index.json"),
         json!({"schemaVersion": 2, "manifests": [m]}).to_string(),
     )
     .unwrap();
-    layout
+}
+
+/// The blobs of one image (busybox as gzip, /etc/msg as zstd); its manifest's descriptor.
+fn image_manifest(layout: &Path, dir: &Path, msg: &str, arch: &str) -> Value {
+    let l1 = tar_of(&[], true);
+    let l2 = tar_of(&[("etc/msg", msg.as_bytes())], false);
+    let d1 = put_blob(
+        layout,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &gzip(&l1),
+    );
+    let d2 = put_blob(
+        layout,
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        &zstd(dir, &l2),
+    );
+    let config = json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["cat /etc/msg"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha_hex(&l1)),
+                                                   format!("sha256:{}", sha_hex(&l2))]},
+    });
+    let c = put_blob(
+        layout,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    );
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "config": c, "layers": [d1, d2]});
+    put_blob(
+        layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    )
 }
 
 fn skopeo_push(reg: &Registry, layout: &Path, dest: &str) {
     run_ok(
         Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-creds", &format!("{USER}:{PASS}")])
+            .args([
+                "copy",
+                "--all",
+                "--quiet",
+                "--dest-creds",
+                &format!("{USER}:{PASS}"),
+            ])
             .args(["--dest-cert-dir", &reg.certs()])
             .arg(format!("oci:{}:v1", layout.display()))
             .arg(dest),
@@ -1024,6 +1067,93 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
         "the proxy cut nothing: {out}"
     );
     assert_eq!(out.matches(" converted").count(), 2, "{out}");
+
+    // A multi-platform tag: the index is followed to linux/amd64 (this machine) by default,
+    // to another platform with --platform.
+    let three = env.scratch.join("three");
+    fs::create_dir_all(&three).unwrap();
+    let multi = make_multi_arch_image(
+        &three,
+        &[("arm64", "arm64 image\n"), ("amd64", "amd64 image\n")],
+    );
+    skopeo_push(&reg, &multi, &reg.url("multi:v1"));
+    let bundle3 = env.scratch.join("bundle3");
+    ok(&lrun_reg(
+        &env,
+        &reg,
+        &store,
+        &[
+            "image",
+            "import",
+            &reg.url("multi:v1"),
+            "--name",
+            "multi",
+            "--version",
+            "1",
+            "-o",
+            bundle3.to_str().unwrap(),
+        ],
+    ));
+    if std::env::consts::ARCH == "x86_64" {
+        let id = env.id("multi");
+        let run = common::lrun_with(
+            &env,
+            &store,
+            &["run", "--bundle", bundle3.to_str().unwrap(), &id],
+        );
+        assert_eq!(ok(&run), "amd64 image\n");
+    }
+    let bundle4 = env.scratch.join("bundle4");
+    ok(&lrun_reg(
+        &env,
+        &reg,
+        &store,
+        &[
+            "image",
+            "import",
+            &reg.url("multi:v1"),
+            "--name",
+            "multi",
+            "--version",
+            "arm",
+            "-o",
+            bundle4.to_str().unwrap(),
+            "--platform",
+            "linux/arm64",
+        ],
+    ));
+    let id = env.id("multiarm");
+    let run = common::lrun_with(
+        &env,
+        &store,
+        &["run", "--bundle", bundle4.to_str().unwrap(), &id],
+    );
+    assert_eq!(
+        ok(&run),
+        "arm64 image\n",
+        "the arm64 image's files (busybox is this machine's)"
+    );
+    let out = lrun_reg(
+        &env,
+        &reg,
+        &store,
+        &[
+            "image",
+            "import",
+            &reg.url("multi:v1"),
+            "--name",
+            "m",
+            "--version",
+            "1",
+            "--platform",
+            "linux/s390x",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no linux/s390x image"),
+        "{err}"
+    );
 
     // A tag the registry does not have.
     let out = lrun_reg(

@@ -999,8 +999,8 @@ impl ImageSource for RegistryImage {
     fn layer(&self, desc: &Descriptor) -> Result<LayerFile> {
         let tmp = TempDir::new("blob")?;
         // A descriptor can claim any size: refuse one that cannot fit before writing a byte.
-        let v = rustix::fs::statvfs(&tmp.0)
-            .with_context(|| format!("statvfs {}", tmp.0.display()))?;
+        let v =
+            rustix::fs::statvfs(&tmp.0).with_context(|| format!("statvfs {}", tmp.0.display()))?;
         let free = v.f_bavail.saturating_mul(v.f_frsize);
         if desc.size() > free {
             bail!(
