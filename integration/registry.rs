@@ -118,9 +118,13 @@ impl Registry {
     }
 
     fn start_with(env: &Env, auth: Auth) -> Option<Registry> {
-        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-registry");
-        let st = Command::new(&setup).status();
-        if !matches!(st, Ok(s) if s.success()) {
+        // Once per test binary: parallel tests must not run apt-get side by side.
+        static SETUP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let ready = *SETUP.get_or_init(|| {
+            let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-registry");
+            matches!(Command::new(&setup).status(), Ok(s) if s.success())
+        });
+        if !ready {
             lrun::test_support::skip("scripts/setup-registry failed (docker-registry, skopeo)");
             return None;
         }

@@ -588,11 +588,10 @@ impl Client {
     fn upload<S: ureq::AsSendBody>(
         &self,
         d: &Digest,
-        len: u64,
         body: impl FnMut() -> Result<S>,
     ) -> Result<()> {
         let url = self.repo_url("blobs/uploads/");
-        let r = self.send(Method::POST, &url, &[("Content-Length", "0")], || Ok(()))?;
+        let r = self.send(Method::POST, &url, &[], || Ok(()))?;
         if r.status().as_u16() != 202 {
             bail!("POST {url}: HTTP {}", r.status().as_u16());
         }
@@ -607,14 +606,11 @@ impl Client {
         };
         put.push(if put.contains('?') { '&' } else { '?' });
         put.push_str(&format!("digest={}", percent_encode(&d.to_string())));
-        let len = len.to_string();
+        // The body's length is known (a file, a Vec): ureq sends it as Content-Length.
         let r = self.send(
             Method::PUT,
             &put,
-            &[
-                ("Content-Type", "application/octet-stream"),
-                ("Content-Length", &len),
-            ],
+            &[("Content-Type", "application/octet-stream")],
             body,
         )?;
         if r.status().as_u16() != 201 {
@@ -744,7 +740,7 @@ pub fn publish(
         let (blob, size) = file_sha256(f)?;
         let new = !c.blob_exists(&blob).with_context(what)?;
         if new {
-            c.upload(&blob, size, || {
+            c.upload(&blob, || {
                 File::open(f).with_context(|| format!("open {}", f.display()))
             })
             .with_context(what)?;
@@ -752,8 +748,7 @@ pub fn publish(
         let (manifest, config) = layer_manifest(&h, &d, &blob, size);
         let cd = Digest::of(&config);
         if !c.blob_exists(&cd).with_context(what)? {
-            c.upload(&cd, config.len() as u64, || Ok(config.clone()))
-                .with_context(what)?;
+            c.upload(&cd, || Ok(config.clone())).with_context(what)?;
         }
         for tag in [name_tag(&h.name, &h.version), digest_tag(&d)] {
             c.put_manifest(&tag, &manifest).with_context(what)?;
