@@ -495,6 +495,12 @@ impl Client {
         if !realm.starts_with("https://") && !realm.starts_with("http://") {
             bail!("{}: Bearer realm {realm:?} is not a URL", self.describe());
         }
+        if realm.starts_with("http://") && self.creds.is_some() {
+            bail!(
+                "{}: the Bearer realm {realm} is plain HTTP: credentials are sent only over HTTPS",
+                self.describe()
+            );
+        }
         let scope = format!("repository:{}:{}", self.reference.repo, self.actions);
         let mut url = format!(
             "{realm}{}scope={}",
