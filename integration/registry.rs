@@ -851,8 +851,13 @@ fn put_blob(layout: &Path, media: &str, data: &[u8]) -> Value {
 /// An OCI layout under `dir`: the busybox rootfs as a gzip layer, then a zstd layer with
 /// /etc/msg; tagged "v1".
 fn make_image(dir: &Path, msg: &str) -> PathBuf {
+    make_image_with(dir, msg, true)
+}
+
+/// As `make_image`; the /etc/msg layer gzip'd rather than zstd'd when `zstd_top` is false.
+fn make_image_with(dir: &Path, msg: &str, zstd_top: bool) -> PathBuf {
     let layout = new_layout(dir);
-    let mut m = image_manifest(&layout, dir, msg, "amd64");
+    let mut m = image_manifest(&layout, dir, msg, "amd64", zstd_top);
     m["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
     write_index(&layout, m);
     layout
@@ -864,7 +869,7 @@ fn make_multi_arch_image(dir: &Path, images: &[(&str, &str)]) -> PathBuf {
     let manifests: Vec<Value> = images
         .iter()
         .map(|(arch, msg)| {
-            let mut m = image_manifest(&layout, dir, msg, arch);
+            let mut m = image_manifest(&layout, dir, msg, arch, true);
             m["platform"] = json!({"architecture": arch, "os": "linux"});
             m
         })
@@ -901,7 +906,7 @@ fn write_index(layout: &Path, m: Value) {
 }
 
 /// The blobs of one image (busybox as gzip, /etc/msg as zstd); its manifest's descriptor.
-fn image_manifest(layout: &Path, dir: &Path, msg: &str, arch: &str) -> Value {
+fn image_manifest(layout: &Path, dir: &Path, msg: &str, arch: &str, zstd_top: bool) -> Value {
     let l1 = tar_of(&[], true);
     let l2 = tar_of(&[("etc/msg", msg.as_bytes())], false);
     let d1 = put_blob(
@@ -909,11 +914,19 @@ fn image_manifest(layout: &Path, dir: &Path, msg: &str, arch: &str) -> Value {
         "application/vnd.oci.image.layer.v1.tar+gzip",
         &gzip(&l1),
     );
-    let d2 = put_blob(
-        layout,
-        "application/vnd.oci.image.layer.v1.tar+zstd",
-        &zstd(dir, &l2),
-    );
+    let d2 = if zstd_top {
+        put_blob(
+            layout,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            &zstd(dir, &l2),
+        )
+    } else {
+        put_blob(
+            layout,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            &gzip(&l2),
+        )
+    };
     let config = json!({
         "architecture": arch, "os": "linux",
         "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["cat /etc/msg"], "Env": ["PATH=/bin"]},
@@ -1158,6 +1171,58 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
         !out.status.success() && err.contains("no linux/s390x image"),
         "{err}"
     );
+
+    // Docker's schema 2 (skopeo --format v2s2: Docker media types) imports the same way.
+    let four = env.scratch.join("four");
+    fs::create_dir_all(&four).unwrap();
+    let layout = make_image_with(&four, "docker schema 2\n", false);
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--format", "v2s2"])
+            .args([
+                "--dest-creds",
+                &format!("{USER}:{PASS}"),
+                "--dest-cert-dir",
+                &reg.certs(),
+            ])
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(reg.url("docker:v1")),
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--creds", &format!("{USER}:{PASS}")])
+        .args(["--cert-dir", &reg.certs()])
+        .arg(reg.url("docker:v1"))
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
+    let bundle5 = env.scratch.join("bundle5");
+    ok(&lrun_reg(
+        &env,
+        &reg,
+        &store,
+        &[
+            "image",
+            "import",
+            &reg.url("docker:v1"),
+            "--name",
+            "dock",
+            "--version",
+            "1",
+            "-o",
+            bundle5.to_str().unwrap(),
+        ],
+    ));
+    let id = env.id("docker");
+    let run = common::lrun_with(
+        &env,
+        &store,
+        &["run", "--bundle", bundle5.to_str().unwrap(), &id],
+    );
+    assert_eq!(ok(&run), "docker schema 2\n");
 
     // A tag the registry does not have.
     let out = lrun_reg(
