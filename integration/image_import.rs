@@ -316,7 +316,10 @@ fn imported_oci_image_runs_with_merged_files_and_its_config() {
     );
     ok(&lrun_with(&env, &store, &["delete", "--force", &id]));
 
-    // The same base layer imported with another image is the same lrun layer.
+    // The same base layer imported with another image is the same lrun layer, reused from
+    // the store, not converted again; the image's named User still resolves through the
+    // reused layer's /etc/passwd and /etc/group.
+    let bundle2 = env.scratch.join("bundle2");
     let out2 = ok(&lrun_with(
         &env,
         &store,
@@ -328,9 +331,19 @@ fn imported_oci_image_runs_with_merged_files_and_its_config() {
             "other",
             "--version",
             "2",
+            "-o",
+            bundle2.to_str().unwrap(),
         ],
     ));
-    assert_eq!(out2.lines().next(), Some(lines[0]));
+    let first = out2.lines().next().unwrap_or_default();
+    assert_eq!(
+        first.strip_suffix(" reused"),
+        lines[0].strip_suffix(" converted"),
+        "{out2}"
+    );
+    let cfg2: Value =
+        serde_json::from_slice(&fs::read(bundle2.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg2["process"]["user"], json!({"uid": 1000, "gid": 1001}));
     let ls: Value =
         serde_json::from_str(&ok(&lrun_with(&env, &store, &["layer", "ls", "--json"]))).unwrap();
     assert_eq!(ls.as_array().unwrap().len(), 3);
