@@ -252,3 +252,27 @@ fn an_unmapped_process_user_fails_create() {
     let err = create_fails(&mut env, b.path());
     assert!(err.contains("setuid 5000 (process.user.uid)"), "{err}");
 }
+
+/// The same at `exec`: the process sets its capabilities before it reports ready, so `exec`
+/// itself fails, exit 255 as runc's exec failures, with the field named.
+#[test]
+fn exec_with_a_capability_the_caller_lacks_fails_with_255() {
+    if we_hold_capability(CAP_SYS_RESOURCE) {
+        lrun::test_support::skip("the caller holds CAP_SYS_RESOURCE: nothing to lack");
+        return;
+    }
+    let mut env = Env::new();
+    let b = env.bundle("execcap", &["sleep", "1000"]);
+    b.write();
+    let id = env.id("execcap");
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let (code, err) = env.quiet_code(&["exec", "--cap", "CAP_SYS_RESOURCE", &id, "true"]);
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        err.contains("process.capabilities.permitted: CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    let (ok, err) = env.quiet(&["delete", "--force", &id]);
+    assert!(ok, "{err}");
+}
