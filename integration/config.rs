@@ -625,3 +625,25 @@ fn each_hook_reads_the_state_of_its_lifecycle_step() {
     assert_eq!(got[..5], want[..5], "{text}");
     assert_eq!((&got[5].0, &got[5].1), (&want[5].0, &want[5].1), "{text}");
 }
+
+/// As runc (its hooks.bats "startContainer hook should inherit process environment"): a
+/// startContainer hook without an env of its own gets the process's; one with its own, only it.
+#[test]
+fn a_start_container_hook_without_env_inherits_the_processs() {
+    let mut env = Env::new();
+    let log = env.scratch.join("env.log");
+    let hook = |name: &str| format!("echo {name} ONE=$ONE OWN=$OWN >> {}", log.display());
+    let mut b = env.bundle("hookenv", &["true"]);
+    b.config["process"]["env"] = json!(["PATH=/bin", "ONE=two"]);
+    b.config["hooks"] = json!({"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", hook("inherited")]},
+        {"path": "/bin/sh", "args": ["sh", "-c", hook("own")], "env": ["OWN=yes"]},
+    ]});
+    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": env.scratch, "type": "bind", "source": env.scratch, "options": ["rbind"]}));
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "inherited ONE=two OWN=\nown ONE= OWN=yes\n"
+    );
+}

@@ -237,6 +237,19 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let exe_c = process::path_cstring(&exe)?;
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(&env)?;
+    // runc gives a startContainer hook without an env of its own the process's (de facto, and
+    // kept by its tests: "startContainer hook should inherit process environment").
+    let start_hooks: Vec<oci_spec::runtime::Hook> = hooks
+        .and_then(|h| h.start_container().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut h| {
+            if h.env().is_none() {
+                h.set_env(Some(env.clone()));
+            }
+            h
+        })
+        .collect();
 
     // Set-up is done. The parent may exit once it has recorded us, so pdeathsig goes now
     // (the user switch above may have cleared it already); until the parent says the state is
@@ -256,7 +269,15 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         // SAFETY: as above.
         unsafe { libc::_exit(1) }
     }
-    let Err(e) = finish(a, &mut late, &state_json, &exe_c, &argv, &envp);
+    let Err(e) = finish(
+        a,
+        &mut late,
+        &start_hooks,
+        &state_json,
+        &exe_c,
+        &argv,
+        &envp,
+    );
     let msg = format!("{e:#}");
     // `start` (or `run`) reports it and fails; our stderr is the container's, the last resort.
     let told = match (a.foreground, a.exec_fifo) {
@@ -342,21 +363,15 @@ fn block_until_read(fifo: &OwnedFd) -> Result<()> {
 fn finish(
     a: &InitArgs,
     late: &mut process::Late,
+    start_hooks: &Vec<oci_spec::runtime::Hook>,
     state_json: &[u8],
     exe: &CString,
     argv: &[CString],
     envp: &[CString],
 ) -> Result<Infallible> {
     late.load_filter()?;
-    if let Some(h) = a.spec.hooks().as_ref() {
-        // In process.cwd, entered above (as runc, whose init has chdired there by now).
-        hooks::run_all(
-            "startContainer",
-            h.start_container().as_ref(),
-            state_json,
-            None,
-        )?;
-    }
+    // In process.cwd, entered above (as runc, whose init has chdired there by now).
+    hooks::run_all("startContainer", Some(start_hooks), state_json, None)?;
     if let Some(fifo) = a.exec_fifo {
         // Tells `start` we got as far as execve (EOF without it: we died on the way).
         nix::unistd::write(fifo, &[crate::sync::FIFO_EXEC]).context("write exec fifo")?;
