@@ -373,8 +373,12 @@ fn finish(
     // In process.cwd, entered above (as runc, whose init has chdired there by now).
     hooks::run_all("startContainer", Some(start_hooks), state_json, None)?;
     if let Some(fifo) = a.exec_fifo {
-        // Tells `start` we got as far as execve (EOF without it: we died on the way).
-        nix::unistd::write(fifo, &[crate::sync::FIFO_EXEC]).context("write exec fifo")?;
+        // Tells `start` we got as far as execve (EOF without it: we died on the way). A
+        // `start` killed since it released us reads nothing (EPIPE): the program runs anyway.
+        match nix::unistd::write(fifo, &[crate::sync::FIFO_EXEC]) {
+            Ok(_) | Err(nix::errno::Errno::EPIPE) => {}
+            Err(e) => return Err(e).context("write exec fifo"),
+        }
     }
     process::exec(exe, argv, envp)
 }
