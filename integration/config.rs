@@ -560,3 +560,90 @@ fn each_hook_kind_runs_in_runcs_working_directory() {
     );
     assert_eq!(fs::read_to_string(&log).unwrap(), want);
 }
+
+/// Issue 14 item 2: the state each hook reads on stdin (runtime-spec/design.md, "Hooks' state"):
+/// `created` for prestart, createRuntime, createContainer and startContainer (the runtime
+/// environment exists, the program has not run: runtime.md's lifecycle, as crun for the first
+/// three and runc for startContainer), `running` for poststart, `stopped` for poststop; every
+/// one with the init's host pid but poststop's (the init is gone).
+#[test]
+fn each_hook_reads_the_state_of_its_lifecycle_step() {
+    let mut env = Env::new();
+    let log = env.scratch.join("state.log");
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} $(cat) >> {}", log.display())]});
+    let mut b = env.bundle("hookstate", &["true"]);
+    b.config["hooks"] = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "createContainer": [hook("createContainer")],
+        "startContainer": [hook("startContainer")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": env.scratch, "type": "bind", "source": env.scratch, "options": ["rbind"]}));
+    b.write();
+    let id = env.id("hookstate");
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let (ok, err) = env.quiet(&["start", &id]);
+    assert!(ok, "{err}");
+    for _ in 0..500 {
+        if env.status(&id) == "stopped" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (ok, err) = env.quiet(&["delete", &id]);
+    assert!(ok, "{err}");
+    let text = fs::read_to_string(&log).unwrap();
+    let got: Vec<(String, String, i64)> = text
+        .lines()
+        .map(|l| {
+            let (name, json) = l.split_once(' ').unwrap();
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(v["id"], json!(id), "{l}");
+            (
+                name.to_string(),
+                v["status"].as_str().unwrap().to_string(),
+                v["pid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, i64)> = [
+        ("prestart", "created", pid),
+        ("createRuntime", "created", pid),
+        ("createContainer", "created", pid),
+        ("startContainer", "created", pid),
+        ("poststart", "running", pid),
+        ("poststop", "stopped", 0),
+    ]
+    .iter()
+    .map(|(n, s, p)| (n.to_string(), s.to_string(), *p))
+    .collect();
+    // poststop: whatever pid the state keeps is fine; only the status matters there.
+    assert_eq!(got[..5], want[..5], "{text}");
+    assert_eq!((&got[5].0, &got[5].1), (&want[5].0, &want[5].1), "{text}");
+}
+
+/// As runc (its hooks.bats "startContainer hook should inherit process environment"): a
+/// startContainer hook without an env of its own gets the process's; one with its own, only it.
+#[test]
+fn a_start_container_hook_without_env_inherits_the_processs() {
+    let mut env = Env::new();
+    let log = env.scratch.join("env.log");
+    let hook = |name: &str| format!("echo {name} ONE=$ONE OWN=$OWN >> {}", log.display());
+    let mut b = env.bundle("hookenv", &["true"]);
+    b.config["process"]["env"] = json!(["PATH=/bin", "ONE=two"]);
+    b.config["hooks"] = json!({"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", hook("inherited")]},
+        {"path": "/bin/sh", "args": ["sh", "-c", hook("own")], "env": ["OWN=yes"]},
+    ]});
+    b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": env.scratch, "type": "bind", "source": env.scratch, "options": ["rbind"]}));
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "inherited ONE=two OWN=\nown ONE= OWN=yes\n"
+    );
+}

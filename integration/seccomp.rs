@@ -140,3 +140,29 @@ fn notify_listener_reaches_the_agent_with_the_container_state() {
     );
     assert!(child.wait().unwrap().success());
 }
+
+/// Issue 14 item 7: startContainer hooks run under the container's filter (and user), as
+/// runc's and crun's do, with no_new_privs on or off: here a hook's mkdir is refused.
+#[test]
+fn start_container_hooks_run_under_the_containers_filter() {
+    for nnp in [false, true] {
+        let mut env = Env::new();
+        let rc = env.scratch.join("hook.rc");
+        let mut b = env.bundle("hookseccomp", &["true"]);
+        b.config["process"]["noNewPrivileges"] = json!(nnp);
+        b.config["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+        b.config["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+            format!("mkdir /tmp/hookdir 2>/dev/null; echo $? > {}", rc.display())]}]});
+        b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": env.scratch, "type": "bind", "source": env.scratch, "options": ["rbind"]}));
+        let (code, out, err) = run(&mut env, &b);
+        assert_eq!(code, 0, "nnp {nnp}: stdout: {out} stderr: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&rc).unwrap().trim(),
+            "1",
+            "nnp {nnp}: the hook's mkdir was not refused"
+        );
+    }
+}

@@ -55,9 +55,7 @@ impl Bundle {
                 .is_some_and(|v| v.iter().any(|n| n.typ() == t))
         };
         if !has_ns(LinuxNamespaceType::Mount) {
-            bail!(
-                "linux.namespaces: lrun needs a mount namespace (the rootfs is set up inside it)"
-            );
+            check_without_mount_namespace(spec)?;
         }
         if (spec.hostname().is_some() || spec.domainname().is_some())
             && !has_ns(LinuxNamespaceType::Uts)
@@ -109,6 +107,43 @@ pub struct Checked {
     pub seccomp: Option<crate::seccomp::Filter>,
     /// process.terminal
     pub terminal: bool,
+}
+
+/// A container without a mount namespace shares the caller's (config-linux.md, "Namespaces"):
+/// its root is a chroot and every mount it made would be made in the caller's namespace. runc
+/// and crun make them and leave them there after delete; lrun makes none, so nothing can be
+/// left behind, and refuses what would need one (the rootfs is used as it is: no /dev of
+/// lrun's, no /proc unless the rootfs holds them).
+fn check_without_mount_namespace(spec: &Spec) -> Result<()> {
+    let why = "a container without a mount namespace (none in linux.namespaces) shares the \
+               caller's, where lrun makes no mount it could not undo";
+    if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+        bail!("field mounts: {why}: remove the mounts or add a mount namespace");
+    }
+    let linux = spec.linux().as_ref();
+    let non_empty = |v: Option<&Vec<String>>| v.is_some_and(|v| !v.is_empty());
+    if non_empty(linux.and_then(|l| l.masked_paths().as_ref())) {
+        bail!("field linux.maskedPaths: {why}");
+    }
+    if non_empty(linux.and_then(|l| l.readonly_paths().as_ref())) {
+        bail!("field linux.readonlyPaths: {why}");
+    }
+    if linux
+        .and_then(|l| l.devices().as_ref())
+        .is_some_and(|d| !d.is_empty())
+    {
+        bail!("field linux.devices: {why}");
+    }
+    if linux
+        .and_then(|l| l.rootfs_propagation().as_ref())
+        .is_some()
+    {
+        bail!("field linux.rootfsPropagation: {why} (it would change the caller's /)");
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        bail!("field root.readonly: {why}");
+    }
+    Ok(())
 }
 
 /// process.terminal against the command's options: a terminal needs somewhere to go.

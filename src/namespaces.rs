@@ -35,6 +35,9 @@ pub struct Plan {
     pub new_time: bool,
     pub new_cgroup: bool,
     pub new_uts: bool,
+    /// A mount namespace of the container's own (new or joined). Without one it shares the
+    /// caller's: no mounts, a chroot instead of pivot_root (bundle.rs says what is refused).
+    pub mount_ns: bool,
 }
 
 pub fn flag(t: LinuxNamespaceType) -> CloneFlags {
@@ -79,6 +82,8 @@ impl Plan {
 
         let has = |f: CloneFlags| new.contains(f);
         let new_time = has(flag(LinuxNamespaceType::Time));
+        let mount_ns = has(CloneFlags::CLONE_NEWNS)
+            || join.iter().any(|(t, _)| *t == LinuxNamespaceType::Mount);
         let joins_pid = join.iter().any(|(t, _)| *t == LinuxNamespaceType::Pid);
         let new_user = has(CloneFlags::CLONE_NEWUSER);
         // The cgroup namespace is unshared only after the parent has moved the child into the
@@ -97,6 +102,7 @@ impl Plan {
                 new_time,
                 new_cgroup: has(late),
                 new_uts: has(CloneFlags::CLONE_NEWUTS),
+                mount_ns,
             }
         } else {
             Plan {
@@ -111,6 +117,7 @@ impl Plan {
                 new_time,
                 new_cgroup: has(late),
                 new_uts: has(CloneFlags::CLONE_NEWUTS),
+                mount_ns,
             }
         };
         Ok(plan)

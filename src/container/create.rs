@@ -54,6 +54,12 @@ pub struct Created {
 
 pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     validate_id(opts.id)?;
+    // `--debug`: one line per step, as runc logs its own.
+    let step = |what: std::fmt::Arguments| {
+        if logging::debugging() {
+            logging::debug(&format!("create {}: {what}", opts.id));
+        }
+    };
     // 1. Everything that can be checked without side effects, in one pass.
     let bundle = Bundle::load(opts.bundle)?;
     let spec = &bundle.spec;
@@ -66,6 +72,16 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         foreground: opts.foreground,
         seccomp_cache: &rt.root.join(".seccomp-cache"),
     })?;
+    step(format_args!(
+        "config.json of {} checked",
+        bundle.dir.display()
+    ));
+    if !plan.mount_ns && notify::host_socket().is_some() {
+        bail!(
+            "NOTIFY_SOCKET: the notify socket is bind-mounted into the container, which needs a \
+             mount namespace in linux.namespaces"
+        );
+    }
     let process = spec
         .process()
         .as_ref()
@@ -89,6 +105,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     let states = rt.states();
     let dir = states.claim(opts.id)?;
     let lock = state::lock(&dir)?;
+    step(format_args!("claimed {}", dir.display()));
     let mut guard = CreateGuard {
         rt,
         dir: dir.clone(),
@@ -147,6 +164,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             guard.layers = st.layers.clone();
             st.rootfs = merged;
             state::save(&dir, &st)?;
+            step(format_args!(
+                "layered root mounted at {}",
+                st.rootfs.display()
+            ));
         }
         None => rootfs::check_exists(&st.rootfs)?,
     }
@@ -161,6 +182,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .unwrap_or(&no_resources);
     // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
     cgroup.set_with_devices(resources, &[])?;
+    step(format_args!(
+        "cgroups created and set ({:?})",
+        st.cgroups.driver
+    ));
 
     // 6. The exec fifo that holds the init until `start`, inherited by the init as an fd.
     let exec_fifo = match opts.foreground {
@@ -207,6 +232,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     // Only the init may hold the fifo open: `start` waits for the last writer to go.
     drop(exec_fifo);
     guard.pids.push(first);
+    step(format_args!("cloned the first child, pid {first}"));
 
     // With one direct clone the namespaces exist already: no need to wait for the child,
     // which meanwhile starts on the mounts that do not depend on its cgroup.
@@ -231,6 +257,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
     cgroup.add_pid(first)?;
+    step(format_args!(
+        "parent set-up done (id maps: {}, time offsets: {}, cgroups joined)",
+        plan.new_user, plan.new_time
+    ));
     // A child that failed meanwhile closed its end: its error is the next message read.
     let _ = chan.send(&Message::ParentSetupDone);
     let pid = if plan.fork_init {
@@ -252,19 +282,25 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     if hooks::needs_runtime_hooks(spec) {
         chan.expect(Message::RunRuntimeHooks)?;
         if let Some(h) = spec.hooks() {
-            let json = hooks::hook_state(opts.id, "creating", pid, &bundle.dir, spec);
+            // "created": the runtime environment exists (runtime.md lifecycle step 2 is done),
+            // as crun says; runc says "creating" (runtime-spec/design.md, "Hooks' state").
+            let json = hooks::hook_state(opts.id, "created", pid, &bundle.dir, spec);
             // runc runs these in `create` (or `run`), which chdirs to the bundle.
             let cwd = Some(bundle.dir.as_path());
             hooks::run_all("prestart", h.prestart().as_ref(), &json, cwd)?;
             hooks::run_all("createRuntime", h.create_runtime().as_ref(), &json, cwd)?;
         }
         chan.send(&Message::RuntimeHooksDone(pid))?;
+        step(format_args!("prestart and createRuntime hooks ran"));
     }
     let pty = match terminal {
         true => super::console::receive_pty(&chan, opts.console_socket)?,
         false => None,
     };
     chan.expect(Message::Ready)?;
+    step(format_args!(
+        "init {pid} ready: root entered, identity and capabilities set, program found"
+    ));
 
     // 8. Done: record it, and only then let go of the guard.
     st.pid_start_time =
@@ -273,6 +309,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     state::save(&dir, &st)?;
     // Until this arrives the init dies with us: see init::init_steps.
     chan.send(&Message::Created)?;
+    step(format_args!(
+        "recorded as created; the init waits for start"
+    ));
     if let Some(p) = opts.pid_file {
         write_pid_file(p, pid)?;
     }

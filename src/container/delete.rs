@@ -50,19 +50,23 @@ pub(super) fn delete_from(rt: &Runtime, id: &str, force: bool, cwd: HooksCwd) ->
                 "cannot delete container {id:?} that is not stopped: {status} (stop it first or use --force)"
             );
         }
+        logging::debug(&format!("delete {id}: {status}, init pid {}", st.pid));
         if status != Status::Stopped {
             let _ = signal_process(st.pid, st.pid_start_time, Some(Signal::SIGKILL));
         }
         cgroups::open_driver(&st.cgroups)?.destroy()?;
+        logging::debug(&format!("delete {id}: cgroups destroyed"));
         wait_gone(st.pid, st.pid_start_time);
         if st.layered {
             layers::release_root(&rt.layers(), &dir, st.layers.as_ref())?;
+            logging::debug(&format!("delete {id}: layered root released"));
         }
     } else {
         // Whatever a crashed create may have taken in the layers; release is idempotent.
         layers::release_root(&rt.layers(), &dir, None)?;
     }
     fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    logging::debug(&format!("delete {id}: removed {}", dir.display()));
     drop(lock);
     if let Some(st) = &st
         && let Some(h) = &st.hooks

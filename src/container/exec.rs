@@ -122,6 +122,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         let _ = waitpid(Pid::from_raw(pid), None);
     }
     let pty = result?;
+    crate::logging::debug(&format!("exec {}: process {pid} ready", opts.id));
     if let Some(p) = opts.pid_file {
         write_pid_file(p, pid)?;
     }
@@ -230,11 +231,14 @@ fn exec_process(
     if process.terminal() == Some(true) {
         super::console::setup_terminal(chan, process.user().uid())?;
     }
+    // What can fail for want of privilege fails `lrun exec` itself (exit 255 with the error).
+    let mut late = process::secure(process, filter, None, preserve_fds)?;
     // From here the process belongs to the container.
     let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Message::Ready)?;
-    let Err(e) =
-        process::secure_and_exec(process, filter, None, preserve_fds, &exe_c, &argv, &envp);
+    let Err(e) = late
+        .load_filter()
+        .and_then(|()| process::exec(&exe_c, &argv, &envp));
     // `lrun exec` no longer listens on the channel: report on the process's stderr.
     eprintln!("lrun: exec: {e:#}");
     // As runc's: a process that fails after its exec was reported started exits 255.

@@ -141,6 +141,15 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     Ok(())
 }
 
+/// Without a mount namespace of its own (it shares the caller's): chroot, no mount at all.
+pub fn chroot_into(rootfs: &Path) -> Result<()> {
+    let root = File::open(rootfs).with_context(|| format!("open rootfs {}", rootfs.display()))?;
+    fchdir(root.as_fd()).context("chdir into rootfs")?;
+    chroot(".").context("chroot into rootfs")?;
+    chdir("/").context("chdir /")?;
+    Ok(())
+}
+
 /// Without pivot_root the old root stays in the mount namespace under the new one: a full
 /// procfs or sysfs mount there lets a process in a new user namespace mount proc again
 /// without the masked paths (the kernel allows it when one fully visible instance exists).
