@@ -8,9 +8,9 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use common::{Env, LRUN, lrun_with, ok};
+use common::{Env, lrun_with, ok};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -292,7 +292,7 @@ fn imported_oci_image_runs_with_merged_files_and_its_config() {
 
     // The xattr survived (checked from the host through a created container's root).
     let id = env.id("imgx");
-    let st = Command::new(LRUN)
+    let st = common::lrun_command()
         .arg("--root")
         .arg(&env.root)
         .arg("--store")
@@ -389,7 +389,7 @@ fn corrupt_blob_and_missing_tag_are_refused() {
     let n = data.len();
     data[n - 9] ^= 0x01; // in the gzip trailer's CRC: decompression itself may not notice
     fs::write(&p, data).unwrap();
-    let child = Command::new(LRUN)
+    let child = common::lrun_command()
         .arg("--store")
         .arg(&store)
         .args([

@@ -118,6 +118,7 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
         store: g.store.clone(),
         state_root: g.root.clone(),
         recorded: crate::state::recorded_root,
+        idle: g.idle_layers,
     };
     match c {
         LayerCommand::Pack {

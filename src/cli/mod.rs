@@ -206,6 +206,8 @@ pub struct Globals {
     pub pull_source: Option<String>,
     /// Pull limits before `--stall-timeout`/`--deadline`: defaults < node config < env.
     pub pull_limits: crate::distribution::Limits,
+    /// Idle layer mounts: defaults < node config < env.
+    pub idle_layers: crate::layers::IdlePolicy,
 }
 
 impl Globals {
@@ -218,7 +220,8 @@ impl Globals {
         node: NodeConfig,
         getenv: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Globals> {
-        let pull_limits = node.pull_limits(getenv)?;
+        let pull_limits = node.pull_limits(&getenv)?;
+        let idle_layers = node.idle_layers(&getenv)?;
         Ok(Globals {
             root: root
                 .or(node.root)
@@ -229,6 +232,7 @@ impl Globals {
             debug,
             pull_source: node.pull_source,
             pull_limits,
+            idle_layers,
         })
     }
 
@@ -237,6 +241,7 @@ impl Globals {
             root: self.root.clone(),
             store: self.store.clone(),
             pull_limits: self.pull_limits,
+            idle_layers: self.idle_layers,
         }
     }
 }

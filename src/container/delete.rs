@@ -101,7 +101,8 @@ pub struct GcOutcome {
 /// `gc`: recover after crashes. A container whose `create` died half-way (never marked
 /// created, and no process holds its lock) is deleted; with `stopped`, stopped containers
 /// too.
-pub fn gc(rt: &Runtime, stopped: bool) -> Result<GcOutcome> {
+/// With `drop_idle`, every layer mount nobody uses goes too, however recently it was used.
+pub fn gc(rt: &Runtime, stopped: bool, drop_idle: bool) -> Result<GcOutcome> {
     let states = rt.states();
     let mut outcome = GcOutcome::default();
     for id in states.list()? {
@@ -112,7 +113,7 @@ pub fn gc(rt: &Runtime, stopped: bool) -> Result<GcOutcome> {
         }
     }
     // Shared layer mounts whose last user died without releasing them.
-    layers::gc_mounts(&rt.layers())?;
+    layers::gc_mounts(&rt.layers(), drop_idle)?;
     Ok(outcome)
 }
 

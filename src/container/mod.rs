@@ -46,6 +46,8 @@ pub struct Runtime {
     pub root: PathBuf,
     pub store: PathBuf,
     pub pull_limits: crate::distribution::Limits,
+    /// How long layer mounts nobody uses stay mounted.
+    pub idle_layers: crate::layers::IdlePolicy,
 }
 
 impl Runtime {
@@ -57,6 +59,7 @@ impl Runtime {
             store: self.store.clone(),
             state_root: self.root.clone(),
             recorded: crate::state::recorded_root,
+            idle: self.idle_layers,
         }
     }
 }
