@@ -304,6 +304,7 @@ def print_table(res):
     # Each item on its own: a run of single items (LRUN_BENCH_ITEMS) lacks the others.
     sections = {
         "1_run": print_r1,
+        "1b_run_v2": print_r1b,
         "2_lifecycle": print_r2,
         "3_layers": print_r3,
         "4_concurrent": print_r4,
@@ -536,6 +537,42 @@ def item_scale(work):
     }
 
 
+def item_v2(work):
+    rows = read_rows(os.path.join(work, "v2.txt"))
+    if not rows:
+        return None
+    kv = {r[0]: r[1:] for r in rows}
+    res = {}
+    for n in ("lrun", "crun"):
+        v = kv.get(f"v2_{n}")
+        if v:
+            res[n] = {"median_ms": float(v[0]), "mean_ms": float(v[1]), "min_ms": float(v[2]), "n": int(v[3])}
+    out = {
+        "what": "item 1 in a qemu TCG guest with only cgroup v2 (scripts/vm-test): hyperfine -N, "
+        "lrun and crun taking turns; emulated, so only the ratio means anything",
+        "results": res,
+        "clone_into_cgroup": {n: int(kv[f"v2_clone_into_cgroup_{n}"][0]) for n in ("lrun", "crun") if f"v2_clone_into_cgroup_{n}" in kv},
+        "kernel": kv.get("v2_kernel", ["?"])[0],
+    }
+    if "lrun" in res and "crun" in res:
+        out["ratio_median"] = res["lrun"]["median_ms"] / res["crun"]["median_ms"]
+        out["ratio_mean"] = res["lrun"]["mean_ms"] / res["crun"]["mean_ms"]
+    return out
+
+
+def print_r1b(res):
+    r = res["items"]["1b_run_v2"]
+    print(f"1b. run /bin/true on cgroup v2 (qemu TCG guest, kernel {r['kernel']}), ms")
+    print(f"{'':44}{'mean':>9}{'median':>9}{'min':>9}")
+    for n, s in r["results"].items():
+        print(f"  {n:42}{s['mean_ms']:9.2f}{s['median_ms']:9.2f}{s['min_ms']:9.2f}")
+    if "ratio_median" in r:
+        print(f"  ratio lrun/crun: median {r['ratio_median']:.2f}x, mean {r['ratio_mean']:.2f}x (target <= 0.6x)")
+    c = r.get("clone_into_cgroup", {})
+    print("  clone3(CLONE_INTO_CGROUP) calls: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    print()
+
+
 def print_r7(res):
     r7 = res["items"]["7_scale"]
     print("7. scale: N containers existing, median ms (list, state, create and delete of one more)")
@@ -586,6 +623,7 @@ def main():
         "wrapper_note": a.wrap_note,
         "items": {
             "1_run": item1,
+            "1b_run_v2": item_v2(a.work),
             "2_lifecycle": item_lifecycle(a.work),
             "3_layers": item_layers(a.work, item1),
             "4_concurrent": item_concurrent(a.work),

@@ -70,6 +70,12 @@ pub trait CgroupDriver: Debug {
     /// Move a process into the container's cgroups.
     fn add_pid(&self, pid: i32) -> Result<()>;
 
+    /// The cgroup2 directory a new process can be born in (clone3 with CLONE_INTO_CGROUP)
+    /// when that alone puts it in every cgroup of the container: pure cgroup v2 only.
+    fn birth_cgroup(&self) -> Option<&Path> {
+        None
+    }
+
     /// Where a process goes to run in existing sub-cgroups of the container's (runc's
     /// `exec --cgroup`), as a record for `open_driver` whose `add_pid` joins them (only that:
     /// it is no container's record). Nothing is checked on disk.

@@ -1,7 +1,7 @@
 //! `create`: everything from the bundle to an init waiting for `start`, top to bottom.
 
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -221,13 +221,36 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     };
     // The child only runs init code and then execs or exits.
     let one_thread = SingleThreaded::check()?;
-    let first = match clone_fork(&one_thread, plan.clone_flags)? {
+    // On cgroup v2 the child is born in its cgroup (no cgroup.procs write, no wait for the
+    // threadgroup lock that write takes: runtime-spec/cgroups.md).
+    let birth = match cgroup.birth_cgroup() {
+        Some(dir) => Some(
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("open {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let (forked, born_in_cgroup) = match &birth {
+        Some(fd) => utils::clone_fork_into(&one_thread, plan.clone_flags, fd.as_fd())?,
+        None => (clone_fork(&one_thread, plan.clone_flags)?, false),
+    };
+    let first = match forked {
         Forked::Child(one_thread) => {
+            // No host directory fd may reach the container's process.
+            drop(birth);
             drop(chan);
             init::child_main(&args, &one_thread, child_chan);
         }
         Forked::Parent(pid) => pid,
     };
+    drop(birth);
     drop(child_chan);
     // Only the init may hold the fifo open: `start` waits for the last writer to go.
     drop(exec_fifo);
@@ -256,10 +279,14 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
-    cgroup.add_pid(first)?;
+    if !born_in_cgroup {
+        cgroup.add_pid(first)?;
+    }
     step(format_args!(
-        "parent set-up done (id maps: {}, time offsets: {}, cgroups joined)",
-        plan.new_user, plan.new_time
+        "parent set-up done (id maps: {}, time offsets: {}, cgroups joined{})",
+        plan.new_user,
+        plan.new_time,
+        if born_in_cgroup { " at clone" } else { "" }
     ));
     // A child that failed meanwhile closed its end: its error is the next message read.
     let _ = chan.send(&Message::ParentSetupDone);
