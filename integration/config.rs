@@ -560,3 +560,40 @@ fn each_hook_kind_runs_in_runcs_working_directory() {
     );
     assert_eq!(fs::read_to_string(&log).unwrap(), want);
 }
+
+/// A bind source below a host directory only the host's root may enter (0700): the init, as
+/// root of its user namespace (host uid 100000), cannot traverse it, so `create` opens the
+/// source before the namespace exists (as runc does). It used to fail with EACCES.
+#[test]
+fn a_bind_source_in_a_root_only_directory_mounts_in_a_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new();
+    let private = env.scratch.join("private");
+    fs::create_dir_all(private.join("data")).unwrap();
+    fs::write(private.join("data/file"), "reached\n").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            b.config["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            b.config["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            let mounts = b.config["mounts"].as_array_mut().unwrap();
+            for m in mounts.iter_mut() {
+                if m["type"] == "sysfs" {
+                    *m = json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
+                }
+            }
+            mounts.retain(|m| m["type"] != "cgroup");
+            mounts.push(json!({"destination": "/mnt", "type": "bind",
+                "source": private.join("data"), "options": ["bind", "ro"]}));
+        },
+        "cat /mnt/file; touch /mnt/x 2>/dev/null || echo read-only",
+    );
+    assert_eq!(out, "reached\nread-only\n");
+}

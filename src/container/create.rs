@@ -178,6 +178,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             relay = Some(notify::Relay::bind(&notify_dir, host.clone())?);
         }
     }
+    // In a user namespace the init may not reach sources the host's root can.
+    let bind_sources = match plan.new_user || has_user_join(&plan) {
+        true => crate::rootfs::mounts::open_bind_sources(spec, &bundle.dir)?,
+        false => Vec::new(),
+    };
     let (chan, child_chan) = sync::pair()?;
     let args = InitArgs {
         id: opts.id,
@@ -193,6 +198,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         listen_fds,
         notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
         seccomp: seccomp.as_ref(),
+        bind_sources: &bind_sources,
     };
     // The child only runs init code and then execs or exits.
     let one_thread = SingleThreaded::check()?;
@@ -365,4 +371,10 @@ impl Drop for CreateGuard<'_> {
             ));
         }
     }
+}
+
+fn has_user_join(plan: &crate::namespaces::Plan) -> bool {
+    plan.join
+        .iter()
+        .any(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User)
 }

@@ -51,6 +51,8 @@ pub struct InitArgs<'a> {
     pub notify_dir: Option<&'a Path>,
     /// linux.seccomp, compiled by the parent.
     pub seccomp: Option<&'a crate::seccomp::Filter>,
+    /// Bind sources the parent opened (`rootfs::mounts::open_bind_sources`), by mount index.
+    pub bind_sources: &'a [Option<OwnedFd>],
 }
 
 /// Entry point of the first child. Never returns.
@@ -147,6 +149,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
                 what: "notify socket",
             })
             .as_ref(),
+        a.bind_sources,
         &mut || parent.wait(a, chan),
     )?;
     parent.wait(a, chan)?;

@@ -40,6 +40,7 @@ pub fn prepare(
     rootfs: &Path,
     in_userns: bool,
     host_dir: Option<&HostDir>,
+    bind_sources: &[Option<OwnedFd>],
     before_cgroup_mounts: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let linux = spec.linux().as_ref();
@@ -81,7 +82,7 @@ pub fn prepare(
         });
     let mut cgroups = None;
     let mut has_dev_pts = false;
-    for m in spec.mounts().iter().flatten() {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let mut cgroup_mounter = None;
         if m.typ().as_deref() == Some("cgroup") {
             // Needs the container's final cgroup (and cgroup namespace).
@@ -91,7 +92,11 @@ pub fn prepare(
             }
             cgroup_mounter = cgroups.as_ref();
         }
-        mount_entry(root.as_fd(), bundle, m, cgroup_mounter)?;
+        let source = bind_sources
+            .get(i)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.as_fd());
+        mount_entry(root.as_fd(), bundle, m, cgroup_mounter, source)?;
         has_dev_pts |= m.destination() == Path::new("/dev/pts");
     }
 
