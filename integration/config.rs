@@ -561,6 +561,53 @@ fn each_hook_kind_runs_in_runcs_working_directory() {
     assert_eq!(fs::read_to_string(&log).unwrap(), want);
 }
 
+/// process.apparmorProfile, process.selinuxLabel and linux.mountLabel on a kernel without the
+/// module: `create` (and `exec --apparmor`) refuse with one line naming the field, before
+/// anything exists. Running the container unconfined instead would defeat the config.
+#[test]
+fn an_lsm_the_kernel_lacks_is_refused_naming_the_field() {
+    if lrun::lsm::apparmor_enabled() || lrun::lsm::selinux_enabled() {
+        return lrun::test_support::skip("this kernel has AppArmor or SELinux on");
+    }
+    let mut env = Env::new();
+    type SetField = fn(&mut serde_json::Value);
+    let cases: [(&str, SetField); 3] = [
+        ("process.apparmorProfile", |c| {
+            c["process"]["apparmorProfile"] = json!("lrun-test")
+        }),
+        ("process.selinuxLabel", |c| {
+            c["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0")
+        }),
+        ("linux.mountLabel", |c| {
+            c["linux"]["mountLabel"] = json!("system_u:object_r:container_file_t:s0")
+        }),
+    ];
+    let mut ids = Vec::new();
+    for (field, set) in cases {
+        let mut b = env.bundle("lsm", &["true"]);
+        set(&mut b.config);
+        b.write();
+        let id = env.id("lsm");
+        let (code, err) = env.quiet_code(&["create", "--bundle", b.path(), &id]);
+        assert_ne!(code, 0, "{field}: create succeeded");
+        assert_eq!(err.trim().lines().count(), 1, "{field}: {err}");
+        assert!(err.contains(field) && err.contains("not"), "{field}: {err}");
+        ids.push(id);
+    }
+    assert_no_leaks(&env.root, &ids);
+
+    // exec's flags ask for the same.
+    let b = env.bundle("lsmx", &["sleep", "1000"]);
+    b.write();
+    let id = env.id("lsmx");
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let (code, err) = env.quiet_code(&["exec", "--apparmor", "lrun-test", &id, "true"]);
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+    assert_ne!(code, 0, "exec --apparmor succeeded");
+    assert!(err.contains("process.apparmorProfile"), "{err}");
+}
+
 /// A bind source below a host directory only the host's root may enter (0700): the init, as
 /// root of its user namespace (host uid 100000), cannot traverse it, so `create` opens the
 /// source before the namespace exists (as runc does). It used to fail with EACCES.

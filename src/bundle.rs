@@ -71,6 +71,7 @@ impl Bundle {
             .and_then(|l| l.seccomp().as_ref())
             .map(|s| crate::seccomp::prepare_cached(s, opts.seccomp_cache))
             .transpose()?;
+        crate::lsm::check(process, linux.and_then(|l| l.mount_label().as_deref()))?;
         Ok(Checked {
             plan,
             seccomp,

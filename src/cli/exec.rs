@@ -50,11 +50,11 @@ pub struct Args {
     /// Allow exec in a paused container.
     #[arg(long)]
     pub ignore_paused: bool,
-    /// Accepted for runc compatibility.
-    #[arg(long, hide = true)]
+    /// SELinux label for the process (process.selinuxLabel).
+    #[arg(long)]
     pub process_label: Option<String>,
-    /// Accepted for runc compatibility.
-    #[arg(long, hide = true)]
+    /// AppArmor profile for the process (process.apparmorProfile).
+    #[arg(long)]
     pub apparmor: Option<String>,
     pub id: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -168,6 +168,12 @@ fn from_flags(a: &Args, mut p: Process) -> Result<Process> {
     p.set_env(Some(env));
     if let Some(cwd) = &a.cwd {
         p.set_cwd(cwd.clone());
+    }
+    if let Some(profile) = a.apparmor.as_ref().filter(|s| !s.is_empty()) {
+        p.set_apparmor_profile(Some(profile.clone()));
+    }
+    if let Some(label) = a.process_label.as_ref().filter(|s| !s.is_empty()) {
+        p.set_selinux_label(Some(label.clone()));
     }
     if let Some(u) = a.user.as_ref().filter(|s| !s.is_empty()) {
         // As runc: UID alone keeps the config's gid; UID:GID sets both.
@@ -332,5 +338,8 @@ mod tests {
         assert_eq!((p.user().uid(), p.user().gid()), (1000, 5));
         assert_eq!(p.user().additional_gids(), &Some(vec![9, 10]));
         assert!(flags(&["--user", "x"]).is_err());
+        let p = flags(&["--apparmor", "prof", "--process-label", "l"]).unwrap();
+        assert_eq!(p.apparmor_profile().as_deref(), Some("prof"));
+        assert_eq!(p.selinux_label().as_deref(), Some("l"));
     }
 }

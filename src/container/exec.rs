@@ -62,6 +62,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         s => bail!("cannot exec in container {:?}: it is {s}", opts.id),
     }
     let spec = container_spec(rt, opts.id)?;
+    crate::lsm::check(&opts.process, None)?;
     let terminal = opts.process.terminal() == Some(true);
     crate::bundle::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
     let joins = namespaces_of(st.pid)?;
@@ -294,6 +295,7 @@ fn exec_process(
     if process.terminal() == Some(true) {
         super::console::setup_terminal(chan, process.user().uid())?;
     }
+    crate::lsm::set_exec_labels(process)?;
     // From here the process belongs to the container.
     let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Message::Ready)?;

@@ -211,6 +211,8 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let exe_c = process::path_cstring(&exe)?;
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(&env)?;
+    // Before `Ready`, so a profile the kernel refuses fails `create` (as runc's init).
+    crate::lsm::set_exec_labels(process)?;
 
     // Set-up is done. The parent may exit once it has recorded us, so pdeathsig goes now;
     // until the parent says the state is saved (Created), its death shows as EOF on the

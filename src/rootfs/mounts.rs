@@ -210,6 +210,7 @@ pub fn mount_entry(
     bundle: &Path,
     m: &Mount,
     cgroup: Option<&CgroupMounter>,
+    mount_label: Option<&str>,
     opened_source: Option<BorrowedFd>,
 ) -> Result<()> {
     let dest = clean(m.destination());
@@ -221,6 +222,10 @@ pub fn mount_entry(
         m.options().as_deref().unwrap_or_default(),
     )
     .with_context(what)?;
+    if !bind {
+        let context = crate::lsm::mount_context(mount_label, typ, &opts.data);
+        opts.data.extend(context);
+    }
     // As runc's mountPropagate: a tmpfs, and /dev, are mounted writable first (devices, /dev/pts
     // and copy-ups go in), then made read-only: a tmpfs just below, /dev by `finalize`.
     let ro_later = !bind
