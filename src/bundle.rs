@@ -197,6 +197,49 @@ fn validate(spec: &Spec) -> Result<()> {
         crate::rootfs::mounts::check_options(m).with_context(|| format!("field mounts[{i}]"))?;
     }
     refuse_unsupported(spec)?;
+    check_hooks_and_rlimits(spec)?;
+    Ok(())
+}
+
+/// config.md's own MUSTs on hooks and rlimits: a hook's `path` is absolute and its `timeout`,
+/// if set, above zero; no rlimit `type` twice (the last would silently win otherwise).
+fn check_hooks_and_rlimits(spec: &Spec) -> Result<()> {
+    if let Some(h) = spec.hooks() {
+        #[allow(deprecated)] // prestart: deprecated by the spec, still run by every runtime.
+        let kinds = [
+            ("prestart", h.prestart()),
+            ("createRuntime", h.create_runtime()),
+            ("createContainer", h.create_container()),
+            ("startContainer", h.start_container()),
+            ("poststart", h.poststart()),
+            ("poststop", h.poststop()),
+        ];
+        for (kind, hooks) in kinds {
+            for (i, hook) in hooks.iter().flatten().enumerate() {
+                if !hook.path().is_absolute() {
+                    bail!(
+                        "field hooks.{kind}[{i}].path: {:?} must be absolute",
+                        hook.path()
+                    );
+                }
+                if let Some(t) = hook.timeout().filter(|t| *t <= 0) {
+                    bail!("field hooks.{kind}[{i}].timeout: {t} must be greater than zero");
+                }
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    let rlimits = spec.process().as_ref().and_then(|p| p.rlimits().as_ref());
+    for (i, r) in rlimits.into_iter().flatten().enumerate() {
+        if seen.contains(&r.typ()) {
+            let name = serde_json::to_value(r.typ()).unwrap_or_default();
+            bail!(
+                "field process.rlimits[{i}].type: {} is listed twice",
+                name.as_str().unwrap_or_default()
+            );
+        }
+        seen.push(r.typ());
+    }
     Ok(())
 }
 
@@ -319,5 +362,38 @@ mod tests {
     fn empty_args_are_rejected() {
         let text = MINIMAL.replace("[\"sh\"]", "[]");
         assert!(parse_config(text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn hooks_and_rlimits_follow_config_mds_musts() {
+        let with = |patch: serde_json::Value| {
+            let mut c: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+            for (k, v) in patch.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            let text = serde_json::to_vec(&c).unwrap();
+            parse_config(&text).and_then(|s| validate(&s).map(|_| s))
+        };
+        let err = |patch| format!("{:#}", with(patch).unwrap_err());
+        assert_eq!(
+            err(serde_json::json!({"hooks": {"poststop": [{"path": "bin/true"}]}})),
+            "field hooks.poststop[0].path: \"bin/true\" must be absolute"
+        );
+        assert_eq!(
+            err(serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true", "timeout": 0}]}})),
+            "field hooks.prestart[0].timeout: 0 must be greater than zero"
+        );
+        let nofile = serde_json::json!({"type": "RLIMIT_NOFILE", "hard": 10, "soft": 10});
+        let mut process: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(MINIMAL).unwrap()["process"].clone();
+        process["rlimits"] = serde_json::json!([nofile, nofile]);
+        assert_eq!(
+            err(serde_json::json!({"process": process})),
+            "field process.rlimits[1].type: RLIMIT_NOFILE is listed twice"
+        );
+        assert!(
+            with(serde_json::json!({"hooks": {"prestart": [{"path": "/x", "timeout": 1}]}}))
+                .is_ok()
+        );
     }
 }
