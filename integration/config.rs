@@ -644,3 +644,28 @@ fn a_bind_source_in_a_root_only_directory_mounts_in_a_user_namespace() {
     );
     assert_eq!(out, "reached\nread-only\n");
 }
+
+/// config-linux.md: "If a file already exists at path that does not match the requested device,
+/// the runtime MUST generate an error." /dev/null (1:3) is there before linux.devices: asking
+/// for 1:5 at that path fails create naming the device; asking for 1:3 is fine.
+#[test]
+fn a_listed_device_whose_path_holds_another_file_fails_create() {
+    let mut env = Env::new();
+    let mut b = env.bundle("devx", &["true"]);
+    b.config["linux"]["devices"] =
+        json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 5}]);
+    b.write();
+    let id = env.id("devx");
+    let (code, err) = env.quiet_code(&["create", "--bundle", b.path(), &id]);
+    assert_ne!(code, 0, "create succeeded");
+    assert!(
+        err.contains("linux.devices /dev/null: a different file is already there"),
+        "{err}"
+    );
+    assert_no_leaks(&env.root, &[id]);
+    let mut b = env.bundle("devok", &["true"]);
+    b.config["linux"]["devices"] =
+        json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}]);
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+}

@@ -198,6 +198,43 @@ fn validate(spec: &Spec) -> Result<()> {
     }
     refuse_unsupported(spec)?;
     check_hooks_and_rlimits(spec)?;
+    check_linux_values(spec)?;
+    Ok(())
+}
+
+/// config-linux.md's MUSTs on values (config.md "Valid values": invalid ones are an error).
+fn check_linux_values(spec: &Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    if !userns && linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
+        bail!("field linux.gidMappings: set without a user namespace");
+    }
+    for (field, paths) in [
+        ("maskedPaths", linux.masked_paths()),
+        ("readonlyPaths", linux.readonly_paths()),
+    ] {
+        for (i, p) in paths.iter().flatten().enumerate() {
+            if !p.starts_with('/') {
+                bail!("field linux.{field}[{i}]: {p:?} must be an absolute path");
+            }
+        }
+    }
+    let weights = linux
+        .resources()
+        .as_ref()
+        .and_then(|r| r.block_io().as_ref())
+        .and_then(|b| b.weight_device().as_ref());
+    for (i, w) in weights.into_iter().flatten().enumerate() {
+        if w.weight().is_none() && w.leaf_weight().is_none() {
+            bail!("field linux.resources.blockIO.weightDevice[{i}]: needs weight or leafWeight");
+        }
+    }
     Ok(())
 }
 
@@ -395,5 +432,37 @@ mod tests {
             with(serde_json::json!({"hooks": {"prestart": [{"path": "/x", "timeout": 1}]}}))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn invalid_linux_values_are_refused_by_field() {
+        let with_linux = |linux: serde_json::Value| {
+            let mut c: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+            c["linux"] = linux;
+            // parse_config validates.
+            parse_config(&serde_json::to_vec(&c).unwrap())
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        };
+        let gid = serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
+        assert_eq!(
+            with_linux(serde_json::json!({"gidMappings": gid})).unwrap_err(),
+            "field linux.gidMappings: set without a user namespace"
+        );
+        assert_eq!(
+            with_linux(serde_json::json!({"maskedPaths": ["/a", "proc/kcore"]})).unwrap_err(),
+            "field linux.maskedPaths[1]: \"proc/kcore\" must be an absolute path"
+        );
+        assert_eq!(
+            with_linux(serde_json::json!({"readonlyPaths": ["proc/sys"]})).unwrap_err(),
+            "field linux.readonlyPaths[0]: \"proc/sys\" must be an absolute path"
+        );
+        let blkio = serde_json::json!({"blockIO": {"weightDevice": [{"major": 8, "minor": 0}]}});
+        assert_eq!(
+            with_linux(serde_json::json!({"resources": blkio})).unwrap_err(),
+            "field linux.resources.blockIO.weightDevice[0]: needs weight or leafWeight"
+        );
+        let ok = serde_json::json!({"blockIO": {"weightDevice": [{"major": 8, "minor": 0, "weight": 10}]}});
+        assert!(with_linux(serde_json::json!({"resources": ok, "maskedPaths": ["/x"]})).is_ok());
     }
 }

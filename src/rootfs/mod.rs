@@ -109,7 +109,7 @@ pub fn prepare(
         .into_iter()
         .flatten()
     {
-        devices::create(root.as_fd(), &devices::from_spec(d), in_userns)?;
+        devices::create_listed(root.as_fd(), &devices::from_spec(d), in_userns)?;
     }
     devices::create_symlinks(root.as_fd(), has_dev_pts)?;
     if let Some(d) = host_dir {
