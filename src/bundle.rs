@@ -130,7 +130,7 @@ pub fn check_terminal_options(
 /// Parse and validate config.json text.
 pub fn parse_config(text: &[u8]) -> Result<Spec> {
     let de = &mut serde_json::Deserializer::from_slice(text);
-    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
@@ -139,8 +139,28 @@ pub fn parse_config(text: &[u8]) -> Result<Spec> {
             anyhow::anyhow!("field {path}: {inner}")
         }
     })?;
+    absolute_destinations(&mut spec);
     validate(&spec)?;
     Ok(spec)
+}
+
+/// config.md: a relative mount destination is allowed "for compatibility" and MUST be taken
+/// as relative to "/" (runc does, with a warning).
+fn absolute_destinations(spec: &mut Spec) {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return;
+    };
+    let mut changed = false;
+    for m in &mut mounts {
+        if m.destination().is_relative() {
+            let abs = Path::new("/").join(m.destination());
+            m.set_destination(abs);
+            changed = true;
+        }
+    }
+    if changed {
+        spec.set_mounts(Some(mounts));
+    }
 }
 
 /// Refuse what lrun cannot honour, naming the field.
@@ -180,12 +200,6 @@ fn validate(spec: &Spec) -> Result<()> {
         }
     }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        if !m.destination().is_absolute() {
-            bail!(
-                "field mounts[{i}].destination: {:?} must be absolute",
-                m.destination()
-            );
-        }
         let idmap = m
             .options()
             .iter()
@@ -464,5 +478,16 @@ mod tests {
         );
         let ok = serde_json::json!({"blockIO": {"weightDevice": [{"major": 8, "minor": 0, "weight": 10}]}});
         assert!(with_linux(serde_json::json!({"resources": ok, "maskedPaths": ["/x"]})).is_ok());
+    }
+
+    #[test]
+    fn a_relative_mount_destination_is_relative_to_the_root() {
+        let text = MINIMAL.replace(
+            "\"root\"",
+            "\"mounts\":[{\"destination\":\"mnt/x\",\"type\":\"tmpfs\"}],\"root\"",
+        );
+        let spec = parse_config(text.as_bytes()).expect("parse");
+        let m = &spec.mounts().as_ref().unwrap()[0];
+        assert_eq!(m.destination(), Path::new("/mnt/x"));
     }
 }
