@@ -669,3 +669,27 @@ fn a_listed_device_whose_path_holds_another_file_fails_create() {
     let (code, _, err) = run(&mut env, &b);
     assert_eq!(code, 0, "{err}");
 }
+
+/// runtime.md lifecycle: a failing prestart (or createRuntime, createContainer) hook makes the
+/// runtime "stop the container, and continue the lifecycle at step 12": the container is
+/// destroyed and the poststop hooks (step 13) run, with the state "stopped". lrun ran none.
+#[test]
+fn a_failing_create_hook_still_runs_the_poststop_hooks() {
+    let mut env = Env::new();
+    let mark = env.scratch.join("poststop.json");
+    let mut b = env.bundle("ppstop", &["true"]);
+    b.config["hooks"] = json!({
+        "prestart": [{"path": "/bin/false"}],
+        "poststop": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", mark.display())]}]
+    });
+    b.write();
+    let id = env.id("ppstop");
+    let (code, err) = env.quiet_code(&["create", "--bundle", b.path(), &id]);
+    assert_ne!(code, 0, "create succeeded");
+    assert!(err.contains("hooks.prestart[0]"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(&mark).expect("poststop did not run")).unwrap();
+    assert_eq!(state["status"], "stopped");
+    assert_eq!(state["id"], id.as_str());
+    assert_no_leaks(&env.root, &[id]);
+}

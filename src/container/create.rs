@@ -96,6 +96,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         cgroup: None,
         layered,
         layers: None,
+        poststop: None,
         done: false,
     };
     // A populated or frozen target cgroup is refused before the guard owns it (its cleanup
@@ -255,6 +256,12 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     // (pdeathsig), so a crash leaves no process for `delete --force` to find.
     st.pid = pid;
 
+    if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
+        // From the hooks on, a failed create continues the lifecycle at its end (runtime.md
+        // steps 3-5: "continue the lifecycle at step 12"; step 13 runs poststop hooks).
+        let json = hooks::hook_state(opts.id, "stopped", pid, &bundle.dir, spec);
+        guard.poststop = Some((h, json, bundle.dir.clone()));
+    }
     if hooks::needs_runtime_hooks(spec) {
         chan.expect(Message::RunRuntimeHooks)?;
         if let Some(h) = spec.hooks() {
@@ -342,6 +349,8 @@ struct CreateGuard<'a> {
     cgroup: Option<cgroups::CgroupRecord>,
     layered: bool,
     layers: Option<layers::RootRecord>,
+    /// poststop hooks, their state and cwd (the bundle), once create reached the hooks.
+    poststop: Option<(Vec<oci_spec::runtime::Hook>, Vec<u8>, PathBuf)>,
     done: bool,
 }
 
@@ -369,6 +378,11 @@ impl Drop for CreateGuard<'_> {
                 "cleanup after failed create: remove {}: {e}",
                 self.dir.display()
             ));
+        }
+        if let Some((h, json, cwd)) = &self.poststop {
+            for e in hooks::run_each("poststop", Some(h), json, Some(cwd)) {
+                logging::warn(&format!("{e:#}"));
+            }
         }
     }
 }
