@@ -257,8 +257,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     st.pid = pid;
 
     if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
-        // From the hooks on, a failed create continues the lifecycle at its end (runtime.md
-        // steps 3-5: "continue the lifecycle at step 12"; step 13 runs poststop hooks).
+        // From here (the container process exists, the hooks are next) a failed create
+        // continues the lifecycle at its end (runtime.md steps 3-5: "continue the lifecycle
+        // at step 12"; step 13 runs poststop hooks). runc's destroy runs them for any failure.
         let json = hooks::hook_state(opts.id, "stopped", pid, &bundle.dir, spec);
         guard.poststop = Some((h, json, bundle.dir.clone()));
     }
