@@ -87,13 +87,15 @@ pub fn run(_g: &Globals, _a: Args) -> anyhow::Result<i32> {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps,
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": true},
             "seccomp": crate::seccomp::features(),
             // features-linux.md: whether the runtime supports the module, "irrelevant to
             // the availability of AppArmor on the host" (`lsm::check` refuses it there).
             "apparmor": {"enabled": true},
             "selinux": {"enabled": true},
-            "intelRdt": {"enabled": false}
+            "intelRdt": {"enabled": false},
+            // bundle.rs refuses idmapped mounts (uidMappings/gidMappings on a mount).
+            "mountExtensions": {"idmap": {"enabled": false}}
         },
         "annotations": {
             "org.lrun.layers": "layered root filesystems (runtime-spec/bundle.md)"
