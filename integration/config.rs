@@ -646,4 +646,136 @@ fn a_start_container_hook_without_env_inherits_the_processs() {
         fs::read_to_string(&log).unwrap(),
         "inherited ONE=two OWN=\nown ONE= OWN=yes\n"
     );
+
+/// process.apparmorProfile, process.selinuxLabel and linux.mountLabel on a kernel without the
+/// module: `create` (and `exec --apparmor`) refuse with one line naming the field, before
+/// anything exists. Running the container unconfined instead would defeat the config.
+#[test]
+fn an_lsm_the_kernel_lacks_is_refused_naming_the_field() {
+    if lrun::lsm::apparmor_enabled() || lrun::lsm::selinux_enabled() {
+        return lrun::test_support::skip("this kernel has AppArmor or SELinux on");
+    }
+    let mut env = Env::new();
+    type SetField = fn(&mut serde_json::Value);
+    let cases: [(&str, SetField); 3] = [
+        ("process.apparmorProfile", |c| {
+            c["process"]["apparmorProfile"] = json!("lrun-test")
+        }),
+        ("process.selinuxLabel", |c| {
+            c["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0")
+        }),
+        ("linux.mountLabel", |c| {
+            c["linux"]["mountLabel"] = json!("system_u:object_r:container_file_t:s0")
+        }),
+    ];
+    let mut ids = Vec::new();
+    for (field, set) in cases {
+        let mut b = env.bundle("lsm", &["true"]);
+        set(&mut b.config);
+        b.write();
+        let id = env.id("lsm");
+        let (code, err) = env.quiet_code(&["create", "--bundle", b.path(), &id]);
+        assert_ne!(code, 0, "{field}: create succeeded");
+        assert_eq!(err.trim().lines().count(), 1, "{field}: {err}");
+        assert!(err.contains(field) && err.contains("not"), "{field}: {err}");
+        ids.push(id);
+    }
+    assert_no_leaks(&env.root, &ids);
+
+    // exec's flags ask for the same.
+    let b = env.bundle("lsmx", &["sleep", "1000"]);
+    b.write();
+    let id = env.id("lsmx");
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let (code, err) = env.quiet_code(&["exec", "--apparmor", "lrun-test", &id, "true"]);
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+    assert_ne!(code, 0, "exec --apparmor succeeded");
+    assert!(err.contains("process.apparmorProfile"), "{err}");
+}
+
+/// A bind source below a host directory only the host's root may enter (0700): the init, as
+/// root of its user namespace (host uid 100000), cannot traverse it, so `create` opens the
+/// source before the namespace exists (as runc does). It used to fail with EACCES.
+#[test]
+fn a_bind_source_in_a_root_only_directory_mounts_in_a_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new();
+    let private = env.scratch.join("private");
+    fs::create_dir_all(private.join("data")).unwrap();
+    fs::write(private.join("data/file"), "reached\n").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let out = sh(
+        &mut env,
+        |b| {
+            b.config["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            b.config["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            b.config["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            let mounts = b.config["mounts"].as_array_mut().unwrap();
+            for m in mounts.iter_mut() {
+                if m["type"] == "sysfs" {
+                    *m = json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
+                }
+            }
+            mounts.retain(|m| m["type"] != "cgroup");
+            mounts.push(json!({"destination": "/mnt", "type": "bind",
+                "source": private.join("data"), "options": ["bind", "ro"]}));
+        },
+        "cat /mnt/file; touch /mnt/x 2>/dev/null || echo read-only",
+    );
+    assert_eq!(out, "reached\nread-only\n");
+}
+
+/// config-linux.md: "If a file already exists at path that does not match the requested device,
+/// the runtime MUST generate an error." /dev/null (1:3) is there before linux.devices: asking
+/// for 1:5 at that path fails create naming the device; asking for 1:3 is fine.
+#[test]
+fn a_listed_device_whose_path_holds_another_file_fails_create() {
+    let mut env = Env::new();
+    let mut b = env.bundle("devx", &["true"]);
+    b.config["linux"]["devices"] =
+        json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 5}]);
+    b.write();
+    let id = env.id("devx");
+    let (code, err) = env.quiet_code(&["create", "--bundle", b.path(), &id]);
+    assert_ne!(code, 0, "create succeeded");
+    assert!(
+        err.contains("linux.devices /dev/null: a different file is already there"),
+        "{err}"
+    );
+    assert_no_leaks(&env.root, &[id]);
+    let mut b = env.bundle("devok", &["true"]);
+    b.config["linux"]["devices"] =
+        json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}]);
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// runtime.md lifecycle: a failing prestart (or createRuntime, createContainer) hook makes the
+/// runtime "stop the container, and continue the lifecycle at step 12": the container is
+/// destroyed and the poststop hooks (step 13) run, with the state "stopped". lrun ran none.
+#[test]
+fn a_failing_create_hook_still_runs_the_poststop_hooks() {
+    let mut env = Env::new();
+    let mark = env.scratch.join("poststop.json");
+    let mut b = env.bundle("ppstop", &["true"]);
+    b.config["hooks"] = json!({
+        "prestart": [{"path": "/bin/false"}],
+        "poststop": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", mark.display())]}]
+    });
+    b.write();
+    let id = env.id("ppstop");
+    let (code, err) = env.quiet_code(&["create", "--bundle", b.path(), &id]);
+    assert_ne!(code, 0, "create succeeded");
+    assert!(err.contains("hooks.prestart[0]"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(&mark).expect("poststop did not run")).unwrap();
+    assert_eq!(state["status"], "stopped");
+    assert_eq!(state["id"], id.as_str());
+    assert_no_leaks(&env.root, &[id]);
 }

@@ -234,6 +234,13 @@ fn features_lists_namespaces_and_hooks() {
     let ns = doc["linux"]["namespaces"].as_array().unwrap();
     assert!(ns.iter().any(|n| n == "time"));
     assert_eq!(doc["hooks"].as_array().unwrap().len(), 6);
+    // features-linux.md: what the runtime supports, whatever the host's kernel has.
+    assert_eq!(doc["linux"]["apparmor"]["enabled"], true);
+    assert_eq!(doc["linux"]["selinux"]["enabled"], true);
+    assert_eq!(doc["linux"]["cgroup"]["rdma"], true);
+    assert_eq!(doc["linux"]["mountExtensions"]["idmap"]["enabled"], false);
+    let opts = doc["mountOptions"].as_array().unwrap();
+    assert!(opts.iter().any(|o| o == "rro") && opts.iter().any(|o| o == "nosymfollow"));
 }
 
 /// Start `lrun create` held in the middle by a slow createRuntime hook, then SIGKILL it.

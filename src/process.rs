@@ -358,7 +358,7 @@ pub fn exec(exe: &CString, argv: &[CString], envp: &[CString]) -> Result<std::co
 }
 
 /// Load the filter; a SCMP_ACT_NOTIFY listener goes to the agent (the spec: after the filter
-/// is loaded). Processes run by `exec` share the container's agent: their listener is not sent.
+/// is loaded). Processes run by `exec` send theirs to the same agent (their own filter instance).
 fn load_filter(
     f: &crate::seccomp::Filter,
     agent: &mut Option<crate::seccomp::Agent>,

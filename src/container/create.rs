@@ -113,6 +113,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         cgroup: None,
         layered,
         layers: None,
+        poststop: None,
         done: false,
     };
     // A populated or frozen target cgroup is refused before the guard owns it (its cleanup
@@ -203,6 +204,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             relay = Some(notify::Relay::bind(&notify_dir, host.clone())?);
         }
     }
+    // In a user namespace the init may not reach sources the host's root can.
+    let bind_sources = match plan.new_user || has_user_join(&plan) {
+        true => crate::rootfs::mounts::open_bind_sources(spec, &bundle.dir)?,
+        false => Vec::new(),
+    };
     let (chan, child_chan) = sync::pair()?;
     let args = InitArgs {
         id: opts.id,
@@ -218,6 +224,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         listen_fds,
         notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
         seccomp: seccomp.as_ref(),
+        bind_sources: &bind_sources,
     };
     // The child only runs init code and then execs or exits.
     let one_thread = SingleThreaded::check()?;
@@ -306,6 +313,13 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     // (pdeathsig), so a crash leaves no process for `delete --force` to find.
     st.pid = pid;
 
+    if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
+        // From here (the container process exists, the hooks are next) a failed create
+        // continues the lifecycle at its end (runtime.md steps 3-5: "continue the lifecycle
+        // at step 12"; step 13 runs poststop hooks). runc's destroy runs them for any failure.
+        let json = hooks::hook_state(opts.id, "stopped", pid, &bundle.dir, spec);
+        guard.poststop = Some((h, json, bundle.dir.clone()));
+    }
     if hooks::needs_runtime_hooks(spec) {
         chan.expect(Message::RunRuntimeHooks)?;
         if let Some(h) = spec.hooks() {
@@ -402,6 +416,8 @@ struct CreateGuard<'a> {
     cgroup: Option<cgroups::CgroupRecord>,
     layered: bool,
     layers: Option<layers::RootRecord>,
+    /// poststop hooks, their state and cwd (the bundle), once create reached the hooks.
+    poststop: Option<(Vec<oci_spec::runtime::Hook>, Vec<u8>, PathBuf)>,
     done: bool,
 }
 
@@ -430,5 +446,16 @@ impl Drop for CreateGuard<'_> {
                 self.dir.display()
             ));
         }
+        if let Some((h, json, cwd)) = &self.poststop {
+            for e in hooks::run_each("poststop", Some(h), json, Some(cwd)) {
+                logging::warn(&format!("{e:#}"));
+            }
+        }
     }
+}
+
+fn has_user_join(plan: &crate::namespaces::Plan) -> bool {
+    plan.join
+        .iter()
+        .any(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User)
 }

@@ -53,6 +53,8 @@ pub struct InitArgs<'a> {
     pub notify_dir: Option<&'a Path>,
     /// linux.seccomp, compiled by the parent.
     pub seccomp: Option<&'a crate::seccomp::Filter>,
+    /// Bind sources the parent opened (`rootfs::mounts::open_bind_sources`), by mount index.
+    pub bind_sources: &'a [Option<OwnedFd>],
 }
 
 /// Entry point of the first child. Never returns.
@@ -151,6 +153,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
                     what: "notify socket",
                 })
                 .as_ref(),
+            a.bind_sources,
             &mut || parent.wait(a, chan),
         )?;
     }
@@ -220,9 +223,11 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         env.retain(|e| !e.starts_with("NOTIFY_SOCKET="));
         env.push(crate::notify::container_env());
     }
-    // The LSM labels (AppArmor exec profile, SELinux exec label) belong here: after every
-    // mount and path lookup of the set-up, before the user switch below, and before `ready`
-    // so that a profile the kernel refuses fails `create`.
+    // The LSM labels (AppArmor exec profile, SELinux exec label): after every mount and path
+    // lookup of the set-up, before the user switch and no_new_privs below (as runc's init:
+    // no_new_privs would restrict the transition), and before `ready` so that a profile the
+    // kernel refuses fails `create`.
+    crate::lsm::set_exec_labels(process)?;
 
     // Every step that can fail for want of privilege (groups, ids, capabilities,
     // no_new_privs, a seccomp filter without no_new_privs) runs before `ready`: a failure is
