@@ -646,6 +646,7 @@ fn a_start_container_hook_without_env_inherits_the_processs() {
         fs::read_to_string(&log).unwrap(),
         "inherited ONE=two OWN=\nown ONE= OWN=yes\n"
     );
+}
 
 /// process.apparmorProfile, process.selinuxLabel and linux.mountLabel on a kernel without the
 /// module: `create` (and `exec --apparmor`) refuse with one line naming the field, before

@@ -165,6 +165,7 @@ fn start_container_hooks_run_under_the_containers_filter() {
             "nnp {nnp}: the hook's mkdir was not refused"
         );
     }
+}
 
 /// runtime-spec/seccomp.md: a process started by `exec` gets its own listener, and it reaches
 /// the container's agent like the init's (it used to get ENOSYS: nobody held its listener).
