@@ -120,6 +120,10 @@ pub fn supervise(
             if let Some(m) = &pty {
                 drain(m, &stdout);
             }
+            // What the program sent just before it exited still goes to the host.
+            if let Some(r) = relay {
+                drain_notify(r);
+            }
             return Ok(code);
         }
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -179,6 +183,21 @@ pub fn supervise(
             {
                 stdin_open = false;
             }
+        }
+    }
+}
+
+/// Relay the notify messages still queued once the container has exited (a program that
+/// says READY=1 and exits at once must not race the poll loop).
+fn drain_notify(relay: &Relay) {
+    loop {
+        let mut fds = [PollFd::new(relay.fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            return;
+        }
+        if let Err(e) = relay.forward_one(None) {
+            crate::logging::warn(&format!("{e:#}"));
+            return;
         }
     }
 }
