@@ -34,20 +34,30 @@ fn under_systemd() -> bool {
 /// A busybox rootfs with the static helpers of integration/fixtures in /bin: sd-notify (what
 /// sd_notify(3) sends) and listen-serve (a socket-activated server).
 fn sd_rootfs() -> &'static Path {
+    const HELPERS: [&str; 2] = ["sd-notify", "listen-serve"];
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("systemd-rootfs");
-        if !dir.join("run/notify").exists() {
+        let src = |helper: &str| {
+            format!(
+                "{}/integration/fixtures/{helper}.c",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        };
+        let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let fresh = dir.join("run/notify").exists()
+            && HELPERS
+                .iter()
+                .all(|h| mtime(&dir.join("bin").join(h)) >= mtime(Path::new(&src(h))));
+        if !fresh {
+            let _ = fs::remove_dir_all(&dir);
             let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
             let _ = fs::remove_dir_all(&tmp);
             make_busybox_rootfs(&tmp);
             // The notify relay's mount point: in the guest this rootfs is read-only.
             fs::create_dir_all(tmp.join("run/notify")).unwrap();
-            for helper in ["sd-notify", "listen-serve"] {
-                let src = format!(
-                    "{}/integration/fixtures/{helper}.c",
-                    env!("CARGO_MANIFEST_DIR")
-                );
+            for helper in HELPERS {
+                let src = src(helper);
                 let st = Command::new("cc")
                     .args(["-static", "-O2", "-o"])
                     .arg(tmp.join("bin").join(helper))
@@ -173,13 +183,14 @@ impl Units {
         Units { names: Vec::new() }
     }
 
-    /// Write units (name, text) and reload systemd once.
+    /// Write units (name, text). No daemon-reload: systemd reads a unit it has never loaded
+    /// from disk when first asked for it (it notices the unit directory changed), and these
+    /// names are new. A reload costs seconds under TCG and stalls every other systemctl call.
     fn install(&mut self, units: &[(&str, String)]) {
         for (name, text) in units {
             fs::write(Path::new(UNIT_DIR).join(name), text).unwrap();
             self.names.push(name.to_string());
         }
-        systemctl(&["daemon-reload"]);
     }
 }
 
@@ -425,7 +436,11 @@ fn exec_stop_post_cleans_up_after_lrun_is_killed() {
     }
     let mut env = Env::new();
     let id = env.id("killed");
-    let b = bundle(&env, "killed", "/bin/sd-notify READY=1; sleep 1000 & wait");
+    let b = bundle(
+        &env,
+        "killed",
+        "trap 'exit 0' TERM; /bin/sd-notify READY=1; sleep 1000 & wait",
+    );
     let unit = unit_name("killed", "service");
     let mut units = Units::new();
     units.install(&[(&unit, service_unit(&env, &b, &id, ""))]);
@@ -545,7 +560,7 @@ fn container_cgroup_without_the_systemd_driver() {
     let b = bundle(
         &env,
         "placement",
-        "echo placement-output; /bin/sd-notify READY=1; sleep 1000 & wait",
+        "trap 'exit 0' TERM; echo placement-output; /bin/sd-notify READY=1; sleep 1000 & wait",
     );
     let unit = unit_name("placement", "service");
     let mut units = Units::new();
@@ -607,7 +622,7 @@ fn delegated_unit_keeps_the_container_inside_its_cgroup() {
     let mut b = bundle(
         &env,
         "delegate",
-        "/bin/sd-notify READY=1; sleep 1000 & wait",
+        "trap 'exit 0' TERM; /bin/sd-notify READY=1; sleep 1000 & wait",
     );
     b.config["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
     b.config["linux"]["resources"]["pids"] = json!({"limit": 50});
@@ -710,12 +725,12 @@ fn forking_unit_runs_a_created_and_started_container() {
     assert_nothing_left(&env, &id, &[init]);
 }
 
-/// The scheduler's case with readiness: `lrun create` as ExecStartPre (a control process, in
-/// UNIT/.control with Delegate=yes, so the container lands at UNIT/ID) and `lrun start` as the
-/// Type=notify main process. start relays the program's READY=1 with MAINPID= the container's
-/// init, so systemd then watches the container itself, and `start` returns.
+/// The scheduler's case with readiness: `lrun run -d` (create, then start) as the Type=notify
+/// main process. As `runc run -d`, start relays the program's READY=1 with MAINPID= the
+/// container's init and returns, so systemd then watches the container itself. (`create` as an
+/// ExecStartPre= would not do: systemd gives only the main process NOTIFY_SOCKET.)
 #[test]
-fn notify_create_start_unit_makes_the_container_the_main_pid() {
+fn notify_detached_run_makes_the_container_the_main_pid() {
     if !under_systemd() {
         return;
     }
@@ -733,10 +748,9 @@ fn notify_create_start_unit_makes_the_container_the_main_pid() {
     units.install(&[(
         &unit,
         format!(
-            "[Service]\nType=notify\nDelegate=yes\n\
-             ExecStartPre={l} create --bundle {} {id}\nExecStart={l} start {id}\n\
+            "[Service]\nType=notify\nDelegate=yes\nExecStart={}\n\
              ExecStop={l} kill {id} TERM\nExecStopPost={l} delete --force {id}\n",
-            b.path()
+            in_leaf(&format!("{l} run -d --bundle {} {id}", b.path()))
         ),
     )]);
     let t0 = Instant::now();
