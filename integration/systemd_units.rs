@@ -796,3 +796,67 @@ fn notify_detached_run_makes_the_container_the_main_pid() {
     assert!(log.contains("program got SIGTERM"), "{log}");
     assert_nothing_left(&env, &id, &[init]);
 }
+
+/// With --systemd-cgroup (lrun's systemd cgroup driver) the container runs in its own
+/// transient scope, `lrun-ID.scope` in system.slice: a unit beside the service, which systemd
+/// knows and shows, and under which journald files the container's output. lrun killed
+/// (SIGKILL) leaves the scope to ExecStopPost's `lrun delete --force`, which stops it: no scope
+/// is left behind (runc #3780).
+#[test]
+fn systemd_cgroup_unit_puts_the_container_in_its_own_scope() {
+    if !under_systemd() {
+        return;
+    }
+    let mut env = Env::new();
+    let id = env.id("scope");
+    let b = bundle(
+        &env,
+        "scope",
+        "trap 'exit 0' TERM; echo scope-output; /bin/sd-notify READY=1; sleep 1000 & wait",
+    );
+    let unit = unit_name("scope", "service");
+    let l = format!("{} --systemd-cgroup", lrun_cmd(&env));
+    let mut units = Units::new();
+    units.install(&[(
+        &unit,
+        format!(
+            "[Service]\nType=notify\nExecStart={l} run --bundle {} {id}\n\
+             ExecStopPost={l} delete --force {id}\n",
+            b.path()
+        ),
+    )]);
+    systemctl(&["start", &unit]);
+    let init = env.state(&id)["pid"].as_i64().unwrap() as i32;
+    let scope = format!("lrun-{id}.scope");
+    let cg = cgroups_of(init)["0"].clone();
+    if !cg.ends_with(".scope") {
+        lrun::test_support::skip("the systemd cgroup driver is not in this build");
+        return;
+    }
+    assert_eq!(cg, format!("/system.slice/{scope}"));
+    let p = show(&scope, &["ActiveState", "ControlGroup", "Delegate"]);
+    assert_eq!(
+        (p["ActiveState"].as_str(), p["ControlGroup"].as_str()),
+        ("active", cg.as_str())
+    );
+    let log = journal(&scope, "scope-output");
+    assert!(log.contains("scope-output"), "{log}");
+    systemctl(&["kill", "--kill-who=main", "--signal=KILL", &unit]);
+    wait_until("the unit to stop after lrun's SIGKILL", 30, || {
+        !matches!(
+            show(&unit, &["ActiveState"])["ActiveState"].as_str(),
+            "active" | "deactivating"
+        )
+    });
+    let p = show(&scope, &["ActiveState", "LoadState"]);
+    assert!(
+        p["ActiveState"] == "inactive" || p["LoadState"] == "not-found",
+        "scope left: {p:?}"
+    );
+    assert!(
+        !Path::new("/sys/fs/cgroup").join(&cg[1..]).exists()
+            && !Path::new("/sys/fs/cgroup/unified").join(&cg[1..]).exists(),
+        "the scope's cgroup is left"
+    );
+    assert_nothing_left(&env, &id, &[init]);
+}
