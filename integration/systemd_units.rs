@@ -502,7 +502,7 @@ fn restart_on_failure_restarts_a_crashed_container() {
 
 /// Socket activation: systemd listens, a client's connection starts the service, lrun passes
 /// the listening socket into the container (LISTEN_FDS=1, LISTEN_PID = the program's pid,
-/// fd 3) and the containerised server answers.
+/// LISTEN_FDNAMES = the socket's FileDescriptorName, fd 3) and the containerised server answers.
 #[test]
 fn socket_activation_reaches_the_containerised_server() {
     if !under_systemd() {
@@ -517,7 +517,10 @@ fn socket_activation_reaches_the_containerised_server() {
     let (socket, service) = (format!("{name}.socket"), format!("{name}.service"));
     let mut units = Units::new();
     units.install(&[
-        (&socket, format!("[Socket]\nListenStream={path}\n")),
+        (
+            &socket,
+            format!("[Socket]\nListenStream={path}\nFileDescriptorName=web\n"),
+        ),
         (&service, service_unit(&env, &b, &id, "Type=simple\n")),
     ]);
     systemctl(&["start", &socket]);
@@ -533,7 +536,7 @@ fn socket_activation_reaches_the_containerised_server() {
     conn.read_to_string(&mut answer).unwrap();
     assert_eq!(
         answer.trim_end(),
-        "hello from the container: LISTEN_FDS=1 LISTEN_PID=1 pid=1",
+        "hello from the container: LISTEN_FDS=1 LISTEN_PID=1 LISTEN_FDNAMES=web pid=1",
         "{}",
         journal(&service, "")
     );
