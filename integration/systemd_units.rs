@@ -44,11 +44,17 @@ fn sd_rootfs() -> &'static Path {
                 env!("CARGO_MANIFEST_DIR")
             )
         };
-        let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        // Rebuilt when the helpers' sources differ from those it was built from.
+        let stamp = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for helper in HELPERS {
+                fs::read(src(helper)).unwrap_or_default().hash(&mut h);
+            }
+            format!("{:016x}\n", h.finish())
+        };
         let fresh = dir.join("run/notify").exists()
-            && HELPERS
-                .iter()
-                .all(|h| mtime(&dir.join("bin").join(h)) >= mtime(Path::new(&src(h))));
+            && fs::read_to_string(dir.join(".sources")).is_ok_and(|s| s == stamp);
         if !fresh {
             let _ = fs::remove_dir_all(&dir);
             let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
@@ -69,6 +75,7 @@ fn sd_rootfs() -> &'static Path {
                     "building {src} needs cc and static libc (libc6-dev)"
                 );
             }
+            fs::write(tmp.join(".sources"), &stamp).unwrap();
             let _ = fs::rename(&tmp, &dir);
             let _ = fs::remove_dir_all(&tmp);
         }
