@@ -870,3 +870,48 @@ fn systemd_cgroup_unit_puts_the_container_in_its_own_scope() {
     );
     assert_nothing_left(&env, &id, &[init]);
 }
+
+/// What does not work on cgroup v2, and says why: a container cgroup below the unit's own
+/// cgroup while lrun itself still runs there (Delegate=yes, an absolute cgroupsPath UNIT/ctr,
+/// no leaf move). The kernel refuses the move with a bare EOPNOTSUPP/EBUSY; lrun names the
+/// busy cgroup and the rule, fails the start, and leaves nothing.
+#[test]
+fn a_container_below_a_busy_unit_cgroup_fails_with_the_reason() {
+    if !under_systemd() {
+        return;
+    }
+    if !pure_v2() {
+        lrun::test_support::skip("the no-internal-processes rule is cgroup v2's");
+        return;
+    }
+    let mut env = Env::new();
+    let id = env.id("busy");
+    let unit = unit_name("busy", "service");
+    let mut b = bundle(&env, "busy", "true");
+    let ctr = format!("/system.slice/{unit}/ctr-{id}");
+    b.config["linux"]["cgroupsPath"] = json!(ctr);
+    b.write();
+    let mut units = Units::new();
+    units.install(&[(
+        &unit,
+        format!(
+            "[Service]\nType=oneshot\nDelegate=yes\nExecStart={} run --bundle {} {id}\n",
+            lrun_cmd(&env),
+            b.path()
+        ),
+    )]);
+    let st = Command::new("systemctl")
+        .args(["start", &unit])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!st.success(), "the container started below a busy cgroup");
+    let want = format!("/sys/fs/cgroup/system.slice/{unit} has processes of its own");
+    let log = journal(&unit, &want);
+    assert!(
+        log.contains(&want) && log.contains("no-internal-processes"),
+        "{log}"
+    );
+    assert!(!Path::new("/sys/fs/cgroup").join(&ctr[1..]).exists());
+    assert_nothing_left(&env, &id, &[]);
+}
