@@ -360,14 +360,18 @@ fn socket_activation_passes_listen_fds() {
     let mut env = Env::new();
     let b = env.bundle(
         "listen",
-        &["sh", "-c", "echo $LISTEN_FDS $LISTEN_PID; cat <&3"],
+        &[
+            "sh",
+            "-c",
+            "echo $LISTEN_FDS $LISTEN_PID $LISTEN_FDNAMES; cat <&3",
+        ],
     );
     b.write();
     let id = env.id("listen");
     let file = env.scratch.join("sock-standin");
     std::fs::write(&file, "activated\n").unwrap();
     let script = format!(
-        "exec 3<{} && LISTEN_FDS=1 LISTEN_PID=$$ exec {} --root {} run --bundle {} {}",
+        "exec 3<{} && LISTEN_FDS=1 LISTEN_PID=$$ LISTEN_FDNAMES=web exec {} --root {} run --bundle {} {}",
         file.display(),
         LRUN,
         env.root.display(),
@@ -380,7 +384,7 @@ fn socket_activation_passes_listen_fds() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "1 1\nactivated\n",
+        "1 1 web\nactivated\n",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -92,7 +92,19 @@ impl CgroupDriver for V2Driver {
     }
 
     fn add_pid(&self, pid: i32) -> Result<()> {
-        fs::write(&self.dir, "cgroup.procs", &pid.to_string())
+        fs::write(&self.dir, "cgroup.procs", &pid.to_string()).map_err(|e| {
+            match self.dir.parent().filter(|p| has_processes(p)) {
+                // The kernel's EOPNOTSUPP/EBUSY says nothing of the cause, common under a
+                // systemd service whose own cgroup holds lrun.
+                Some(p) => e.context(format!(
+                    "{} has processes of its own, so by cgroup v2's no-internal-processes rule \
+                     no cgroup below it can have controllers: move them into a leaf cgroup \
+                     (runtime-spec/systemd.md) or choose another cgroupsPath",
+                    p.display()
+                )),
+                None => e,
+            }
+        })
     }
 
     fn birth_cgroup(&self) -> Option<&Path> {
@@ -170,6 +182,13 @@ pub fn enable_controllers(mount_point: &Path, leaf: &Path) -> Result<()> {
         dir.push(c);
     }
     Ok(())
+}
+
+/// Whether the cgroup `dir` directly holds a process (not the root: it is exempt from the
+/// no-internal-processes rule).
+fn has_processes(dir: &Path) -> bool {
+    exists(dir, "cgroup.type")
+        && read_opt(dir, "cgroup.procs").is_ok_and(|t| t.is_some_and(|t| !t.trim().is_empty()))
 }
 
 /// runc's mapping of v1 cpu.shares [2, 262144] onto cpu.weight [1, 10000].

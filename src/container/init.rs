@@ -215,9 +215,17 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let mut env = process.env().clone().unwrap_or_default();
     if a.listen_fds > 0 {
         // The sockets' owner is now the container's process, with its pid as seen inside.
-        env.retain(|e| !e.starts_with("LISTEN_FDS=") && !e.starts_with("LISTEN_PID="));
+        // Their names (FileDescriptorName=, for sd_listen_fds_with_names) go along.
+        env.retain(|e| {
+            !e.starts_with("LISTEN_FDS=")
+                && !e.starts_with("LISTEN_PID=")
+                && !e.starts_with("LISTEN_FDNAMES=")
+        });
         env.push(format!("LISTEN_FDS={}", a.listen_fds));
         env.push(format!("LISTEN_PID={}", std::process::id()));
+        if let Some(names) = std::env::var_os("LISTEN_FDNAMES") {
+            env.push(format!("LISTEN_FDNAMES={}", names.to_string_lossy()));
+        }
     }
     if a.notify_dir.is_some() {
         env.retain(|e| !e.starts_with("NOTIFY_SOCKET="));
