@@ -28,7 +28,7 @@ pub fn run(_g: &Globals, _a: Args) -> anyhow::Result<i32> {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps,
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false},
             "seccomp": crate::seccomp::features(),
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},

@@ -71,7 +71,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .as_ref()
         .context("config.json: process is required")?;
     let linux = spec.linux().as_ref();
-    let cgroup = cgroups::new_driver(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
+    let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
+    let cgroup = match rt.systemd_cgroup {
+        true => cgroups::new_systemd_driver(cgroups_path, opts.id, &rt.root)?,
+        false => cgroups::new_driver(cgroups_path, opts.id)?,
+    };
     let layer_spec = layers::layer_spec(spec)?;
 
     // 2. `--pull`: what the store lacks, before the id is claimed (the store is shared and
@@ -151,16 +155,16 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         None => rootfs::check_exists(&st.rootfs)?,
     }
 
-    // 5. cgroups, before any container process exists.
+    // 5. cgroups, before any container process exists (a systemd scope is made with the
+    // first process: see `start` below).
     guard.cgroup = Some(cgroup.record());
     cgroup.create()?;
     // Always applied: even without resources the device list has defaults to enforce.
+    // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
     let no_resources = oci_spec::runtime::LinuxResources::default();
     let resources = linux
         .and_then(|l| l.resources().as_ref())
         .unwrap_or(&no_resources);
-    // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
-    cgroup.set_with_devices(resources, &[])?;
 
     // 6. The exec fifo that holds the init until `start`, inherited by the init as an fd.
     let exec_fifo = match opts.foreground {
@@ -230,7 +234,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
-    cgroup.add_pid(first)?;
+    // The limits, then the child in its cgroups.
+    cgroup.start(first, resources)?;
     // A child that failed meanwhile closed its end: its error is the next message read.
     let _ = chan.send(&Message::ParentSetupDone);
     let pid = if plan.fork_init {

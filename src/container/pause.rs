@@ -79,6 +79,7 @@ mod tests {
             root: root.clone(),
             store: root.join("store"),
             pull_limits: Default::default(),
+            systemd_cgroup: false,
         };
         let fake = Fake { id, rt, child, m };
         fake.m.add_pid(pid).unwrap();
