@@ -164,7 +164,8 @@ impl Bus {
         Ok(())
     }
 
-    /// The loaded scopes whose unit name matches `pattern`: (name, description).
+    /// The loaded units matching `pattern` that are not inactive (a stopped transient unit
+    /// may stay listed a moment before systemd unloads it): (name, description).
     pub fn scopes(&self, pattern: &str) -> Result<Vec<(String, String)>> {
         type Unit = (
             String,
@@ -181,7 +182,11 @@ impl Bus {
         let states: Vec<&str> = Vec::new();
         let reply = self.call("ListUnitsByPatterns", &(&states, vec![pattern]))?;
         let units: Vec<Unit> = reply.body().deserialize()?;
-        Ok(units.into_iter().map(|u| (u.0, u.1)).collect())
+        Ok(units
+            .into_iter()
+            .filter(|u| u.3 != "inactive")
+            .map(|u| (u.0, u.1))
+            .collect())
     }
 
     /// A unit's ActiveState ("inactive" for one systemd does not know).
