@@ -245,16 +245,18 @@ fn pause_resume_and_exec_use_the_scope() {
     assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
 }
 
-/// Start `lrun --systemd-cgroup create` with a createRuntime hook that puts a process of its
-/// own in the scope (one that outlives lrun, as a container's process could) and waits;
-/// kill lrun with SIGKILL once the hook is there. Returns the hook's process id.
+/// Start `lrun --systemd-cgroup create` with a createRuntime hook that puts a process in the
+/// scope and waits; kill lrun with SIGKILL once it is there. The hook dies with lrun (its
+/// pdeathsig), the process it started does not (as a container's process could outlive
+/// lrun). Returns that process's id.
 fn killed_create(env: &mut Env, id: &str, unit: &str, path: &str) -> i32 {
     let mark = env.scratch.join(format!("{id}.mark"));
     let mut b = env.bundle("killed", &["sleep", "1000"]);
     b.config["linux"]["cgroupsPath"] = json!(path);
     let script = format!(
-        "for f in /sys/fs/cgroup/machine.slice/{unit}/cgroup.procs /sys/fs/cgroup/*/machine.slice/{unit}/cgroup.procs; do \
-         [ -e \"$f\" ] && echo $$ > \"$f\"; done; echo $$ > {m}; exec sleep 1000",
+        "sleep 1000 </dev/null >/dev/null 2>&1 & p=$!; \
+         for f in /sys/fs/cgroup/machine.slice/{unit}/cgroup.procs /sys/fs/cgroup/*/machine.slice/{unit}/cgroup.procs; do \
+         [ -e \"$f\" ] && echo $p > \"$f\"; done; echo $p > {m}; wait",
         m = mark.display()
     );
     b.config["hooks"] =

@@ -421,11 +421,34 @@ pub fn orphan_scopes(root: &Path, owned: impl Fn(&str, &str) -> bool) -> Result<
             continue;
         }
         logging::debug(&format!("stopping {unit}: container {id} is gone"));
+        let cg = bus.control_group(&unit)?;
         bus.stop(&unit)
             .with_context(|| format!("stop orphaned systemd unit {unit}"))?;
+        if let Some(cg) = cg {
+            remove_leftovers(&cg, &unit)?;
+        }
         stopped.push(unit);
     }
     Ok(stopped)
+}
+
+/// The directories a scope's container had in the hierarchies systemd leaves alone (v1
+/// cpuset, freezer, ...): at the scope's path `cg` in every mounted hierarchy. Without the
+/// container's record these are found by that path; only directories named after the unit.
+fn remove_leftovers(cg: &str, unit: &str) -> Result<()> {
+    let mountinfo = crate::mountinfo::read_self()?;
+    for m in crate::mountinfo::cgroup_mounts(&mountinfo) {
+        let rel = match m.root.as_str() {
+            "/" => Some(cg),
+            root => cg.strip_prefix(root).filter(|r| r.starts_with('/')),
+        };
+        let Some(rel) = rel else { continue };
+        let dir = m.mount_point.join(rel.trim_start_matches('/'));
+        if dir.file_name().is_some_and(|n| n == unit) && dir.exists() {
+            fs::remove_tree(&dir)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -191,11 +191,22 @@ impl Bus {
 
     /// A unit's ActiveState ("inactive" for one systemd does not know).
     fn unit_state(&self, unit: &str) -> Result<String> {
+        Ok(self
+            .unit_property(unit, "org.freedesktop.systemd1.Unit", "ActiveState")?
+            .unwrap_or_else(|| "inactive".into()))
+    }
+
+    /// A scope's ControlGroup (its path in every hierarchy), None if systemd does not know
+    /// the unit.
+    pub fn control_group(&self, unit: &str) -> Result<Option<String>> {
+        self.unit_property(unit, "org.freedesktop.systemd1.Scope", "ControlGroup")
+    }
+
+    /// A string property of a loaded unit, None if systemd does not know the unit.
+    fn unit_property(&self, unit: &str, iface: &str, name: &str) -> Result<Option<String>> {
         let reply = match self.call("GetUnit", &(unit,)) {
             Ok(r) => r,
-            Err(e) if is_error(&e, "org.freedesktop.systemd1.NoSuchUnit") => {
-                return Ok("inactive".into());
-            }
+            Err(e) if is_error(&e, "org.freedesktop.systemd1.NoSuchUnit") => return Ok(None),
             Err(e) => return Err(e),
         };
         let path: OwnedObjectPath = reply.body().deserialize()?;
@@ -204,11 +215,13 @@ impl Bus {
             path.as_str(),
             Some(PROPERTIES),
             "Get",
-            &("org.freedesktop.systemd1.Unit", "ActiveState"),
+            &(iface, name),
         ))?
         .body()
         .deserialize()?;
-        String::try_from(v).context("ActiveState is not a string")
+        String::try_from(v)
+            .map(Some)
+            .with_context(|| format!("{unit} {name} is not a string"))
     }
 
     /// Wait until the job object is gone (the job finished, whatever its result).
