@@ -2,6 +2,7 @@
 //! call). Jobs are waited for by polling the job object until it is gone, then reading the
 //! unit's state: no signal subscription, and a plain deadline.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -56,10 +57,16 @@ fn variant(v: &Value) -> Variant<'_> {
 }
 
 impl Bus {
-    /// Connect to the system bus and make sure systemd answers there (its version).
+    /// Connect to the system bus and make sure systemd answers there (its version; asked
+    /// once per process: `create` connects twice, around its fork).
     pub fn connect() -> Result<Bus> {
+        static VERSION: OnceLock<u32> = OnceLock::new();
+        let known = VERSION.get().copied();
         let answer = zbus::block_on(async {
             let conn = Connection::system().await?;
+            if let Some(v) = known {
+                return Ok::<_, zbus::Error>((conn, v));
+            }
             let reply = conn
                 .call_method(
                     Some(DEST),
@@ -70,14 +77,16 @@ impl Bus {
                 )
                 .await?;
             let v: zbus::OwnedVariant = reply.body().deserialize()?;
-            let version = String::try_from(v).unwrap_or_default();
-            Ok::<_, zbus::Error>((conn, version))
+            Ok((
+                conn,
+                parse_version(&String::try_from(v).unwrap_or_default()),
+            ))
         });
         let (conn, version) =
             answer.map_err(|e| anyhow::anyhow!("no systemd answers on the system bus: {e}"))?;
         Ok(Bus {
             conn,
-            version: parse_version(&version),
+            version: *VERSION.get_or_init(|| version),
         })
     }
 
@@ -151,7 +160,7 @@ impl Bus {
                 let job: OwnedObjectPath = reply.body().deserialize()?;
                 self.wait_job(&job)?;
             }
-            Err(e) if is_error(&e, "org.freedesktop.systemd1.NoSuchUnit") => {}
+            Err(e) if is_error(&e, "org.freedesktop.systemd1.NoSuchUnit") => return Ok(()),
             Err(e) => return Err(e),
         }
         // A failed unit stays loaded until reset.
