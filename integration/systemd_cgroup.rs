@@ -423,3 +423,108 @@ fn features_report_the_systemd_driver() {
     let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(f["linux"]["cgroup"]["systemd"], json!(true));
 }
+
+/// containerd's runc shim with the systemd cgroup option (what `SystemdCgroup = true` sets
+/// for CRI) calls `lrun --systemd-cgroup` with a `slice:prefix:name` cgroupsPath: the task
+/// lands in that scope, and nothing is left once it is deleted.
+#[test]
+fn containerd_shim_puts_the_task_in_its_scope() {
+    need_systemd!();
+    let have = |c: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !have("containerd") || !have("ctr") || !have("containerd-shim-runc-v2") {
+        lrun::test_support::skip("needs containerd, ctr and containerd-shim-runc-v2");
+        return;
+    }
+    let mut env = Env::new();
+    let id = env.id("ctr");
+    let unit = format!("ctr-{id}.scope");
+    let w = env.scratch.join("containerd");
+    let root_dir = w.join("rootfs");
+    fs::create_dir_all(&w).unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(rootfs())
+        .arg(&root_dir)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    fs::create_dir_all(root_dir.join("run")).unwrap();
+    let sock = w.join("c.sock");
+    // The shim gives lrun --root RUNC_ROOT/NAMESPACE.
+    let runc_root = w.join("runc");
+    fs::write(
+        w.join("config.toml"),
+        format!(
+            "version = 2\nroot = \"{w}/root\"\nstate = \"{w}/state\"\n\
+             [grpc]\n  address = \"{s}\"\n[ttrpc]\n  address = \"{s}.ttrpc\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{w}/opt\"\n",
+            w = w.display(),
+            s = sock.display()
+        ),
+    )
+    .unwrap();
+    let mut containerd = Command::new("containerd")
+        .arg("--config")
+        .arg(w.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(w.join("containerd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = ctr(&[
+        "run",
+        "-d",
+        "--runc-binary",
+        LRUN,
+        "--runc-root",
+        runc_root.to_str().unwrap(),
+        "--runc-systemd-cgroup",
+        "--cgroup",
+        &format!("machine.slice:ctr:{id}"),
+        "--rootfs",
+        root_dir.to_str().unwrap(),
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let ran = out.status.success();
+    let s = show(&unit, &["ActiveState", "ControlGroup"]);
+    let tasks = String::from_utf8_lossy(&ctr(&["task", "ls"]).stdout).into_owned();
+    let _ = ctr(&["task", "kill", "-s", "9", &id]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctr(&["task", "delete", &id]).status.success() && ran {
+        assert!(Instant::now() < deadline, "ctr task delete");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = ctr(&["container", "delete", &id]);
+    let _ = containerd.kill();
+    let _ = containerd.wait();
+    assert!(ran, "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s["ActiveState"], "active", "{s:?}\n{tasks}");
+    assert_eq!(s["ControlGroup"], format!("/machine.slice/{unit}"));
+    assert_unit_gone(&unit);
+    let left: Vec<_> = fs::read_dir(runc_root.join("default"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "lrun state left: {left:?}");
+}
