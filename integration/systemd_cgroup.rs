@@ -359,6 +359,26 @@ fn a_failed_create_leaves_no_scope() {
 }
 
 #[test]
+fn a_limit_the_kernel_refuses_leaves_no_scope() {
+    need_systemd!();
+    let mut env = Env::new();
+    let id = env.id("badcpu");
+    let (path, unit) = scope_path(&id);
+    let mut b = env.bundle("badcpu", &["sleep", "1000"]);
+    b.config["linux"]["cgroupsPath"] = json!(path);
+    // systemd takes the property (AllowedCPUs on v2); cpuset.cpus refuses a CPU that does
+    // not exist, after the scope was made.
+    b.config["linux"]["resources"] = json!({"cpu": {"cpus": "999"}});
+    b.write();
+    let (ok, err) = sd(&env, &["create", "--bundle", b.path(), &id]);
+    assert!(!ok);
+    assert!(err.contains("cpuset.cpus"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_unit_gone(&unit);
+    assert!(!env.root.join(&id).exists());
+}
+
+#[test]
 fn a_default_cgroups_path_is_lrun_id_scope_in_system_slice() {
     need_systemd!();
     let mut env = Env::new();
@@ -372,6 +392,14 @@ fn a_default_cgroups_path_is_lrun_id_scope_in_system_slice() {
     let (ok, err) = env.quiet(&["delete", "--force", &id]);
     assert!(ok, "{err}");
     assert_unit_gone(&unit);
+
+    // A foreground run: the scope lives as long as the container.
+    let b = env.bundle("fg", &["sh", "-c", "exit 3"]);
+    b.write();
+    let id = env.id("fg");
+    let (code, err) = env.quiet_code(&["--systemd-cgroup", "run", "--bundle", b.path(), &id]);
+    assert_eq!(code, 3, "{err}");
+    assert_unit_gone(&format!("lrun-{id}.scope"));
 }
 
 #[test]
