@@ -411,8 +411,8 @@ pub fn orphan_scopes(root: &Path, owned: impl Fn(&str, &str) -> bool) -> Result<
         return Ok(Vec::new());
     }
     let root = std::path::absolute(root).unwrap_or(root.into());
-    // Booted with systemd but nothing answers (a container's view of the host's /run):
-    // no scope of ours can be running either.
+    // Booted with systemd but nothing answers (say, a container that sees the host's /run):
+    // nothing could be stopped, and that is no container's failure.
     let bus = match Bus::connect() {
         Ok(b) => b,
         Err(e) => {
