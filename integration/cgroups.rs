@@ -691,3 +691,23 @@ fn exec_cgroup_joins_a_sub_cgroup_of_the_container() {
     assert!(err.contains("error adding pid"), "{err}");
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
+
+#[test]
+fn on_pure_cgroup_v2_the_init_is_born_in_its_cgroup() {
+    let fs = nix::sys::statfs::statfs("/sys/fs/cgroup").unwrap();
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        lrun::test_support::skip("clone3 into the cgroup is used on pure cgroup v2 only (VM)");
+        return;
+    }
+    let mut env = Env::new();
+    let b = env.bundle("born", &["sh", "-c", "cat /proc/self/cgroup"]);
+    b.write();
+    let id = env.id("born");
+    let out = env.out(&["--debug", "run", "--bundle", b.path(), &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // clone3(CLONE_INTO_CGROUP) placed it: no cgroup.procs write was needed.
+    assert!(err.contains("cgroups joined at clone"), "{err}");
+    // And it is in its own cgroup (the cgroup namespace roots it at "/").
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0::/\n");
+}

@@ -178,3 +178,101 @@ fn a_namespace_path_that_does_not_exist_is_named() {
     let err = create_fails(&mut env, b.path());
     assert!(err.contains("/nonexistent/netns"), "{err}");
 }
+
+/// capability.h
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process holds capability `bit` (its permitted set, /proc/self/status).
+fn we_hold_capability(bit: u32) -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap() & (1 << bit) != 0
+}
+
+/// Issue 14 item 1: a capability lrun's caller lacks fails `create` (not the container after
+/// `start`) with one line naming the field, and leaves nothing.
+#[test]
+fn a_capability_the_caller_lacks_fails_create() {
+    if we_hold_capability(CAP_SYS_RESOURCE) {
+        lrun::test_support::skip("the caller holds CAP_SYS_RESOURCE: nothing to lack");
+        return;
+    }
+    let mut env = Env::new();
+    let mut b = env.bundle("nocap", &["true"]);
+    for set in ["bounding", "permitted", "effective"] {
+        b.config["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_SYS_RESOURCE"));
+    }
+    b.write();
+    let err = create_fails(&mut env, b.path());
+    assert!(
+        err.contains("process.capabilities.permitted: CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    assert!(err.contains("operation not permitted"), "{err}");
+}
+
+/// An rlimit above the caller's hard limit (raising it needs CAP_SYS_RESOURCE) fails `create`.
+#[test]
+fn an_rlimit_above_the_hard_limit_fails_create() {
+    if we_hold_capability(CAP_SYS_RESOURCE) {
+        lrun::test_support::skip("the caller holds CAP_SYS_RESOURCE: any hard limit can be raised");
+        return;
+    }
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let mut env = Env::new();
+    let mut b = env.bundle("rlimit", &["true"]);
+    b.config["process"]["rlimits"] =
+        json!([{"type": "RLIMIT_NOFILE", "soft": hard + 1, "hard": hard + 1}]);
+    b.write();
+    let err = create_fails(&mut env, b.path());
+    assert!(err.contains("process.rlimits: RlimitNofile"), "{err}");
+}
+
+/// A user namespace whose maps lack process.user.uid: setuid fails `create`.
+#[test]
+fn an_unmapped_process_user_fails_create() {
+    let mut env = Env::new();
+    let mut b = env.bundle("unmapped", &["true"]);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    b.config["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1000}]);
+    b.config["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 1000}]);
+    b.config["process"]["user"] = json!({"uid": 5000, "gid": 0});
+    b.write();
+    let err = create_fails(&mut env, b.path());
+    assert!(err.contains("setuid 5000 (process.user.uid)"), "{err}");
+}
+
+/// The same at `exec`: the process sets its capabilities before it reports ready, so `exec`
+/// itself fails, exit 255 as runc's exec failures, with the field named.
+#[test]
+fn exec_with_a_capability_the_caller_lacks_fails_with_255() {
+    if we_hold_capability(CAP_SYS_RESOURCE) {
+        lrun::test_support::skip("the caller holds CAP_SYS_RESOURCE: nothing to lack");
+        return;
+    }
+    let mut env = Env::new();
+    let b = env.bundle("execcap", &["sleep", "1000"]);
+    b.write();
+    let id = env.id("execcap");
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let (code, err) = env.quiet_code(&["exec", "--cap", "CAP_SYS_RESOURCE", &id, "true"]);
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        err.contains("process.capabilities.permitted: CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+    let (ok, err) = env.quiet(&["delete", "--force", &id]);
+    assert!(ok, "{err}");
+}

@@ -8,9 +8,9 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use common::{Env, LRUN, lrun_with, ok};
+use common::{Env, lrun_with, ok};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -292,7 +292,7 @@ fn imported_oci_image_runs_with_merged_files_and_its_config() {
 
     // The xattr survived (checked from the host through a created container's root).
     let id = env.id("imgx");
-    let st = Command::new(LRUN)
+    let st = common::lrun_command()
         .arg("--root")
         .arg(&env.root)
         .arg("--store")
@@ -316,7 +316,10 @@ fn imported_oci_image_runs_with_merged_files_and_its_config() {
     );
     ok(&lrun_with(&env, &store, &["delete", "--force", &id]));
 
-    // The same base layer imported with another image is the same lrun layer.
+    // The same base layer imported with another image is the same lrun layer, reused from
+    // the store, not converted again; the image's named User still resolves through the
+    // reused layer's /etc/passwd and /etc/group.
+    let bundle2 = env.scratch.join("bundle2");
     let out2 = ok(&lrun_with(
         &env,
         &store,
@@ -328,9 +331,19 @@ fn imported_oci_image_runs_with_merged_files_and_its_config() {
             "other",
             "--version",
             "2",
+            "-o",
+            bundle2.to_str().unwrap(),
         ],
     ));
-    assert_eq!(out2.lines().next(), Some(lines[0]));
+    let first = out2.lines().next().unwrap_or_default();
+    assert_eq!(
+        first.strip_suffix(" reused"),
+        lines[0].strip_suffix(" converted"),
+        "{out2}"
+    );
+    let cfg2: Value =
+        serde_json::from_slice(&fs::read(bundle2.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg2["process"]["user"], json!({"uid": 1000, "gid": 1001}));
     let ls: Value =
         serde_json::from_str(&ok(&lrun_with(&env, &store, &["layer", "ls", "--json"]))).unwrap();
     assert_eq!(ls.as_array().unwrap().len(), 3);
@@ -376,7 +389,7 @@ fn corrupt_blob_and_missing_tag_are_refused() {
     let n = data.len();
     data[n - 9] ^= 0x01; // in the gzip trailer's CRC: decompression itself may not notice
     fs::write(&p, data).unwrap();
-    let child = Command::new(LRUN)
+    let child = common::lrun_command()
         .arg("--store")
         .arg(&store)
         .args([

@@ -28,6 +28,7 @@ fn context(dir: &Path) -> LayerContext {
         store: dir.join("store"),
         state_root: dir.join("run"),
         recorded: lrun::state::recorded_root,
+        idle: layers::IdlePolicy::NONE,
     }
 }
 
@@ -621,7 +622,7 @@ fn unreadable_reference_stops_gc_instead_of_unmounting() {
     let content = fs::read(&mine).unwrap();
     fs::remove_file(&mine).unwrap();
     std::os::unix::fs::symlink("/", &mine).unwrap();
-    let e = format!("{:#}", layers::gc_mounts(&env.ctx).unwrap_err());
+    let e = format!("{:#}", layers::gc_mounts(&env.ctx, false).unwrap_err());
     assert!(e.contains(&mine.display().to_string()), "{e}");
     assert_eq!(env.mounts().len(), 4, "3 layers + overlay stay mounted");
     fs::remove_file(&mine).unwrap();
@@ -646,7 +647,7 @@ fn legacy_layers_json_is_still_released() {
     .unwrap();
     assert_eq!(lrun::state::recorded_root(&cdir).unwrap().layers.len(), 3);
     // gc sees the references as live.
-    assert_eq!(layers::gc_mounts(&env.ctx).unwrap(), (0, 0));
+    assert_eq!(layers::gc_mounts(&env.ctx, false).unwrap(), (0, 0));
     layers::release_root(&env.ctx, &cdir, None).unwrap();
     assert!(!cdir.join("layers.json").exists());
     env.assert_clean();

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{Env, LRUN, lrun_with, ok};
+use common::{Env, lrun_with, ok};
 use serde_json::json;
 
 /// A store for one test, next to its state root (removed with it).
@@ -121,7 +121,7 @@ fn created_layered_containers_share_mounts_until_deleted() {
     let ids = [env.id("a"), env.id("b")];
     for id in &ids {
         // create leaves the init holding its stdio: do not capture it.
-        let st = Command::new(LRUN)
+        let st = common::lrun_command()
             .arg("--root")
             .arg(&env.root)
             .arg("--store")
@@ -253,7 +253,7 @@ fn thirty_two_concurrent_lrun_creates_use_five_loop_devices() {
         .iter()
         .map(|id| {
             let err = fs::File::create(env.scratch.join(format!("{id}.err"))).unwrap();
-            Command::new(LRUN)
+            common::lrun_command()
                 .arg("--root")
                 .arg(&env.root)
                 .arg("--store")
@@ -279,7 +279,7 @@ fn thirty_two_concurrent_lrun_creates_use_five_loop_devices() {
     let deletes: Vec<_> = ids
         .iter()
         .map(|id| {
-            Command::new(LRUN)
+            common::lrun_command()
                 .arg("--root")
                 .arg(&env.root)
                 .arg("--store")
@@ -307,4 +307,135 @@ fn thirty_two_concurrent_lrun_creates_use_five_loop_devices() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(!env.root.join("@layers").exists(), "layer mounts left");
+}
+
+/// lrun with this test's roots and an idle layer policy of its own.
+fn lrun_idle(env: &Env, timeout: &str, max: &str, args: &[&str]) -> Output {
+    env.lrun()
+        .env("LRUN_LAYER_IDLE_TIMEOUT", timeout)
+        .env("LRUN_LAYER_IDLE_MAX", max)
+        .arg("--store")
+        .arg(store(env))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lrun")
+}
+
+/// The shared layer mounts of this state root: layer directory name -> mount id.
+fn layer_mounts(env: &Env) -> std::collections::BTreeMap<String, String> {
+    let prefix = format!("{}/", env.root.join("@layers").display());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let rest = f[4].strip_prefix(&prefix)?;
+            let hex = rest.strip_suffix("/mnt")?;
+            Some((hex.to_string(), f[0].to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn idle_layers_stay_mounted_for_the_next_container_until_dropped() {
+    let mut env = Env::new();
+    layers(&env);
+    let b = layered_bundle(&env, "idle", "cat /etc/app", true);
+    let id = env.id("first");
+    let out = lrun_idle(
+        &env,
+        "300",
+        "64",
+        &["run", "--bundle", b.to_str().unwrap(), &id],
+    );
+    assert_eq!(ok(&out), "from app\n");
+    // Deleted, yet both layers stay mounted, with no reference.
+    let kept = layer_mounts(&env);
+    assert_eq!(kept.len(), 2, "idle layers: {kept:?}");
+    for hex in kept.keys() {
+        assert!(!env.root.join("@layers").join(hex).join("users").exists());
+    }
+    // The next container uses those very mounts (same mount ids) and mounts nothing.
+    let id = env.id("second");
+    let out = lrun_idle(
+        &env,
+        "300",
+        "64",
+        &["run", "--bundle", b.to_str().unwrap(), &id],
+    );
+    assert_eq!(ok(&out), "from app\n");
+    assert_eq!(layer_mounts(&env), kept);
+    // `gc` keeps what the policy keeps; `gc --drop-idle` unmounts it at once.
+    ok(&lrun_idle(&env, "300", "64", &["gc"]));
+    assert_eq!(layer_mounts(&env), kept);
+    ok(&lrun_idle(&env, "300", "64", &["gc", "--drop-idle"]));
+    assert!(layer_mounts(&env).is_empty());
+    assert!(!env.root.join("@layers").exists(), "layer dirs left");
+}
+
+#[test]
+fn expired_idle_layers_go_with_the_next_create_and_the_count_is_bounded() {
+    let mut env = Env::new();
+    layers(&env);
+    // A second package on the same base: other@1 over busybox@1.
+    let tree = env.scratch.join("other-tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/other"), "from other\n").unwrap();
+    let other = common::pack_tree(&env, &tree, "other", &[&env.scratch.join("busybox.lrl")]);
+    ok(&lrun(&env, &["layer", "add", other.to_str().unwrap()]));
+    let digest = |name: &str| {
+        let out = ok(&lrun(&env, &["layer", "ls", "--json"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let l = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {out}"));
+        l["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string()
+    };
+    let (busybox, app, other) = (digest("busybox"), digest("app"), digest("other"));
+    let b = layered_bundle(&env, "app", "true", true);
+    let id = env.id("app");
+    ok(&lrun_idle(
+        &env,
+        "1",
+        "64",
+        &["run", "--bundle", b.to_str().unwrap(), &id],
+    ));
+    assert_eq!(layer_mounts(&env).len(), 2);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // app@1 has been idle past its second: the create of other@1 unmounts it, keeps
+    // busybox@1 (its own layer), and leaves its own two idle when it is deleted.
+    let mut bo = env.bundle("other", &["true"]);
+    bo.config["root"] = json!({"path": "rootfs", "readonly": true});
+    bo.config["annotations"] = json!({"org.lrun.layers": "other@1"});
+    bo.write();
+    let id = env.id("other");
+    ok(&lrun_idle(
+        &env,
+        "1",
+        "64",
+        &["run", "--bundle", bo.dir.to_str().unwrap(), &id],
+    ));
+    let left: Vec<String> = layer_mounts(&env).into_keys().collect();
+    let mut want = vec![busybox.clone(), other.clone()];
+    want.sort();
+    assert_eq!(left, want, "app@1 is {app}");
+    assert!(!env.root.join("@layers").join(&app).exists());
+    // With room for one idle layer, a delete keeps only the most recently used.
+    ok(&lrun_idle(&env, "300", "1", &["gc", "--drop-idle"]));
+    let id = env.id("one");
+    ok(&lrun_idle(
+        &env,
+        "300",
+        "1",
+        &["run", "--bundle", b.to_str().unwrap(), &id],
+    ));
+    assert_eq!(layer_mounts(&env).len(), 1, "{:?}", layer_mounts(&env));
 }

@@ -234,6 +234,13 @@ fn features_lists_namespaces_and_hooks() {
     let ns = doc["linux"]["namespaces"].as_array().unwrap();
     assert!(ns.iter().any(|n| n == "time"));
     assert_eq!(doc["hooks"].as_array().unwrap().len(), 6);
+    // features-linux.md: what the runtime supports, whatever the host's kernel has.
+    assert_eq!(doc["linux"]["apparmor"]["enabled"], true);
+    assert_eq!(doc["linux"]["selinux"]["enabled"], true);
+    assert_eq!(doc["linux"]["cgroup"]["rdma"], true);
+    assert_eq!(doc["linux"]["mountExtensions"]["idmap"]["enabled"], false);
+    let opts = doc["mountOptions"].as_array().unwrap();
+    assert!(opts.iter().any(|o| o == "rro") && opts.iter().any(|o| o == "nosymfollow"));
 }
 
 /// Start `lrun create` held in the middle by a slow createRuntime hook, then SIGKILL it.
@@ -291,4 +298,287 @@ fn gc_removes_what_a_killed_create_left_and_keeps_live_containers() {
         String::from_utf8_lossy(&out.stdout),
         format!("removed {live}\n")
     );
+}
+
+/// A bundle on a writable copy of the busybox rootfs whose program is a script, `/bin/gone`,
+/// that a startContainer hook (run in the container after `start`) removes: create finds it,
+/// execve after start does not.
+fn bundle_whose_program_goes_at_start(env: &Env, name: &str) -> (Bundle, std::path::PathBuf) {
+    let root = env.scratch.join(format!("{name}-rootfs"));
+    make_busybox_rootfs(&root);
+    fs::write(root.join("bin/gone"), "#!/bin/sh\necho ran\n").unwrap();
+    let mut perms = fs::metadata(root.join("bin/gone")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(root.join("bin/gone"), perms).unwrap();
+    let marker = env.scratch.join(format!("{name}-poststart-ran"));
+    let mut b = env.bundle(name, &["/bin/gone"]);
+    b.config["root"] = serde_json::json!({"path": root, "readonly": false});
+    b.config["hooks"] = serde_json::json!({
+        "startContainer": [{"path": "/bin/rm", "args": ["rm", "/bin/gone"]}],
+        "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("touch {}", marker.display())]}],
+    });
+    b.write();
+    (b, marker)
+}
+
+/// Issue 14 item 1: a step after `start` that fails (here execve: the program is gone) makes
+/// `start` fail with runc's words for it; the container ends up stopped and no poststart hook
+/// runs. It used to count any close of the exec fifo as a start.
+#[test]
+fn a_program_gone_at_start_fails_start_and_stops_the_container() {
+    let mut env = Env::new();
+    let (b, poststart_ran) = bundle_whose_program_goes_at_start(&env, "gone");
+    let id = env.id("gone");
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(ok, "create: {err}");
+    let (code, err) = env.quiet_code(&["start", &id]);
+    assert_eq!(code, 1, "start: {err}");
+    assert!(
+        err.contains("exec /bin/gone: no such file or directory"),
+        "{err}"
+    );
+    assert_eq!(env.status(&id), "stopped");
+    assert!(!poststart_ran.exists(), "a poststart hook ran");
+    let (ok, err) = env.quiet(&["delete", &id]);
+    assert!(ok, "delete: {err}");
+}
+
+/// The same failure under `run`: as runc's, whose init exits 255 after start, `run` exits 255
+/// with the error on stderr, and the container is gone. `run -d` fails like `start`.
+#[test]
+fn a_program_gone_at_start_makes_run_exit_255() {
+    let mut env = Env::new();
+    let (b, poststart_ran) = bundle_whose_program_goes_at_start(&env, "gonerun");
+    let (code, out, err) = run(&mut env, &b);
+    assert_eq!(code, 255, "stdout: {out} stderr: {err}");
+    assert!(
+        err.contains("exec /bin/gone: no such file or directory"),
+        "{err}"
+    );
+    assert!(!poststart_ran.exists(), "a poststart hook ran");
+
+    let (b, poststart_ran) = bundle_whose_program_goes_at_start(&env, "gonerund");
+    let id = env.id("gonerund");
+    let (code, err) = env.quiet_code(&["run", "-d", "--bundle", b.path(), &id]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("exec /bin/gone: no such file or directory"),
+        "{err}"
+    );
+    assert!(!poststart_ran.exists(), "a poststart hook ran");
+    assert!(!env.root.join(&id).exists(), "run -d left its container");
+}
+
+/// A failing startContainer hook fails `start` with the hook's name; the container stops.
+#[test]
+fn a_failing_start_container_hook_fails_start() {
+    let mut env = Env::new();
+    let mut b = env.bundle("hookfail", &["sleep", "100"]);
+    b.config["hooks"] = serde_json::json!({
+        "startContainer": [{"path": "/bin/false", "args": ["false"]}],
+    });
+    b.write();
+    let id = env.id("hookfail");
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(ok, "create: {err}");
+    let (code, err) = env.quiet_code(&["start", &id]);
+    assert_eq!(code, 1, "start: {err}");
+    assert!(
+        err.contains("hooks.startContainer[0] (/bin/false)"),
+        "{err}"
+    );
+    assert_eq!(env.status(&id), "stopped");
+}
+
+/// Our mount points at or below `dir` (other tests and processes change the rest meanwhile;
+/// the test's own state and scratch directories are checked by `Env`'s leak check).
+fn mounts_below(dir: &std::path::Path) -> Vec<String> {
+    let dir = fs::canonicalize(dir).unwrap();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| std::path::Path::new(p).starts_with(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 14 item 4: without a mount namespace the container shares the caller's (its init's
+/// /proc/PID/ns/mnt is ours), runs chrooted in its rootfs, and lrun mounts nothing: the
+/// mount table is the same before create and after delete.
+#[test]
+fn without_a_mount_namespace_the_container_shares_ours_and_leaves_no_mount() {
+    let mut env = Env::new();
+    let mut b = env.bundle("nomntns", &["sleep", "100"]);
+    let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.retain(|n| n["type"] != "mount");
+    b.config["mounts"] = serde_json::json!([]);
+    b.config["linux"]["maskedPaths"] = serde_json::json!([]);
+    b.config["linux"]["readonlyPaths"] = serde_json::json!([]);
+    b.config["root"]["readonly"] = serde_json::json!(false);
+    b.write();
+    let before = mounts_below(rootfs());
+    let id = env.id("nomntns");
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "run -d: {err}");
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
+        fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "the container has a mount namespace of its own"
+    );
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        fs::canonicalize(rootfs()).unwrap()
+    );
+    // Its view of the mount table is ours (seen from inside its root).
+    let theirs = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let ours = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ids = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| l.split(' ').next().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(
+        ids(&theirs).iter().all(|m| ids(&ours).contains(m)),
+        "a mount of its own: {theirs}"
+    );
+    let out = env.out(&["exec", &id, "ls", "/bin/busybox"]);
+    assert!(out.status.success(), "exec in a chrooted container");
+    let (ok, err) = env.quiet(&["delete", "--force", &id]);
+    assert!(ok, "delete: {err}");
+    assert_eq!(mounts_below(rootfs()), before, "mounts changed");
+}
+
+/// What cannot be done without a mount of its own is refused at create, one line naming the
+/// field, and nothing is left (no state, no mount).
+#[test]
+fn without_a_mount_namespace_what_needs_a_mount_is_refused() {
+    let mut env = Env::new();
+    let before = mounts_below(rootfs());
+    for (field, value, words) in [
+        ("mounts", None, "field mounts:"),
+        (
+            "maskedPaths",
+            Some(serde_json::json!(["/proc/kcore"])),
+            "field linux.maskedPaths:",
+        ),
+        (
+            "readonlyPaths",
+            Some(serde_json::json!(["/proc/sys"])),
+            "field linux.readonlyPaths:",
+        ),
+        (
+            "rootfsPropagation",
+            Some(serde_json::json!("private")),
+            "field linux.rootfsPropagation:",
+        ),
+        ("root.readonly", None, "field root.readonly:"),
+    ] {
+        let mut b = env.bundle("nomntbad", &["true"]);
+        b.config["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "mount");
+        if field != "mounts" {
+            b.config["mounts"] = serde_json::json!([]);
+            b.config["linux"]["maskedPaths"] = serde_json::json!([]);
+            b.config["linux"]["readonlyPaths"] = serde_json::json!([]);
+            b.config["root"]["readonly"] = serde_json::json!(false);
+        }
+        if let Some(v) = value {
+            b.config["linux"][field] = v;
+        }
+        if field == "root.readonly" {
+            b.config["root"]["readonly"] = serde_json::json!(true);
+        }
+        b.write();
+        let id = env.id("nomntbad");
+        let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+        assert!(!ok, "{field}: create succeeded");
+        assert!(err.contains(words), "{field}: {err}");
+        assert!(err.contains("mount namespace"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!env.root.join(&id).exists(), "state left");
+    }
+    assert_eq!(mounts_below(rootfs()), before, "mounts changed");
+}
+
+/// A failed create of a container without a mount namespace (the program is missing, found
+/// after the chroot) leaves nothing behind either.
+#[test]
+fn without_a_mount_namespace_a_failed_create_leaves_nothing() {
+    let mut env = Env::new();
+    let mut b = env.bundle("nomntfail", &["/no/such/program"]);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "mount");
+    b.config["mounts"] = serde_json::json!([]);
+    b.config["linux"]["maskedPaths"] = serde_json::json!([]);
+    b.config["linux"]["readonlyPaths"] = serde_json::json!([]);
+    b.config["root"]["readonly"] = serde_json::json!(false);
+    b.write();
+    let before = mounts_below(rootfs());
+    let id = env.id("nomntfail");
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(!ok);
+    assert!(err.contains("no such file or directory"), "{err}");
+    assert!(!env.root.join(&id).exists(), "state left");
+    assert_eq!(mounts_below(rootfs()), before);
+}
+
+/// Issue 14 item 7: `--debug` traces each step of a successful create, start and delete, on
+/// stderr, or in the `--log` file (JSON lines with `--log-format json`, as runc's).
+#[test]
+fn debug_traces_every_step_of_a_successful_lifecycle() {
+    let mut env = Env::new();
+    let b = env.bundle("debug", &["true"]);
+    b.write();
+    let id = env.id("debug");
+    let (ok, err) = env.quiet(&["--debug", "create", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    for step in [
+        "checked",
+        "claimed",
+        "cgroups created",
+        "cloned",
+        "ready",
+        "recorded as created",
+    ] {
+        assert!(err.contains(&format!("debug: create {id}: ")), "{err}");
+        assert!(err.contains(step), "no {step:?} step in {err}");
+    }
+    let log = env.scratch.join("debug.log");
+    let logs = log.to_str().unwrap();
+    let args = ["--debug", "--log", logs, "--log-format", "json"];
+    let (ok, err) = env.quiet(&[&args[..], &["start", &id]].concat());
+    assert!(ok, "{err}");
+    assert!(err.is_empty(), "debug lines went to stderr too: {err}");
+    wait_status(&env, &id, "stopped");
+    let (ok, err) = env.quiet(&[&args[..], &["delete", &id]].concat());
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let msgs: Vec<&str> = lines.iter().map(|l| l["msg"].as_str().unwrap()).collect();
+    assert!(lines.iter().all(|l| l["level"] == "debug"), "{lines:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("released the init")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("executed the program")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("cgroups destroyed")),
+        "{msgs:?}"
+    );
+    // Without --debug, nothing.
+    let b = env.bundle("quiet", &["true"]);
+    let (code, _, err) = run(&mut env, &b);
+    assert_eq!((code, err.as_str()), (0, ""));
 }

@@ -105,6 +105,8 @@ fn bare() -> Command {
         "LRUN_PULL_SOURCE",
         "LRUN_PULL_STALL_TIMEOUT",
         "LRUN_PULL_DEADLINE",
+        "LRUN_LAYER_IDLE_TIMEOUT",
+        "LRUN_LAYER_IDLE_MAX",
     ] {
         c.env_remove(k);
     }
@@ -177,7 +179,7 @@ fn create_takes_root_store_and_pull_source_from_the_config_file() {
     let cfg = config(
         &env,
         &format!(
-            "# a node's defaults\nroot = {:?}\nstore = {:?}\n\n[pull]\nsource = {:?}\nstall_timeout = 10\ndeadline = 120\n",
+            "# a node's defaults\nroot = {:?}\nstore = {:?}\n\n[pull]\nsource = {:?}\nstall_timeout = 10\ndeadline = 120\n\n[layers]\nidle_timeout = 0\n",
             env.root.to_str().unwrap(),
             store.to_str().unwrap(),
             src.to_str().unwrap()
@@ -206,6 +208,7 @@ fn create_takes_root_store_and_pull_source_from_the_config_file() {
     let mut c = bare();
     c.env("LRUN_CONFIG", &cfg).args(["delete", "--force", &id]);
     ok(&output(c));
+    // The file's layers.idle_timeout = 0: the delete unmounted the layers.
     common::assert_no_leaks(&env.root, std::slice::from_ref(&id));
 }
 

@@ -498,3 +498,22 @@ fn detached_start_waits_for_ready_and_reports_the_main_pid() {
     );
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
+
+/// runc's exec: `--user UID` sets the uid only, the gid stays the config's; `UID:GID` sets both.
+#[test]
+fn exec_user_uid_alone_keeps_the_configs_gid() {
+    let mut env = Env::new();
+    let id = env.id("execgid");
+    let mut b = env.bundle("execgid", &["sleep", "1000"]);
+    b.config["process"]["user"] = json!({"uid": 0, "gid": 1234});
+    b.write();
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let ids = |user: &str| {
+        let out = env.out(&["exec", "--user", user, &id, "sh", "-c", "id -u; id -g"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(ids("1000"), "1000\n1234\n");
+    assert_eq!(ids("1000:7"), "1000\n7\n");
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+}

@@ -10,12 +10,12 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Env, LRUN, lrun_with, ok, pack_tree};
+use common::{Env, lrun_with, ok, pack_tree};
 use serde_json::{Value, json};
 
 /// Pack a layer whose tree holds `size` bytes of varied data in /<name>.dat, plus extra files.
@@ -349,7 +349,7 @@ fn size(p: &Path) -> u64 {
 }
 
 fn image_suffix(file: &Path) -> String {
-    let out = Command::new(LRUN)
+    let out = common::lrun_command()
         .args(["layer", "inspect", "--json", file.to_str().unwrap()])
         .output()
         .unwrap();
@@ -444,7 +444,7 @@ fn concurrent_pulls_download_a_layer_once() {
     srv.faults.lock().unwrap().throttle = Some(Duration::from_millis(50));
     let store = env.scratch.join("store");
     let spawn = || {
-        Command::new(LRUN)
+        common::lrun_command()
             .arg("--root")
             .arg(&env.root)
             .arg("--store")
@@ -542,7 +542,7 @@ fn killed_pull_leaves_nothing_visible_and_the_next_pull_resumes() {
     srv.faults.lock().unwrap().throttle = Some(Duration::from_millis(20));
     let store = env.scratch.join("store");
     let suffix = image_suffix(&p.files["app"]);
-    let mut child = Command::new(LRUN)
+    let mut child = common::lrun_command()
         .arg("--store")
         .arg(&store)
         .args(["layer", "pull", &srv.base, "app@1"])
@@ -598,7 +598,7 @@ fn layer_gc_removes_an_abandoned_partial_download() {
     fs::create_dir_all(&dir).unwrap();
     let partial = dir.join(format!("{}.lrl.partial", "ab".repeat(32)));
     fs::write(&partial, vec![0u8; 4096]).unwrap();
-    let out = Command::new(LRUN)
+    let out = common::lrun_command()
         .arg("--store")
         .arg(&store)
         .arg("--root")
@@ -655,7 +655,7 @@ fn run_with_pull_fetches_missing_layers_first() {
     );
     let id = env.id("repull");
     // create leaves the init holding its stdio: do not capture it.
-    let st = Command::new(LRUN)
+    let st = common::lrun_command()
         .arg("--root")
         .arg(&env.root)
         .arg("--store")

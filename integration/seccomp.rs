@@ -140,3 +140,99 @@ fn notify_listener_reaches_the_agent_with_the_container_state() {
     );
     assert!(child.wait().unwrap().success());
 }
+
+/// Issue 14 item 7: startContainer hooks run under the container's filter (and user), as
+/// runc's and crun's do, with no_new_privs on or off: here a hook's mkdir is refused.
+#[test]
+fn start_container_hooks_run_under_the_containers_filter() {
+    for nnp in [false, true] {
+        let mut env = Env::new();
+        let rc = env.scratch.join("hook.rc");
+        let mut b = env.bundle("hookseccomp", &["true"]);
+        b.config["process"]["noNewPrivileges"] = json!(nnp);
+        b.config["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+        b.config["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+            format!("mkdir /tmp/hookdir 2>/dev/null; echo $? > {}", rc.display())]}]});
+        b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": env.scratch, "type": "bind", "source": env.scratch, "options": ["rbind"]}));
+        let (code, out, err) = run(&mut env, &b);
+        assert_eq!(code, 0, "nnp {nnp}: stdout: {out} stderr: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&rc).unwrap().trim(),
+            "1",
+            "nnp {nnp}: the hook's mkdir was not refused"
+        );
+    }
+}
+
+/// runtime-spec/seccomp.md: a process started by `exec` gets its own listener, and it reaches
+/// the container's agent like the init's (it used to get ENOSYS: nobody held its listener).
+#[test]
+fn notify_listener_of_an_exec_process_reaches_the_agent() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    let mut env = Env::new();
+    let sock = env.scratch.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut b = env.bundle("notifyx", &["sleep", "1000"]);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock,
+        "syscalls": [{"names": ["mknodat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.write();
+    let id = env.id("notifyx");
+    let agent = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let (mut conn, _) = listener.accept().unwrap();
+            let (mut payload, fd) = recv_with_fd(&conn);
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).unwrap();
+            payload.extend(rest);
+            got.push((
+                serde_json::from_slice::<Value>(&payload).unwrap(),
+                fd.unwrap(),
+            ));
+        }
+        // Answer the exec'd process's mknodat with EPERM, as an agent would.
+        let fd = got[1].1.as_raw_fd();
+        // SAFETY: plain ioctls on the listener with structs of the kernel's layout.
+        unsafe {
+            let mut req: libc::seccomp_notif = std::mem::zeroed();
+            assert_eq!(libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req), 0);
+            assert_eq!(req.data.nr as i64, libc::SYS_mknodat);
+            let mut resp: libc::seccomp_notif_resp = std::mem::zeroed();
+            resp.id = req.id;
+            resp.error = -libc::EPERM;
+            assert_eq!(
+                libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp),
+                0
+            );
+        }
+        got.into_iter().map(|(v, _)| v).collect::<Vec<_>>()
+    });
+    let (ok, err) = env.quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    assert!(ok, "{err}");
+    let out = env.out(&["exec", &id, "sh", "-c", "mknod /tmp/p p; echo rc=$?"]);
+    let init_pid = env.state(&id)["pid"].as_i64().unwrap();
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // Before the agent's answer came through, mknod failed with ENOSYS ("Function not
+    // implemented") and the agent waited for a second connection that never came.
+    assert_eq!(stdout, "rc=1\n", "{stderr}");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    let got = agent.join().unwrap();
+    assert_eq!(got[0]["pid"], json!(init_pid));
+    let exec_pid = got[1]["pid"].as_i64().unwrap();
+    assert!(exec_pid > 1 && exec_pid != init_pid, "{}", got[1]);
+    assert_eq!(got[1]["state"]["pid"], json!(init_pid));
+    assert_eq!(got[1]["state"]["status"], "running");
+    assert_eq!(got[1]["fds"], json!(["seccompFd"]));
+}

@@ -55,9 +55,7 @@ impl Bundle {
                 .is_some_and(|v| v.iter().any(|n| n.typ() == t))
         };
         if !has_ns(LinuxNamespaceType::Mount) {
-            bail!(
-                "linux.namespaces: lrun needs a mount namespace (the rootfs is set up inside it)"
-            );
+            check_without_mount_namespace(spec)?;
         }
         if (spec.hostname().is_some() || spec.domainname().is_some())
             && !has_ns(LinuxNamespaceType::Uts)
@@ -71,6 +69,7 @@ impl Bundle {
             .and_then(|l| l.seccomp().as_ref())
             .map(|s| crate::seccomp::prepare_cached(s, opts.seccomp_cache))
             .transpose()?;
+        crate::lsm::check(process, linux.and_then(|l| l.mount_label().as_deref()))?;
         Ok(Checked {
             plan,
             seccomp,
@@ -111,6 +110,43 @@ pub struct Checked {
     pub terminal: bool,
 }
 
+/// A container without a mount namespace shares the caller's (config-linux.md, "Namespaces"):
+/// its root is a chroot and every mount it made would be made in the caller's namespace. runc
+/// and crun make them and leave them there after delete; lrun makes none, so nothing can be
+/// left behind, and refuses what would need one (the rootfs is used as it is: no /dev of
+/// lrun's, no /proc unless the rootfs holds them).
+fn check_without_mount_namespace(spec: &Spec) -> Result<()> {
+    let why = "a container without a mount namespace (none in linux.namespaces) shares the \
+               caller's, where lrun makes no mount it could not undo";
+    if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+        bail!("field mounts: {why}: remove the mounts or add a mount namespace");
+    }
+    let linux = spec.linux().as_ref();
+    let non_empty = |v: Option<&Vec<String>>| v.is_some_and(|v| !v.is_empty());
+    if non_empty(linux.and_then(|l| l.masked_paths().as_ref())) {
+        bail!("field linux.maskedPaths: {why}");
+    }
+    if non_empty(linux.and_then(|l| l.readonly_paths().as_ref())) {
+        bail!("field linux.readonlyPaths: {why}");
+    }
+    if linux
+        .and_then(|l| l.devices().as_ref())
+        .is_some_and(|d| !d.is_empty())
+    {
+        bail!("field linux.devices: {why}");
+    }
+    if linux
+        .and_then(|l| l.rootfs_propagation().as_ref())
+        .is_some()
+    {
+        bail!("field linux.rootfsPropagation: {why} (it would change the caller's /)");
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        bail!("field root.readonly: {why}");
+    }
+    Ok(())
+}
+
 /// process.terminal against the command's options: a terminal needs somewhere to go.
 pub fn check_terminal_options(
     terminal: bool,
@@ -129,7 +165,7 @@ pub fn check_terminal_options(
 /// Parse and validate config.json text.
 pub fn parse_config(text: &[u8]) -> Result<Spec> {
     let de = &mut serde_json::Deserializer::from_slice(text);
-    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
@@ -138,8 +174,28 @@ pub fn parse_config(text: &[u8]) -> Result<Spec> {
             anyhow::anyhow!("field {path}: {inner}")
         }
     })?;
+    absolute_destinations(&mut spec);
     validate(&spec)?;
     Ok(spec)
+}
+
+/// config.md: a relative mount destination is allowed "for compatibility" and MUST be taken
+/// as relative to "/" (runc does, with a warning).
+fn absolute_destinations(spec: &mut Spec) {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return;
+    };
+    let mut changed = false;
+    for m in &mut mounts {
+        if m.destination().is_relative() {
+            let abs = Path::new("/").join(m.destination());
+            m.set_destination(abs);
+            changed = true;
+        }
+    }
+    if changed {
+        spec.set_mounts(Some(mounts));
+    }
 }
 
 /// Refuse what lrun cannot honour, naming the field.
@@ -179,12 +235,6 @@ fn validate(spec: &Spec) -> Result<()> {
         }
     }
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        if !m.destination().is_absolute() {
-            bail!(
-                "field mounts[{i}].destination: {:?} must be absolute",
-                m.destination()
-            );
-        }
         let idmap = m
             .options()
             .iter()
@@ -196,6 +246,86 @@ fn validate(spec: &Spec) -> Result<()> {
         crate::rootfs::mounts::check_options(m).with_context(|| format!("field mounts[{i}]"))?;
     }
     refuse_unsupported(spec)?;
+    check_hooks_and_rlimits(spec)?;
+    check_linux_values(spec)?;
+    Ok(())
+}
+
+/// config-linux.md's MUSTs on values (config.md "Valid values": invalid ones are an error).
+fn check_linux_values(spec: &Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User);
+    if !userns && linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
+        bail!("field linux.gidMappings: set without a user namespace");
+    }
+    for (field, paths) in [
+        ("maskedPaths", linux.masked_paths()),
+        ("readonlyPaths", linux.readonly_paths()),
+    ] {
+        for (i, p) in paths.iter().flatten().enumerate() {
+            if !p.starts_with('/') {
+                bail!("field linux.{field}[{i}]: {p:?} must be an absolute path");
+            }
+        }
+    }
+    let weights = linux
+        .resources()
+        .as_ref()
+        .and_then(|r| r.block_io().as_ref())
+        .and_then(|b| b.weight_device().as_ref());
+    for (i, w) in weights.into_iter().flatten().enumerate() {
+        if w.weight().is_none() && w.leaf_weight().is_none() {
+            bail!("field linux.resources.blockIO.weightDevice[{i}]: needs weight or leafWeight");
+        }
+    }
+    Ok(())
+}
+
+/// config.md's own MUSTs on hooks and rlimits: a hook's `path` is absolute and its `timeout`,
+/// if set, above zero; no rlimit `type` twice (the last would silently win otherwise).
+fn check_hooks_and_rlimits(spec: &Spec) -> Result<()> {
+    if let Some(h) = spec.hooks() {
+        #[allow(deprecated)] // prestart: deprecated by the spec, still run by every runtime.
+        let kinds = [
+            ("prestart", h.prestart()),
+            ("createRuntime", h.create_runtime()),
+            ("createContainer", h.create_container()),
+            ("startContainer", h.start_container()),
+            ("poststart", h.poststart()),
+            ("poststop", h.poststop()),
+        ];
+        for (kind, hooks) in kinds {
+            for (i, hook) in hooks.iter().flatten().enumerate() {
+                if !hook.path().is_absolute() {
+                    bail!(
+                        "field hooks.{kind}[{i}].path: {:?} must be absolute",
+                        hook.path()
+                    );
+                }
+                if let Some(t) = hook.timeout().filter(|t| *t <= 0) {
+                    bail!("field hooks.{kind}[{i}].timeout: {t} must be greater than zero");
+                }
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    let rlimits = spec.process().as_ref().and_then(|p| p.rlimits().as_ref());
+    for (i, r) in rlimits.into_iter().flatten().enumerate() {
+        if seen.contains(&r.typ()) {
+            let name = serde_json::to_value(r.typ()).unwrap_or_default();
+            bail!(
+                "field process.rlimits[{i}].type: {} is listed twice",
+                name.as_str().unwrap_or_default()
+            );
+        }
+        seen.push(r.typ());
+    }
     Ok(())
 }
 
@@ -318,5 +448,81 @@ mod tests {
     fn empty_args_are_rejected() {
         let text = MINIMAL.replace("[\"sh\"]", "[]");
         assert!(parse_config(text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn hooks_and_rlimits_follow_config_mds_musts() {
+        let with = |patch: serde_json::Value| {
+            let mut c: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+            for (k, v) in patch.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            let text = serde_json::to_vec(&c).unwrap();
+            parse_config(&text).and_then(|s| validate(&s).map(|_| s))
+        };
+        let err = |patch| format!("{:#}", with(patch).unwrap_err());
+        assert_eq!(
+            err(serde_json::json!({"hooks": {"poststop": [{"path": "bin/true"}]}})),
+            "field hooks.poststop[0].path: \"bin/true\" must be absolute"
+        );
+        assert_eq!(
+            err(serde_json::json!({"hooks": {"prestart": [{"path": "/bin/true", "timeout": 0}]}})),
+            "field hooks.prestart[0].timeout: 0 must be greater than zero"
+        );
+        let nofile = serde_json::json!({"type": "RLIMIT_NOFILE", "hard": 10, "soft": 10});
+        let mut process: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(MINIMAL).unwrap()["process"].clone();
+        process["rlimits"] = serde_json::json!([nofile, nofile]);
+        assert_eq!(
+            err(serde_json::json!({"process": process})),
+            "field process.rlimits[1].type: RLIMIT_NOFILE is listed twice"
+        );
+        assert!(
+            with(serde_json::json!({"hooks": {"prestart": [{"path": "/x", "timeout": 1}]}}))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn invalid_linux_values_are_refused_by_field() {
+        let with_linux = |linux: serde_json::Value| {
+            let mut c: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+            c["linux"] = linux;
+            // parse_config validates.
+            parse_config(&serde_json::to_vec(&c).unwrap())
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        };
+        let gid = serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
+        assert_eq!(
+            with_linux(serde_json::json!({"gidMappings": gid})).unwrap_err(),
+            "field linux.gidMappings: set without a user namespace"
+        );
+        assert_eq!(
+            with_linux(serde_json::json!({"maskedPaths": ["/a", "proc/kcore"]})).unwrap_err(),
+            "field linux.maskedPaths[1]: \"proc/kcore\" must be an absolute path"
+        );
+        assert_eq!(
+            with_linux(serde_json::json!({"readonlyPaths": ["proc/sys"]})).unwrap_err(),
+            "field linux.readonlyPaths[0]: \"proc/sys\" must be an absolute path"
+        );
+        let blkio = serde_json::json!({"blockIO": {"weightDevice": [{"major": 8, "minor": 0}]}});
+        assert_eq!(
+            with_linux(serde_json::json!({"resources": blkio})).unwrap_err(),
+            "field linux.resources.blockIO.weightDevice[0]: needs weight or leafWeight"
+        );
+        let ok = serde_json::json!({"blockIO": {"weightDevice": [{"major": 8, "minor": 0, "weight": 10}]}});
+        assert!(with_linux(serde_json::json!({"resources": ok, "maskedPaths": ["/x"]})).is_ok());
+    }
+
+    #[test]
+    fn a_relative_mount_destination_is_relative_to_the_root() {
+        let text = MINIMAL.replace(
+            "\"root\"",
+            "\"mounts\":[{\"destination\":\"mnt/x\",\"type\":\"tmpfs\"}],\"root\"",
+        );
+        let spec = parse_config(text.as_bytes()).expect("parse");
+        let m = &spec.mounts().as_ref().unwrap()[0];
+        assert_eq!(m.destination(), Path::new("/mnt/x"));
     }
 }

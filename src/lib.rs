@@ -23,6 +23,7 @@ pub mod image;
 pub mod layers;
 pub mod lockfile;
 pub mod logging;
+pub mod lsm;
 pub mod mountinfo;
 pub mod namespaces;
 pub mod node_config;

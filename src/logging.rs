@@ -72,8 +72,16 @@ fn write(level: &str, msg: &str) {
                 eprintln!("lrun: {msg}");
             }
         }
+        None if level == "debug" => eprintln!("lrun: debug: {msg}"),
         None => eprintln!("lrun: {msg}"),
     }
+}
+
+/// Whether `--debug` asked for the step trace (to skip building messages nobody reads).
+pub fn debugging() -> bool {
+    SINK.get()
+        .and_then(|s| s.lock().ok().map(|s| s.debug))
+        .unwrap_or(false)
 }
 
 /// Report a failed command: one line with the whole context chain.

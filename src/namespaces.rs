@@ -35,6 +35,9 @@ pub struct Plan {
     pub new_time: bool,
     pub new_cgroup: bool,
     pub new_uts: bool,
+    /// A mount namespace of the container's own (new or joined). Without one it shares the
+    /// caller's: no mounts, a chroot instead of pivot_root (bundle.rs says what is refused).
+    pub mount_ns: bool,
 }
 
 pub fn flag(t: LinuxNamespaceType) -> CloneFlags {
@@ -69,6 +72,7 @@ impl Plan {
                             path.display()
                         )
                     })?;
+                    check_type(&f, ns.typ(), path)?;
                     join.push((ns.typ(), OwnedFd::from(f)));
                 }
                 None => new |= flag(ns.typ()),
@@ -79,6 +83,8 @@ impl Plan {
 
         let has = |f: CloneFlags| new.contains(f);
         let new_time = has(flag(LinuxNamespaceType::Time));
+        let mount_ns = has(CloneFlags::CLONE_NEWNS)
+            || join.iter().any(|(t, _)| *t == LinuxNamespaceType::Mount);
         let joins_pid = join.iter().any(|(t, _)| *t == LinuxNamespaceType::Pid);
         let new_user = has(CloneFlags::CLONE_NEWUSER);
         // The cgroup namespace is unshared only after the parent has moved the child into the
@@ -97,6 +103,7 @@ impl Plan {
                 new_time,
                 new_cgroup: has(late),
                 new_uts: has(CloneFlags::CLONE_NEWUTS),
+                mount_ns,
             }
         } else {
             Plan {
@@ -111,6 +118,7 @@ impl Plan {
                 new_time,
                 new_cgroup: has(late),
                 new_uts: has(CloneFlags::CLONE_NEWUTS),
+                mount_ns,
             }
         };
         Ok(plan)
@@ -202,6 +210,22 @@ pub fn host_id(maps: Option<&Vec<LinuxIdMapping>>, id: u32) -> u32 {
         .unwrap_or(65534)
 }
 
+/// config-linux.md: the runtime MUST generate an error if `path` is not associated with a
+/// namespace of type `type` (setns would only say EINVAL, and only in the child).
+fn check_type(f: &File, typ: LinuxNamespaceType, path: &std::path::Path) -> Result<()> {
+    // NS_GET_NSTYPE (linux/nsfs.h): the namespace's CLONE_NEW* flag.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without an argument on an fd we own.
+    let got = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(f), NS_GET_NSTYPE) };
+    if got < 0 || got != flag(typ).bits() {
+        anyhow::bail!(
+            "linux.namespaces: {typ} namespace path {}: not a {typ} namespace",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +253,20 @@ mod tests {
         let p = Plan::new(Some(&l)).expect("plan");
         assert!(p.clone_flags.is_empty());
         assert!(p.fork_init);
+    }
+
+    #[test]
+    fn a_path_to_another_type_of_namespace_is_refused() {
+        let l = linux(r#"{"namespaces":[{"type":"uts","path":"/proc/self/ns/net"}]}"#);
+        let err = format!("{:#}", Plan::new(Some(&l)).err().expect("error"));
+        assert_eq!(
+            err,
+            "linux.namespaces: uts namespace path /proc/self/ns/net: not a uts namespace"
+        );
+        let l = linux(r#"{"namespaces":[{"type":"uts","path":"/proc/self/ns/uts"}]}"#);
+        assert!(Plan::new(Some(&l)).is_ok());
+        let l = linux(r#"{"namespaces":[{"type":"uts","path":"/etc/hostname"}]}"#);
+        assert!(Plan::new(Some(&l)).is_err());
     }
 
     #[test]

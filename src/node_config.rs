@@ -15,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::distribution::limits::{Limits, deadline_from_secs, stall_from_secs};
+use crate::layers::IdlePolicy;
 
 /// Where lrun looks when neither `--config` nor `LRUN_CONFIG` names a file.
 pub const DEFAULT_PATH: &str = "/etc/lrun/lrun.toml";
@@ -31,6 +32,15 @@ struct File {
     store: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pull: PullFile,
+    #[serde(default)]
+    layers: LayersFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayersFile {
+    idle_timeout: Option<Spanned<f64>>,
+    idle_max: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +65,10 @@ pub struct NodeConfig {
     pub pull_stall: Option<Duration>,
     /// `pull.deadline`, `Some(None)` for "no deadline" (`--deadline`, `LRUN_PULL_DEADLINE`).
     pub pull_deadline: Option<Option<Duration>>,
+    /// `layers.idle_timeout` (`LRUN_LAYER_IDLE_TIMEOUT`): seconds an idle layer stays mounted.
+    pub idle_timeout: Option<Duration>,
+    /// `layers.idle_max` (`LRUN_LAYER_IDLE_MAX`): how many idle layers stay mounted.
+    pub idle_max: Option<usize>,
 }
 
 impl NodeConfig {
@@ -149,12 +163,28 @@ impl NodeConfig {
             ),
             None => None,
         };
+        let idle_timeout = match file.layers.idle_timeout {
+            Some(v) => Some(
+                idle_timeout_from_secs(*v.get_ref())
+                    .map_err(|e| at(v.span(), "layers.idle_timeout", e))?,
+            ),
+            None => None,
+        };
+        let idle_max =
+            match file.layers.idle_max {
+                Some(v) => Some(usize::try_from(*v.get_ref()).map_err(|_| {
+                    at(v.span(), "layers.idle_max", anyhow!("must not be negative"))
+                })?),
+                None => None,
+            };
         Ok(NodeConfig {
             root,
             store,
             pull_source,
             pull_stall,
             pull_deadline,
+            idle_timeout,
+            idle_max,
         })
     }
 
@@ -170,6 +200,41 @@ impl NodeConfig {
         }
         l.env_over(getenv)
     }
+}
+
+impl NodeConfig {
+    /// The idle layer policy: the built-in default, then this file's values, then the
+    /// environment (as `getenv` reads it).
+    pub fn idle_layers(&self, getenv: impl Fn(&str) -> Option<String>) -> Result<IdlePolicy> {
+        let mut p = IdlePolicy::DEFAULT;
+        if let Some(t) = self.idle_timeout {
+            p.timeout = t;
+        }
+        if let Some(m) = self.idle_max {
+            p.max = m;
+        }
+        if let Some(v) = getenv("LRUN_LAYER_IDLE_TIMEOUT") {
+            let secs: f64 = v.trim().parse().map_err(|_| {
+                anyhow!("LRUN_LAYER_IDLE_TIMEOUT: {v:?} is not a number of seconds")
+            })?;
+            p.timeout = idle_timeout_from_secs(secs).context("LRUN_LAYER_IDLE_TIMEOUT")?;
+        }
+        if let Some(v) = getenv("LRUN_LAYER_IDLE_MAX") {
+            p.max = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("LRUN_LAYER_IDLE_MAX: {v:?} is not a count"))?;
+        }
+        Ok(p)
+    }
+}
+
+/// An idle timeout in seconds: 0 unmounts a layer with its last reference.
+fn idle_timeout_from_secs(secs: f64) -> Result<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        bail!("{secs} is not a number of seconds (0 or more)");
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| anyhow!("{secs}: {e}"))
 }
 
 /// Why lrun must not obey this file, or None. Root obeys it, so whoever can change it can
@@ -268,6 +333,30 @@ deadline = 0
         assert!(e.starts_with("2: pull.deadline: "), "{e}");
         let e = NodeConfig::parse("[pull]\nsource = \" \"\n").unwrap_err();
         assert!(e.starts_with("2: pull.source: "), "{e}");
+    }
+
+    #[test]
+    fn idle_layer_policy_takes_the_file_over_defaults_and_the_environment_over_the_file() {
+        let none = NodeConfig::default();
+        assert_eq!(none.idle_layers(|_| None).unwrap(), IdlePolicy::DEFAULT);
+        let c = NodeConfig::parse("[layers]\nidle_timeout = 30\nidle_max = 8\n").unwrap();
+        let p = c.idle_layers(|_| None).unwrap();
+        assert_eq!((p.timeout, p.max), (Duration::from_secs(30), 8));
+        let p = c
+            .idle_layers(|k| (k == "LRUN_LAYER_IDLE_TIMEOUT").then(|| "0".into()))
+            .unwrap();
+        assert!(!p.keeps());
+        let e = c
+            .idle_layers(|k| (k == "LRUN_LAYER_IDLE_MAX").then(|| "-2".into()))
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("LRUN_LAYER_IDLE_MAX: "),
+            "{e:#}"
+        );
+        let e = NodeConfig::parse("[layers]\nidle_timeout = -1\n").unwrap_err();
+        assert!(e.starts_with("2: layers.idle_timeout: "), "{e}");
+        let e = NodeConfig::parse("[layers]\nidle_max = -1\n").unwrap_err();
+        assert!(e.starts_with("2: layers.idle_max: "), "{e}");
     }
 
     #[test]

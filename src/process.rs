@@ -52,7 +52,7 @@ fn rlimit_resource(t: PosixRlimitType) -> Resource {
 
 /// Switch to process.user and set the capability sets, in the order the kernel requires:
 /// bounding set while still privileged, keep capabilities across setuid, then the final sets.
-pub fn set_identity(process: &Process) -> Result<()> {
+fn set_identity(process: &Process) -> Result<()> {
     let caps = process.capabilities().as_ref();
     if let Some(c) = caps {
         let bounding = to_caps(c.bounding().as_ref());
@@ -105,6 +105,26 @@ fn set_caps(caps: Option<&LinuxCapabilities>) -> Result<()> {
         }
     };
     let permitted = pick(c.permitted());
+    // Name what the kernel would refuse with a bare EPERM: a capability lrun's own caller
+    // lacks (so this process cannot hold it), or an effective one that is not permitted.
+    let have = caps::read(None, CapSet::Permitted).context("read permitted capabilities")?;
+    let missing = |set: &HashSet<caps::Capability>| {
+        let mut m: Vec<String> = set.difference(&have).map(|c| c.to_string()).collect();
+        m.sort();
+        m.join(", ")
+    };
+    for (field, set) in [
+        ("permitted", &permitted),
+        ("effective", &pick(c.effective())),
+    ] {
+        let m = missing(set);
+        if !m.is_empty() {
+            bail!(
+                "process.capabilities.{field}: {m}: not permitted to lrun's caller, so the \
+                 container cannot have it (capset: operation not permitted)"
+            );
+        }
+    }
     // Each capset must keep effective within permitted: shrink effective before permitted.
     caps::set(None, CapSet::Inheritable, &pick(c.inheritable()))
         .context("set inheritable capabilities")?;
@@ -275,18 +295,23 @@ pub fn set_dumpable(on: bool) -> Result<()> {
     nix::sys::prctl::set_dumpable(on).context("prctl(PR_SET_DUMPABLE)")
 }
 
-/// The last steps of every container process (init or exec): fds, seccomp, user,
-/// capabilities, no_new_privs, clean signals, exec. Without no_new_privs, loading a filter needs
-/// CAP_SYS_ADMIN, so it happens before capabilities are dropped; with it, as late as possible.
-pub fn secure_and_exec(
+/// The security steps of every container process (init or exec) that can fail: fds, seccomp
+/// when no_new_privs is off, user and groups, capabilities, no_new_privs. They run before the
+/// process reports ready (the init: before it waits for `start`), so a capability the caller
+/// lacks, an unmapped id or a bad set fails `create` or `exec` itself, as in runc (whose
+/// finalizeNamespace runs before the exec fifo wait) and crun. Nothing the process still does
+/// afterwards needs privilege: writing fds it holds, running startContainer hooks (as the
+/// container's user, as runc and crun do), and execve.
+///
+/// Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it comes before the
+/// capabilities are dropped; with it, the filter waits (`Late`) until just before execve, so
+/// as few of lrun's own syscalls as possible must pass it.
+pub fn secure<'a>(
     process: &Process,
-    seccomp: Option<&crate::seccomp::Filter>,
+    seccomp: Option<&'a crate::seccomp::Filter>,
     mut agent: Option<crate::seccomp::Agent>,
     preserve_fds: i32,
-    exe: &CString,
-    argv: &[CString],
-    envp: &[CString],
-) -> Result<std::convert::Infallible> {
+) -> Result<Late<'a>> {
     // First: the filter may deny close_range, and a caller's fd must not reach the program.
     close_fds_on_exec(preserve_fds);
     let nnp = process.no_new_privileges() == Some(true);
@@ -294,20 +319,46 @@ pub fn secure_and_exec(
         load_filter(f, &mut agent)?;
     }
     set_identity(process)?;
-    if nnp {
-        set_no_new_privs()?;
-        if let Some(f) = seccomp {
-            load_filter(f, &mut agent)?;
+    if !nnp {
+        return Ok(Late {
+            filter: None,
+            agent: None,
+        });
+    }
+    set_no_new_privs()?;
+    Ok(Late {
+        filter: seccomp,
+        agent,
+    })
+}
+
+/// What `secure` left for the last moment: a seccomp filter under no_new_privs.
+pub struct Late<'a> {
+    filter: Option<&'a crate::seccomp::Filter>,
+    agent: Option<crate::seccomp::Agent>,
+}
+
+impl Late<'_> {
+    /// Load the filter, if one waits (call once, just before the last steps).
+    pub fn load_filter(&mut self) -> Result<()> {
+        match self.filter.take() {
+            Some(f) => load_filter(f, &mut self.agent),
+            None => Ok(()),
         }
     }
+}
+
+/// The very last step: clean signals and exec. Returns only on failure.
+pub fn exec(exe: &CString, argv: &[CString], envp: &[CString]) -> Result<std::convert::Infallible> {
     reset_signals();
     let Err(errno) = nix::unistd::execve(exe, argv, envp);
-    // runc's words for a late exec failure (ENOEXEC, a missing ELF interpreter).
+    // runc's words for a late exec failure (ENOEXEC, a missing ELF interpreter, a program
+    // removed since create).
     bail!("exec {}: {}", exe.to_string_lossy(), errno_text(errno))
 }
 
 /// Load the filter; a SCMP_ACT_NOTIFY listener goes to the agent (the spec: after the filter
-/// is loaded). Processes run by `exec` share the container's agent: their listener is not sent.
+/// is loaded). Processes run by `exec` send theirs to the same agent (their own filter instance).
 fn load_filter(
     f: &crate::seccomp::Filter,
     agent: &mut Option<crate::seccomp::Agent>,

@@ -197,6 +197,40 @@ pub fn fork_reported(one_thread: &SingleThreaded, chan: &Channel) -> Result<()> 
     Ok(())
 }
 
+/// The exec fifo between the init and `lrun start` (runtime-spec/design.md, steps 8 and 9). The
+/// init fills it with `FIFO_FILL` and blocks until `start` reads; then it writes `FIFO_EXEC`
+/// just before execve, or `FIFO_ERROR` and its error text when a step after `start` fails.
+/// `start` reads until EOF (the init's fd is close-on-exec and it is the only writer).
+pub const FIFO_FILL: u8 = b'0';
+pub const FIFO_EXEC: u8 = b'1';
+pub const FIFO_ERROR: u8 = b'2';
+
+/// What `start` read from the exec fifo, up to EOF.
+#[derive(Debug, PartialEq)]
+pub enum FifoOutcome {
+    /// The init reached execve and the fd closed: the program runs (or ran).
+    Exec,
+    /// A step after `start` failed: the init's error text.
+    Error(String),
+    /// EOF without a word: the init died (a signal) before execve.
+    Died,
+}
+
+pub fn fifo_outcome(read: &[u8]) -> FifoOutcome {
+    let rest: &[u8] = match read.iter().position(|&b| b != FIFO_FILL) {
+        Some(i) => &read[i..],
+        None => &[],
+    };
+    // An error may follow the exec mark (execve itself failed).
+    if let Some(i) = rest.iter().position(|&b| b == FIFO_ERROR) {
+        return FifoOutcome::Error(String::from_utf8_lossy(&rest[i + 1..]).trim().to_string());
+    }
+    match rest.first() {
+        Some(&FIFO_EXEC) => FifoOutcome::Exec,
+        _ => FifoOutcome::Died,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +260,21 @@ mod tests {
             Message::Error("mount /dev: refused".into())
         );
         assert!(parent.recv().is_err(), "EOF after the last message");
+    }
+
+    #[test]
+    fn exec_fifo_outcomes() {
+        assert_eq!(fifo_outcome(b"0000001"), FifoOutcome::Exec);
+        assert_eq!(fifo_outcome(b"1"), FifoOutcome::Exec);
+        assert_eq!(
+            fifo_outcome(b"0012exec /x: no such file or directory"),
+            FifoOutcome::Error("exec /x: no such file or directory".into())
+        );
+        assert_eq!(
+            fifo_outcome(b"02hooks.startContainer[0]: exited"),
+            FifoOutcome::Error("hooks.startContainer[0]: exited".into())
+        );
+        assert_eq!(fifo_outcome(b"0000"), FifoOutcome::Died);
+        assert_eq!(fifo_outcome(b""), FifoOutcome::Died);
     }
 }

@@ -129,7 +129,7 @@ pub fn apply(sysctl: Option<&HashMap<String, String>>) -> Result<()> {
     let Some(sysctl) = sysctl.filter(|s| !s.is_empty()) else {
         return Ok(());
     };
-    let proc_root = private_procfs()?;
+    let proc_root = private_procfs("linux.sysctl")?;
     let mut keys: Vec<&String> = sysctl.keys().collect();
     keys.sort();
     for key in keys {
@@ -143,7 +143,8 @@ pub fn apply(sysctl: Option<&HashMap<String, String>>) -> Result<()> {
 /// A procfs of our own: a detached mount that no path of the container leads to. Where the
 /// kernel refuses one (a user namespace that does not own our pid namespace), the container's
 /// /proc, checked to be the root of a procfs; the writes then refuse to cross any mount in it.
-fn private_procfs() -> Result<OwnedFd> {
+/// `what` names the config field written through it, for errors. Also used by `lsm`.
+pub fn private_procfs(what: &str) -> Result<OwnedFd> {
     use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsmount};
     let detached = rustix::mount::fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC).and_then(|fs| {
         fsconfig_create(fs.as_fd())?;
@@ -162,18 +163,18 @@ fn private_procfs() -> Result<OwnedFd> {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .context("open /proc to write linux.sysctl")?,
+        .with_context(|| format!("open /proc to write {what}"))?,
     };
-    check_proc_root(root.as_fd())?;
+    check_proc_root(root.as_fd(), what)?;
     Ok(root)
 }
 
 /// The root directory of a procfs (inode 1), not some directory of one bound elsewhere.
-fn check_proc_root(fd: BorrowedFd) -> Result<()> {
+fn check_proc_root(fd: BorrowedFd, what: &str) -> Result<()> {
     let fs = fstatfs(fd).context("fstatfs /proc")?;
     let st = nix::sys::stat::fstat(fd).context("fstat /proc")?;
     if fs.filesystem_type() != PROC_SUPER_MAGIC || st.st_ino != 1 {
-        bail!("/proc is not the root of a procfs: linux.sysctl cannot be written safely");
+        bail!("/proc is not the root of a procfs: {what} cannot be written safely");
     }
     Ok(())
 }
@@ -317,9 +318,9 @@ mod tests {
             )
             .unwrap()
         };
-        assert!(check_proc_root(open("/proc").as_fd()).is_ok());
-        assert!(check_proc_root(open("/proc/self").as_fd()).is_err());
-        assert!(check_proc_root(open("/").as_fd()).is_err());
+        assert!(check_proc_root(open("/proc").as_fd(), "x").is_ok());
+        assert!(check_proc_root(open("/proc/self").as_fd(), "x").is_err());
+        assert!(check_proc_root(open("/").as_fd(), "x").is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -119,6 +120,64 @@ pub fn clone_fork(_one_thread: &SingleThreaded, flags: nix::sched::CloneFlags) -
         rc if rc < 0 => Err(std::io::Error::last_os_error()).context("clone"),
         0 => Ok(Forked::Child(SingleThreaded(()))),
         pid => Ok(Forked::Parent(pid as i32)),
+    }
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone_fork`, with the child born in the cgroup2 directory `cgroup` (clone3 with
+/// CLONE_INTO_CGROUP): no `cgroup.procs` write afterwards, and so none of the wait for the
+/// cgroup threadgroup lock that write takes. Returns whether the child was placed there;
+/// `false` (kernels before 5.7, or a cgroup the kernel refuses, e.g. one with processes in
+/// an ancestor's domain) means a plain `clone_fork` ran and the caller must move the child.
+pub fn clone_fork_into(
+    one_thread: &SingleThreaded,
+    flags: nix::sched::CloneFlags,
+    cgroup: BorrowedFd<'_>,
+) -> Result<(Forked, bool)> {
+    let args = CloneArgs {
+        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without a stack behaves like fork, which is sound in a single-threaded
+    // process (proven by `one_thread`); `args` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        0 => Ok((Forked::Child(SingleThreaded(())), true)),
+        pid if pid > 0 => Ok((Forked::Parent(pid as i32), true)),
+        _ => match std::io::Error::last_os_error().raw_os_error() {
+            // No clone3 or no CLONE_INTO_CGROUP here, or a cgroup that cannot take the
+            // child this way: the classic path.
+            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EOPNOTSUPP | libc::EBUSY) => {
+                Ok((clone_fork(one_thread, flags)?, false))
+            }
+            _ => Err(std::io::Error::last_os_error()).context("clone3 into the container's cgroup"),
+        },
     }
 }
 

@@ -12,6 +12,14 @@ use serde_json::{Value, json};
 
 pub const LRUN: &str = env!("CARGO_BIN_EXE_lrun");
 
+/// The lrun binary, with idle layer mounts off: a delete then unmounts the layers it was the
+/// last user of, which the tests check (tests of idle layers set their own policy).
+pub fn lrun_command() -> Command {
+    let mut c = Command::new(LRUN);
+    c.env("LRUN_LAYER_IDLE_TIMEOUT", "0");
+    c
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A busybox-static root filesystem shared (read-only) by the tests of one test binary.
@@ -84,7 +92,7 @@ impl Env {
     }
 
     pub fn lrun(&self) -> Command {
-        let mut c = Command::new(LRUN);
+        let mut c = lrun_command();
         c.arg("--root").arg(&self.root);
         c
     }
@@ -166,6 +174,15 @@ impl Drop for Env {
             let _ = self
                 .lrun()
                 .args(["delete", "--force", id])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // Idle layer mounts a test kept on purpose (its own idle policy).
+        if self.root.join("@layers").exists() {
+            let _ = self
+                .lrun()
+                .args(["gc", "--drop-idle"])
+                .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
         }

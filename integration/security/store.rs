@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Env, LRUN, lrun_with, ok, pack_tree};
+use crate::common::{Env, lrun_with, ok, pack_tree};
 
 const NOBODY: u32 = 65534;
 const ORIGINAL: &[u8] = b"ORIGINAL-CONTENT-the-store-verified-0123456789";
@@ -56,7 +56,7 @@ fn base(env: &Env) -> PathBuf {
 }
 
 fn digest(file: &Path) -> String {
-    let out = Command::new(LRUN)
+    let out = crate::common::lrun_command()
         .args(["layer", "inspect", "--json", file.to_str().unwrap()])
         .output()
         .unwrap();

@@ -116,7 +116,7 @@ def item_layers(work, item1):
         return None
     base = by.get("lrun")
     item1_lrun = item1["results"].get("lrun")
-    layers = {"lrun-l5-warm": 5, "lrun-l5-cold": 5, "lrun-l100-cold": 100}
+    layers = {"lrun-l5-warm": 5, "lrun-l5-idle": 5, "lrun-l5-cold": 5, "lrun-l100-cold": 100}
     delta = {}
     for name, n in layers.items():
         s = by.get(name)
@@ -130,12 +130,13 @@ def item_layers(work, item1):
         delta[name] = d
     return {
         "what": "hyperfine -N: `lrun run` of /bin/true from a 5-layer package (warm: a created "
-        "container holds the layers; cold: nothing mounted, checked before each run) and a "
+        "container holds the layers; idle: the previous run left them mounted idle, "
+        "layers.idle_timeout 300; cold: nothing mounted, checked before each run) and a "
         "100-layer package (cold), beside lrun/crun/runc from the plain directory bundle",
         "results": by,
         "delta_vs_lrun_plain": delta,
         "checks": read_kv(os.path.join(work, "layers-check.txt")),
-        "targets": {"warm_delta_ms_max": 1.0, "cold_per_layer_ms_max": 1.0},
+        "targets": {"warm_delta_ms_max": 1.0, "idle_delta_ms_max": 1.0, "cold_per_layer_ms_max": 1.0},
     }
 
 
@@ -289,6 +290,9 @@ def fmt_ratio(r, key):
     return f"{v:5.2f}x" if v is not None else "    - "
 
 
+HDR = f"{'':44}{'mean':>9}{'median':>9}{'min':>9}{'lrun/crun':>11}{'lrun/runc':>11}"
+
+
 def print_table(res):
     m = res["machine"]
     print()
@@ -297,11 +301,34 @@ def print_table(res):
     print(f"versions: {res['versions']}")
     print(f"wrapper: {res['wrapper'] or 'none'} {res['wrapper_note']}")
     print()
-    hdr = f"{'':44}{'mean':>9}{'median':>9}{'min':>9}{'lrun/crun':>11}{'lrun/runc':>11}"
+    # Each item on its own: a run of single items (LRUN_BENCH_ITEMS) lacks the others.
+    sections = {
+        "1_run": print_r1,
+        "1b_run_v2": print_r1b,
+        "2_lifecycle": print_r2,
+        "3_layers": print_r3,
+        "4_concurrent": print_r4,
+        "4b_concurrent_layers": print_r4b,
+        "5_big": print_r5,
+        "6_rss": print_r6,
+        "7_scale": print_r7,
+    }
+    for key, section in sections.items():
+        item = res["items"].get(key)
+        if item and item.get("results", item):
+            section(res)
+    cg = res["cgroup_dirs_per_container"]
+    print("cgroup directories made per container: " + ", ".join(f"{k} {v}" for k, v in cg.items()))
+    if cg.get("lrun") == 0 and any(v > 0 for v in cg.values()):
+        print("  NOTE: lrun made no cgroup: its times leave out work crun and runc do")
+    print(f"leaks: {'none' if not res['leaks'] else 'YES (see messages above)'}")
+    print(f"elapsed: {res['elapsed_s']} s")
 
+
+def print_r1(res):
     r1 = res["items"]["1_run"]
     print("1. run /bin/true (hyperfine -N), ms")
-    print(hdr)
+    print(HDR)
     labels = {
         "unshare": "unshare -pfmuni /bin/true",
         "true": "/bin/true",
@@ -328,9 +355,11 @@ def print_table(res):
         )
     print()
 
+
+def print_r2(res):
     r2 = res["items"]["2_lifecycle"]
     print("2. create + start + state..stopped + delete (separate commands), ms per cycle")
-    print(hdr + f"{'polls':>7}")
+    print(HDR + f"{'polls':>7}")
     for name in RUNTIMES + ["crun-nocg", "shell"]:
         s = r2["results"].get(name)
         if not s:
@@ -356,6 +385,8 @@ def print_table(res):
         )
     print()
 
+
+def print_r3(res):
     r3 = res["items"].get("3_layers")
     if r3:
         print(f"3. layered packages: run /bin/true (hyperfine -N, {r3['results']['lrun']['n']} runs each), ms")
@@ -363,6 +394,7 @@ def print_table(res):
         labels3 = {
             "lrun": "lrun, plain directory (as item 1)",
             "lrun-l5-warm": "lrun, 5 layers, warm (held by another)",
+            "lrun-l5-idle": "lrun, 5 layers, idle (used recently)",
             "lrun-l5-cold": "lrun, 5 layers, cold (nothing mounted)",
             "lrun-l100-cold": "lrun, 100 layers, cold",
             "crun": "crun, plain directory",
@@ -381,6 +413,12 @@ def print_table(res):
             print(
                 f"  targets: warm <= plain + 1 ms: {d['lrun-l5-warm']['median_ms']:+.2f} ms (median),"
                 f" {d['lrun-l5-warm']['mean_ms']:+.2f} (mean);"
+                + (
+                    f" idle <= plain + 1 ms: {d['lrun-l5-idle']['median_ms']:+.2f} ms (median);"
+                    if "lrun-l5-idle" in d
+                    else ""
+                )
+                +
                 f" cold <= 1 ms/layer: 5 layers {d['lrun-l5-cold']['per_layer_median_ms']:.2f},"
                 f" 100 layers {d['lrun-l100-cold']['per_layer_median_ms']:.2f} ms/layer (median)"
             )
@@ -388,10 +426,14 @@ def print_table(res):
             f"  checks: layers held by the warm holder {c.get('layers_held', ['?'])[0]}"
             f" ({c.get('layers_held', ['?', '?'])[1]} mounts); runs that were not cold:"
             f" {c.get('not_cold', ['?'])[0]}; left after the holder's delete:"
-            f" {c.get('warm_after_delete', ['?'])[0]} entries, {c.get('warm_after_delete', ['?', '?'])[1]} mounts"
+            f" {c.get('warm_after_delete', ['?'])[0]} entries, {c.get('warm_after_delete', ['?', '?'])[1]} mounts;"
+            f" idle layers kept {c.get('idle_kept', ['?'])[0]}, after gc --drop-idle"
+            f" {c.get('idle_after_drop', ['?'])[0]} entries, {c.get('idle_after_drop', ['?', '?'])[1]} mounts"
         )
         print()
 
+
+def print_r4(res):
     r4 = res["items"]["4_concurrent"]
     print(f"4. {r4['containers']} x `run -d` at once, then {r4['containers']} x `delete --force`, ms wall")
     print(f"{'':44}{'start mean':>11}{'start min':>11}{'delete mean':>13}{'failures':>10}")
@@ -408,6 +450,8 @@ def print_table(res):
     )
     print()
 
+
+def print_r4b(res):
     r4b = res["items"].get("4b_concurrent_layers")
     if r4b:
         print(
@@ -424,6 +468,8 @@ def print_table(res):
             )
         print()
 
+
+def print_r5(res):
     r5 = res["items"].get("5_big")
     if r5 and r5.get("lrun_cold"):
         t = r5["tree"]
@@ -451,6 +497,8 @@ def print_table(res):
             )
         print()
 
+
+def print_r6(res):
     r6 = res["items"]["6_rss"]["results"]
     print("6. peak RSS (KiB, /usr/bin/time %M), median of runs")
     print(f"{'':44}{'lrun':>9}{'crun':>9}{'runc':>9}{'lrun/crun':>11}{'lrun/runc':>11}")
@@ -464,12 +512,85 @@ def print_table(res):
             f"{fmt_ratio(d['ratio_median'], 'lrun/runc'):>11}"
         )
     print()
-    cg = res["cgroup_dirs_per_container"]
-    print("cgroup directories made per container: " + ", ".join(f"{k} {v}" for k, v in cg.items()))
-    if cg.get("lrun") == 0 and any(v > 0 for v in cg.values()):
-        print("  NOTE: lrun made no cgroup: its times leave out work crun and runc do")
-    print(f"leaks: {'none' if not res['leaks'] else 'YES (see messages above)'}")
-    print(f"elapsed: {res['elapsed_s']} s")
+
+
+def item_scale(work):
+    rows = read_rows(os.path.join(work, "scale.tsv"))
+    if not rows:
+        return None
+    by = {}
+    for kind, n, *us in rows:
+        d = by.setdefault(kind, {}).setdefault(n, {"list": [], "state": [], "create": [], "delete": []})
+        for k, v in zip(("list", "state", "create", "delete"), us):
+            d[k].append(int(v) / 1000)
+    results = {
+        kind: {n: {k: statistics.median(v) for k, v in d.items()} for n, d in per_n.items()}
+        for kind, per_n in by.items()
+    }
+    conc = read_kv(os.path.join(work, "scale-conc.txt"))
+    return {
+        "what": "N containers existing (run -d of sleep, plain and from the 5-layer package): "
+        "median ms of list, state, and create + delete of one more; then concurrent run -d "
+        "from the 5-layer package in an empty root",
+        "results": results,
+        "concurrent": conc,
+    }
+
+
+def item_v2(work):
+    rows = read_rows(os.path.join(work, "v2.txt"))
+    if not rows:
+        return None
+    kv = {r[0]: r[1:] for r in rows}
+    res = {}
+    for n in ("lrun", "crun"):
+        v = kv.get(f"v2_{n}")
+        if v:
+            res[n] = {"median_ms": float(v[0]), "mean_ms": float(v[1]), "min_ms": float(v[2]), "n": int(v[3])}
+    out = {
+        "what": "item 1 in a qemu TCG guest with only cgroup v2 (scripts/vm-test): hyperfine -N, "
+        "lrun and crun taking turns; emulated, so only the ratio means anything",
+        "results": res,
+        "clone_into_cgroup": {n: int(kv[f"v2_clone_into_cgroup_{n}"][0]) for n in ("lrun", "crun") if f"v2_clone_into_cgroup_{n}" in kv},
+        "kernel": kv.get("v2_kernel", ["?"])[0],
+    }
+    if "lrun" in res and "crun" in res:
+        out["ratio_median"] = res["lrun"]["median_ms"] / res["crun"]["median_ms"]
+        out["ratio_mean"] = res["lrun"]["mean_ms"] / res["crun"]["mean_ms"]
+    return out
+
+
+def print_r1b(res):
+    r = res["items"]["1b_run_v2"]
+    print(f"1b. run /bin/true on cgroup v2 (qemu TCG guest, kernel {r['kernel']}), ms")
+    print(f"{'':44}{'mean':>9}{'median':>9}{'min':>9}")
+    for n, s in r["results"].items():
+        print(f"  {n:42}{s['mean_ms']:9.2f}{s['median_ms']:9.2f}{s['min_ms']:9.2f}")
+    if "ratio_median" in r:
+        print(f"  ratio lrun/crun: median {r['ratio_median']:.2f}x, mean {r['ratio_mean']:.2f}x (target <= 0.6x)")
+    c = r.get("clone_into_cgroup", {})
+    print("  clone3(CLONE_INTO_CGROUP) calls: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    print()
+
+
+def print_r7(res):
+    r7 = res["items"]["7_scale"]
+    print("7. scale: N containers existing, median ms (list, state, create and delete of one more)")
+    print(f"{'':20}{'N':>6}{'list':>9}{'state':>9}{'create':>9}{'delete':>9}")
+    for kind, per_n in r7["results"].items():
+        for n, d in sorted(per_n.items(), key=lambda x: int(x[0])):
+            print(
+                f"  {kind:18}{n:>6}{d['list']:9.2f}{d['state']:9.2f}{d['create']:9.2f}{d['delete']:9.2f}"
+            )
+    c = r7["concurrent"].get("conc")
+    if c:
+        after = r7["concurrent"].get("conc_after", ["?", "?"])
+        print(
+            f"  {c[0]} x run -d at once, 5 layers: {int(c[1]) / 1e6:.1f} s wall, failures {c[2]},"
+            f" layer mounts {c[3]}, containers listed {c[4]}; after delete: {after[0]} mounts,"
+            f" {after[1]} entries"
+        )
+    print()
 
 
 def main():
@@ -502,12 +623,14 @@ def main():
         "wrapper_note": a.wrap_note,
         "items": {
             "1_run": item1,
+            "1b_run_v2": item_v2(a.work),
             "2_lifecycle": item_lifecycle(a.work),
             "3_layers": item_layers(a.work, item1),
             "4_concurrent": item_concurrent(a.work),
             "4b_concurrent_layers": item_concurrent_layers(a.work),
             "5_big": item_big(a.work),
             "6_rss": item_rss(a.work),
+            "7_scale": item_scale(a.work),
         },
         "cgroup_dirs_per_container": cgroups_created(a.work),
         "leaks": leaks,

@@ -72,12 +72,25 @@ pub trait CgroupDriver: Debug {
     /// Move a process into the container's cgroups.
     fn add_pid(&self, pid: i32) -> Result<()>;
 
-    /// Put the container's first process in its cgroups with the limits of create time in
-    /// force (resources plus the device list, defaults included). cgroupfs writes the limits
-    /// and then moves the process in; systemd needs the process to create its scope.
-    fn start(&self, pid: i32, resources: &LinuxResources) -> Result<()> {
-        self.set(resources)?;
+    /// Put the container's first process in its cgroups (when it was not born there). The
+    /// create-time limits are in force already (`set_for_create`), except for systemd, which
+    /// needs the process to make its scope and sets them with it.
+    fn start(&self, pid: i32, _resources: &LinuxResources) -> Result<()> {
         self.add_pid(pid)
+    }
+
+    /// The create-time limits (resources plus the device list, defaults included), written
+    /// before any container process exists. systemd: nothing yet (see `start`).
+    fn set_for_create(&self, resources: &LinuxResources) -> Result<()> {
+        // Only the default devices are allowed implicitly: linux.devices follow
+        // resources.devices.
+        self.set_with_devices(resources, &[])
+    }
+
+    /// The cgroup2 directory a new process can be born in (clone3 with CLONE_INTO_CGROUP)
+    /// when that alone puts it in every cgroup of the container: pure cgroup v2 only.
+    fn birth_cgroup(&self) -> Option<&Path> {
+        None
     }
 
     /// Where a process goes to run in existing sub-cgroups of the container's (runc's

@@ -314,6 +314,11 @@ impl CgroupDriver for SystemdDriver {
         self.preflight()
     }
 
+    /// The limits go with the scope, in `start`.
+    fn set_for_create(&self, _resources: &LinuxResources) -> Result<()> {
+        Ok(())
+    }
+
     fn start(&self, pid: i32, resources: &LinuxResources) -> Result<()> {
         let config = resources.devices().as_deref().unwrap_or(&[]);
         let rules = devices::effective_rules(config, &[])?;

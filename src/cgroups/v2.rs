@@ -96,6 +96,10 @@ impl CgroupDriver for V2Driver {
         fs::write(&self.dir, "cgroup.procs", &pid.to_string())
     }
 
+    fn birth_cgroup(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
     /// One hierarchy: only a path without a controller.
     fn sub_cgroup(&self, sub: &SubCgroups) -> Result<CgroupRecord> {
         if let Some(c) = sub.keys().find(|c| !c.is_empty()) {

@@ -50,11 +50,11 @@ pub struct Args {
     /// Allow exec in a paused container.
     #[arg(long)]
     pub ignore_paused: bool,
-    /// Accepted for runc compatibility.
-    #[arg(long, hide = true)]
+    /// SELinux label for the process (process.selinuxLabel).
+    #[arg(long)]
     pub process_label: Option<String>,
-    /// Accepted for runc compatibility.
-    #[arg(long, hide = true)]
+    /// AppArmor profile for the process (process.apparmorProfile).
+    #[arg(long)]
     pub apparmor: Option<String>,
     pub id: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -169,22 +169,37 @@ fn from_flags(a: &Args, mut p: Process) -> Result<Process> {
     if let Some(cwd) = &a.cwd {
         p.set_cwd(cwd.clone());
     }
-    if let Some(u) = &a.user {
-        let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+    if let Some(profile) = a.apparmor.as_ref().filter(|s| !s.is_empty()) {
+        p.set_apparmor_profile(Some(profile.clone()));
+    }
+    if let Some(label) = a.process_label.as_ref().filter(|s| !s.is_empty()) {
+        p.set_selinux_label(Some(label.clone()));
+    }
+    if let Some(u) = a.user.as_ref().filter(|s| !s.is_empty()) {
+        // As runc: UID alone keeps the config's gid; UID:GID sets both.
         let mut user = p.user().clone();
+        let (uid, gid) = match u.split_once(':') {
+            Some((uid, gid)) => (uid, Some(gid)),
+            None => (u.as_str(), None),
+        };
+        if let Some(gid) = gid {
+            user.set_gid(
+                gid.parse()
+                    .with_context(|| format!("--user {u}: bad gid"))?,
+            );
+        }
         user.set_uid(
             uid.parse()
                 .with_context(|| format!("--user {u}: bad uid"))?,
         );
-        user.set_gid(
-            gid.parse()
-                .with_context(|| format!("--user {u}: bad gid"))?,
-        );
         p.set_user(user);
     }
     if !a.additional_gids.is_empty() {
+        // Added to the config's, as runc does.
         let mut user = p.user().clone();
-        user.set_additional_gids(Some(a.additional_gids.clone()));
+        let mut gids = user.additional_gids().clone().unwrap_or_default();
+        gids.extend(&a.additional_gids);
+        user.set_additional_gids(Some(gids));
         p.set_user(user);
     }
     if !a.cap.is_empty() {
@@ -303,5 +318,28 @@ mod tests {
         assert_eq!(c.permitted(), &kill);
         assert_eq!(c.inheritable(), &None);
         assert_eq!(c.ambient(), &None);
+    }
+
+    #[test]
+    fn user_flag_keeps_the_configs_gid_like_runcs() {
+        let mut base = Process::default();
+        let mut u = base.user().clone();
+        u.set_uid(1).set_gid(7).set_additional_gids(Some(vec![9]));
+        base.set_user(u);
+        let flags = |v: &[&str]| {
+            let mut argv = vec!["exec"];
+            argv.extend(v);
+            argv.extend(["id", "sh"]);
+            from_flags(&Cli::parse_from(argv).args, base.clone())
+        };
+        let p = flags(&["--user", "1000"]).unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 7));
+        let p = flags(&["--user", "1000:5", "-g", "10"]).unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 5));
+        assert_eq!(p.user().additional_gids(), &Some(vec![9, 10]));
+        assert!(flags(&["--user", "x"]).is_err());
+        let p = flags(&["--apparmor", "prof", "--process-label", "l"]).unwrap();
+        assert_eq!(p.apparmor_profile().as_deref(), Some("prof"));
+        assert_eq!(p.selinux_label().as_deref(), Some("l"));
     }
 }

@@ -7,12 +7,16 @@ pub struct Args {
     /// Also delete containers whose process has exited.
     #[arg(long)]
     pub stopped: bool,
+    /// Also unmount idle layers (shared layer mounts no container uses, kept for the next
+    /// one: node config layers.idle_timeout), however recently they were used.
+    #[arg(long)]
+    pub drop_idle: bool,
 }
 
 /// One line per container removed (stdout) and per container that could not be (stderr);
 /// exit status 1 if any could not.
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
-    let outcome = crate::container::gc(&g.runtime(), a.stopped)?;
+    let outcome = crate::container::gc(&g.runtime(), a.stopped, a.drop_idle)?;
     for id in &outcome.removed {
         println!("removed {id}");
     }

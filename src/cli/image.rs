@@ -5,16 +5,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use super::Globals;
+use super::{Globals, RegistryArgs};
+use crate::distribution::registry;
 use crate::image::oci;
 use crate::layers::{FsType, Store, pack};
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Turn an OCI image layout (skopeo copy … oci:DIR, podman save --format oci-dir) into
-    /// layer images in the store, and optionally a bundle that runs it.
+    /// Turn an OCI image layout (skopeo copy … oci:DIR, podman save --format oci-dir) or an
+    /// image in a registry into layer images in the store, and optionally a bundle that
+    /// runs it.
     Import {
-        /// OCI_LAYOUT_DIR or OCI_LAYOUT_DIR:TAG.
+        /// OCI_LAYOUT_DIR[:TAG] or docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX].
         layout: String,
         /// Name of the top layer (the image).
         #[arg(long)]
@@ -31,6 +33,11 @@ pub enum ImageCommand {
         /// Compression (as for `lrun layer pack`).
         #[arg(long)]
         compression: Option<String>,
+        /// The platform to take from an image index [default: linux/<this machine>].
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
 }
 
@@ -54,11 +61,31 @@ pub fn run(g: &Globals, c: ImageCommand) -> Result<i32> {
             out,
             fs,
             compression,
+            platform,
+            registry: reg,
         } => {
+            let platform = match &platform {
+                Some(p) => oci::Platform::parse(p)?,
+                None => oci::Platform::host(),
+            };
             let (dir, tag) = split_layout(&layout);
-            if !dir.is_dir() {
-                bail!("{}: not an OCI image layout directory", dir.display());
-            }
+            let source: Box<dyn oci::ImageSource + '_> = if layout.starts_with(registry::PREFIX) {
+                Box::new(registry::RegistryImage::new(
+                    &layout,
+                    &reg.options(),
+                    g.pull_limits,
+                    platform,
+                )?)
+            } else {
+                if !dir.is_dir() {
+                    bail!("{}: not an OCI image layout directory", dir.display());
+                }
+                Box::new(oci::LayoutSource {
+                    layout: &dir,
+                    tag: tag.as_deref(),
+                    platform,
+                })
+            };
             if let Some(o) = &out
                 && o.join("config.json").exists()
             {
@@ -69,16 +96,18 @@ pub fn run(g: &Globals, c: ImageCommand) -> Result<i32> {
             }
             let store = Store::new(&g.store);
             let imp = oci::import(&oci::ImportOptions {
-                layout: &dir,
-                tag: tag.as_deref(),
+                source: &*source,
                 name: &name,
                 version: &version,
                 store: &store,
                 fs: FsType::parse(&fs)?,
                 compression: compression.as_deref(),
             })?;
-            for (label, d) in &imp.layers {
-                println!("{label} {d}");
+            for (label, d, reused) in &imp.layers {
+                println!(
+                    "{label} {d} {}",
+                    if *reused { "reused" } else { "converted" }
+                );
             }
             if let Some(o) = out {
                 std::fs::create_dir_all(&o).with_context(|| format!("create {}", o.display()))?;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::Globals;
+use super::{Globals, RegistryArgs};
 use crate::distribution::{self, publish, pull};
 use crate::layers::header::{self, Dep};
 use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, store};
@@ -70,10 +70,11 @@ pub enum LayerCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Fetch layers and their dependencies from a directory or an HTTP(S) server into the
-    /// node store: only those missing, each verified (runtime-spec/distribution.md).
+    /// Fetch layers and their dependencies from a directory, an HTTP(S) server or an OCI
+    /// registry into the node store: only those missing, each verified
+    /// (runtime-spec/distribution.md).
     Pull {
-        /// A directory or an http(s):// URL laid out by digest.
+        /// A directory or an http(s):// URL laid out by digest, or docker://HOST[:PORT]/REPO.
         source: String,
         /// NAME@VERSION or sha256:HEX.
         #[arg(required = true)]
@@ -89,14 +90,18 @@ pub enum LayerCommand {
         /// LRUN_PULL_DEADLINE, node config pull.deadline).
         #[arg(long, value_name = "SECS")]
         deadline: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Copy layer images into a directory laid out for `pull` (any static web server can
-    /// serve that directory).
+    /// serve that directory), or push them to an OCI registry as artifacts.
     Publish {
-        /// The target directory.
+        /// The target directory, or docker://HOST[:PORT]/REPO.
         target: String,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Release stale references and unused mounts, and remove unused layers from the store.
     Gc {
@@ -113,6 +118,7 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
         store: g.store.clone(),
         state_root: g.root.clone(),
         recorded: crate::state::recorded_root,
+        idle: g.idle_layers,
     };
     match c {
         LayerCommand::Pack {
@@ -255,6 +261,7 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
             json,
             stall_timeout,
             deadline,
+            registry,
         } => {
             let refs = refs
                 .iter()
@@ -267,7 +274,7 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
             if let Some(v) = deadline {
                 limits.deadline = distribution::parse_deadline(&v).context("--deadline")?;
             }
-            let src = distribution::parse_with(&source, limits)?;
+            let src = distribution::parse_with_registry(&source, limits, &registry.options())?;
             let r = pull::pull(
                 &Store::new(&ctx.store),
                 &*src,
@@ -280,7 +287,26 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                 print_pull(&r);
             }
         }
-        LayerCommand::Publish { target, files } => {
+        LayerCommand::Publish {
+            target,
+            files,
+            registry,
+        } => {
+            if target.starts_with(distribution::registry::PREFIX) {
+                let out = distribution::registry::publish(
+                    &target,
+                    &registry.options(),
+                    g.pull_limits,
+                    &files,
+                )?;
+                for (label, d, new) in out {
+                    println!(
+                        "{label} {d} {}",
+                        if new { "published" } else { "already there" }
+                    );
+                }
+                return Ok(0);
+            }
             if target.starts_with("http://") || target.starts_with("https://") {
                 bail!(
                     "publish {target}: lrun writes only to a directory; copy that directory to the server (layout: runtime-spec/distribution.md)"

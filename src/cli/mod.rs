@@ -148,11 +148,38 @@ pub struct CreateArgs {
     /// Pass this many extra fds (from 3 up) to the container process.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: i32,
-    /// First fetch the bundle's missing layers from this directory or http(s):// URL
-    /// [default: the node config's `pull.source`].
+    /// First fetch the bundle's missing layers from this directory, http(s):// URL or
+    /// docker://HOST[:PORT]/REPO registry [default: the node config's `pull.source`].
     #[arg(long, value_name = "SOURCE", env = "LRUN_PULL_SOURCE")]
     pub pull: Option<String>,
     pub id: String,
+}
+
+/// How to reach an OCI registry (`docker://…` sources and targets), as skopeo spells it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Registry credentials [default: the auth files podman, skopeo and docker write:
+    /// $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json].
+    #[arg(long, value_name = "USER:PASS")]
+    pub creds: Option<String>,
+    /// Also trust the CA certificates (*.crt) in this directory [default:
+    /// /etc/containers/certs.d/HOST[:PORT] and /etc/docker/certs.d/HOST[:PORT]].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Verify the registry's TLS certificate; --tls-verify=false for test registries only.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
+}
+
+impl RegistryArgs {
+    pub fn options(&self) -> crate::distribution::registry::RegistryOptions {
+        crate::distribution::registry::RegistryOptions {
+            creds: self.creds.clone(),
+            cert_dir: self.cert_dir.clone(),
+            tls_verify: self.tls_verify,
+        }
+    }
 }
 
 impl CreateArgs {
@@ -181,6 +208,8 @@ pub struct Globals {
     pub pull_limits: crate::distribution::Limits,
     /// `--systemd-cgroup`.
     pub systemd_cgroup: bool,
+    /// Idle layer mounts: defaults < node config < env.
+    pub idle_layers: crate::layers::IdlePolicy,
 }
 
 impl Globals {
@@ -193,7 +222,8 @@ impl Globals {
         node: NodeConfig,
         getenv: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Globals> {
-        let pull_limits = node.pull_limits(getenv)?;
+        let pull_limits = node.pull_limits(&getenv)?;
+        let idle_layers = node.idle_layers(&getenv)?;
         Ok(Globals {
             root: root
                 .or(node.root)
@@ -205,6 +235,7 @@ impl Globals {
             pull_source: node.pull_source,
             pull_limits,
             systemd_cgroup: false,
+            idle_layers,
         })
     }
 
@@ -214,6 +245,7 @@ impl Globals {
             store: self.store.clone(),
             pull_limits: self.pull_limits,
             systemd_cgroup: self.systemd_cgroup,
+            idle_layers: self.idle_layers,
         }
     }
 }

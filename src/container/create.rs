@@ -1,7 +1,7 @@
 //! `create`: everything from the bundle to an init waiting for `start`, top to bottom.
 
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -54,6 +54,12 @@ pub struct Created {
 
 pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     validate_id(opts.id)?;
+    // `--debug`: one line per step, as runc logs its own.
+    let step = |what: std::fmt::Arguments| {
+        if logging::debugging() {
+            logging::debug(&format!("create {}: {what}", opts.id));
+        }
+    };
     // 1. Everything that can be checked without side effects, in one pass.
     let bundle = Bundle::load(opts.bundle)?;
     let spec = &bundle.spec;
@@ -66,6 +72,16 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         foreground: opts.foreground,
         seccomp_cache: &rt.root.join(".seccomp-cache"),
     })?;
+    step(format_args!(
+        "config.json of {} checked",
+        bundle.dir.display()
+    ));
+    if !plan.mount_ns && notify::host_socket().is_some() {
+        bail!(
+            "NOTIFY_SOCKET: the notify socket is bind-mounted into the container, which needs a \
+             mount namespace in linux.namespaces"
+        );
+    }
     let process = spec
         .process()
         .as_ref()
@@ -93,6 +109,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     let states = rt.states();
     let dir = states.claim(opts.id)?;
     let lock = state::lock(&dir)?;
+    step(format_args!("claimed {}", dir.display()));
     let mut guard = CreateGuard {
         rt,
         dir: dir.clone(),
@@ -100,6 +117,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         cgroup: None,
         layered,
         layers: None,
+        poststop: None,
         done: false,
     };
     // A populated or frozen target cgroup is refused before the guard owns it (its cleanup
@@ -151,6 +169,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             guard.layers = st.layers.clone();
             st.rootfs = merged;
             state::save(&dir, &st)?;
+            step(format_args!(
+                "layered root mounted at {}",
+                st.rootfs.display()
+            ));
         }
         None => rootfs::check_exists(&st.rootfs)?,
     }
@@ -160,11 +182,15 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     guard.cgroup = Some(cgroup.record());
     cgroup.create()?;
     // Always applied: even without resources the device list has defaults to enforce.
-    // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
     let no_resources = oci_spec::runtime::LinuxResources::default();
     let resources = linux
         .and_then(|l| l.resources().as_ref())
         .unwrap_or(&no_resources);
+    cgroup.set_for_create(resources)?;
+    step(format_args!(
+        "cgroups created and set ({:?})",
+        st.cgroups.driver
+    ));
 
     // 6. The exec fifo that holds the init until `start`, inherited by the init as an fd.
     let exec_fifo = match opts.foreground {
@@ -182,6 +208,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             relay = Some(notify::Relay::bind(&notify_dir, host.clone())?);
         }
     }
+    // In a user namespace the init may not reach sources the host's root can.
+    let bind_sources = match plan.new_user || has_user_join(&plan) {
+        true => crate::rootfs::mounts::open_bind_sources(spec, &bundle.dir)?,
+        false => Vec::new(),
+    };
     let (chan, child_chan) = sync::pair()?;
     let args = InitArgs {
         id: opts.id,
@@ -197,20 +228,45 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         listen_fds,
         notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
         seccomp: seccomp.as_ref(),
+        bind_sources: &bind_sources,
     };
     // The child only runs init code and then execs or exits.
     let one_thread = SingleThreaded::check()?;
-    let first = match clone_fork(&one_thread, plan.clone_flags)? {
+    // On cgroup v2 the child is born in its cgroup (no cgroup.procs write, no wait for the
+    // threadgroup lock that write takes: runtime-spec/cgroups.md).
+    let birth = match cgroup.birth_cgroup() {
+        Some(dir) => Some(
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("open {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let (forked, born_in_cgroup) = match &birth {
+        Some(fd) => utils::clone_fork_into(&one_thread, plan.clone_flags, fd.as_fd())?,
+        None => (clone_fork(&one_thread, plan.clone_flags)?, false),
+    };
+    let first = match forked {
         Forked::Child(one_thread) => {
+            // No host directory fd may reach the container's process.
+            drop(birth);
             drop(chan);
             init::child_main(&args, &one_thread, child_chan);
         }
         Forked::Parent(pid) => pid,
     };
+    drop(birth);
     drop(child_chan);
     // Only the init may hold the fifo open: `start` waits for the last writer to go.
     drop(exec_fifo);
     guard.pids.push(first);
+    step(format_args!("cloned the first child, pid {first}"));
 
     // With one direct clone the namespaces exist already: no need to wait for the child,
     // which meanwhile starts on the mounts that do not depend on its cgroup.
@@ -234,8 +290,15 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
-    // The limits, then the child in its cgroups.
-    cgroup.start(first, resources)?;
+    if !born_in_cgroup {
+        cgroup.start(first, resources)?;
+    }
+    step(format_args!(
+        "parent set-up done (id maps: {}, time offsets: {}, cgroups joined{})",
+        plan.new_user,
+        plan.new_time,
+        if born_in_cgroup { " at clone" } else { "" }
+    ));
     // A child that failed meanwhile closed its end: its error is the next message read.
     let _ = chan.send(&Message::ParentSetupDone);
     let pid = if plan.fork_init {
@@ -254,22 +317,35 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     // (pdeathsig), so a crash leaves no process for `delete --force` to find.
     st.pid = pid;
 
+    if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
+        // From here (the container process exists, the hooks are next) a failed create
+        // continues the lifecycle at its end (runtime.md steps 3-5: "continue the lifecycle
+        // at step 12"; step 13 runs poststop hooks). runc's destroy runs them for any failure.
+        let json = hooks::hook_state(opts.id, "stopped", pid, &bundle.dir, spec);
+        guard.poststop = Some((h, json, bundle.dir.clone()));
+    }
     if hooks::needs_runtime_hooks(spec) {
         chan.expect(Message::RunRuntimeHooks)?;
         if let Some(h) = spec.hooks() {
-            let json = hooks::hook_state(opts.id, "creating", pid, &bundle.dir, spec);
+            // "created": the runtime environment exists (runtime.md lifecycle step 2 is done),
+            // as crun says; runc says "creating" (runtime-spec/design.md, "Hooks' state").
+            let json = hooks::hook_state(opts.id, "created", pid, &bundle.dir, spec);
             // runc runs these in `create` (or `run`), which chdirs to the bundle.
             let cwd = Some(bundle.dir.as_path());
             hooks::run_all("prestart", h.prestart().as_ref(), &json, cwd)?;
             hooks::run_all("createRuntime", h.create_runtime().as_ref(), &json, cwd)?;
         }
         chan.send(&Message::RuntimeHooksDone(pid))?;
+        step(format_args!("prestart and createRuntime hooks ran"));
     }
     let pty = match terminal {
         true => super::console::receive_pty(&chan, opts.console_socket)?,
         false => None,
     };
     chan.expect(Message::Ready)?;
+    step(format_args!(
+        "init {pid} ready: root entered, identity and capabilities set, program found"
+    ));
 
     // 8. Done: record it, and only then let go of the guard.
     st.pid_start_time =
@@ -278,6 +354,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     state::save(&dir, &st)?;
     // Until this arrives the init dies with us: see init::init_steps.
     chan.send(&Message::Created)?;
+    step(format_args!(
+        "recorded as created; the init waits for start"
+    ));
     if let Some(p) = opts.pid_file {
         write_pid_file(p, pid)?;
     }
@@ -341,6 +420,8 @@ struct CreateGuard<'a> {
     cgroup: Option<cgroups::CgroupRecord>,
     layered: bool,
     layers: Option<layers::RootRecord>,
+    /// poststop hooks, their state and cwd (the bundle), once create reached the hooks.
+    poststop: Option<(Vec<oci_spec::runtime::Hook>, Vec<u8>, PathBuf)>,
     done: bool,
 }
 
@@ -369,5 +450,16 @@ impl Drop for CreateGuard<'_> {
                 self.dir.display()
             ));
         }
+        if let Some((h, json, cwd)) = &self.poststop {
+            for e in hooks::run_each("poststop", Some(h), json, Some(cwd)) {
+                logging::warn(&format!("{e:#}"));
+            }
+        }
     }
+}
+
+fn has_user_join(plan: &crate::namespaces::Plan) -> bool {
+    plan.join
+        .iter()
+        .any(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User)
 }

@@ -50,19 +50,23 @@ pub(super) fn delete_from(rt: &Runtime, id: &str, force: bool, cwd: HooksCwd) ->
                 "cannot delete container {id:?} that is not stopped: {status} (stop it first or use --force)"
             );
         }
+        logging::debug(&format!("delete {id}: {status}, init pid {}", st.pid));
         if status != Status::Stopped {
             let _ = signal_process(st.pid, st.pid_start_time, Some(Signal::SIGKILL));
         }
         cgroups::open_driver(&st.cgroups)?.destroy()?;
+        logging::debug(&format!("delete {id}: cgroups destroyed"));
         wait_gone(st.pid, st.pid_start_time);
         if st.layered {
             layers::release_root(&rt.layers(), &dir, st.layers.as_ref())?;
+            logging::debug(&format!("delete {id}: layered root released"));
         }
     } else {
         // Whatever a crashed create may have taken in the layers; release is idempotent.
         layers::release_root(&rt.layers(), &dir, None)?;
     }
     fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    logging::debug(&format!("delete {id}: removed {}", dir.display()));
     drop(lock);
     if let Some(st) = &st
         && let Some(h) = &st.hooks
@@ -99,7 +103,8 @@ pub struct GcOutcome {
 /// `gc`: recover after crashes. A container whose `create` died half-way (never marked
 /// created, and no process holds its lock) is deleted; with `stopped`, stopped containers
 /// too.
-pub fn gc(rt: &Runtime, stopped: bool) -> Result<GcOutcome> {
+/// With `drop_idle`, every layer mount nobody uses goes too, however recently it was used.
+pub fn gc(rt: &Runtime, stopped: bool, drop_idle: bool) -> Result<GcOutcome> {
     let states = rt.states();
     let mut outcome = GcOutcome::default();
     for id in states.list()? {
@@ -110,7 +115,7 @@ pub fn gc(rt: &Runtime, stopped: bool) -> Result<GcOutcome> {
         }
     }
     // Shared layer mounts whose last user died without releasing them.
-    layers::gc_mounts(&rt.layers())?;
+    layers::gc_mounts(&rt.layers(), drop_idle)?;
     // Scopes no container owns: its state is gone (removed by hand, or a scope left by a
     // delete that failed half-way), or its id now names a container in another scope.
     let owned = |id: &str, unit: &str| match states.load(id) {

@@ -51,7 +51,8 @@ pub fn container_spec(rt: &Runtime, id: &str) -> Result<Spec> {
 pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
     let (dir, st) = rt.states().load(opts.id)?;
     // runc's words.
-    match st.status(&dir, cgroups::is_frozen) {
+    let status = st.status(&dir, cgroups::is_frozen);
+    match status {
         Status::Running | Status::Created => {}
         Status::Paused if opts.ignore_paused => {}
         Status::Paused => {
@@ -61,6 +62,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         s => bail!("cannot exec in container {:?}: it is {s}", opts.id),
     }
     let spec = container_spec(rt, opts.id)?;
+    crate::lsm::check(&opts.process, None)?;
     let terminal = opts.process.terminal() == Some(true);
     crate::bundle::check_terminal_options(terminal, opts.console_socket, !opts.detach)?;
     let joins = namespaces_of(st.pid)?;
@@ -74,6 +76,22 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         .and_then(|l| l.seccomp().as_ref())
         .map(|s| crate::seccomp::prepare_cached(s, &rt.root.join(".seccomp-cache")))
         .transpose()?;
+    // SCMP_ACT_NOTIFY: the process's own listener goes to the container's agent, as the init's
+    // does (runtime-spec/seccomp.md), with the container's state.
+    let agent = filter.as_ref().filter(|f| f.has_listener()).and_then(|_| {
+        let s = spec.linux().as_ref()?.seccomp().as_ref()?;
+        Some(AgentConf {
+            path: s.listener_path().clone()?,
+            metadata: s.listener_metadata().clone(),
+            state: crate::hooks::hook_state(
+                opts.id,
+                &status.to_string(),
+                st.pid,
+                &st.bundle,
+                &spec,
+            ),
+        })
+    });
 
     let mut cgroup = cgroups::open_driver(&st.cgroups)?;
     if !opts.sub_cgroups.is_empty() {
@@ -96,6 +114,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
                 joins: &joins,
                 root: &root,
                 filter: filter.as_ref(),
+                agent: agent.as_ref(),
                 process: &opts.process,
                 preserve_fds: opts.preserve_fds,
             };
@@ -122,6 +141,7 @@ pub fn exec(rt: &Runtime, opts: ExecOptions) -> Result<i32> {
         let _ = waitpid(Pid::from_raw(pid), None);
     }
     let pty = result?;
+    crate::logging::debug(&format!("exec {}: process {pid} ready", opts.id));
     if let Some(p) = opts.pid_file {
         write_pid_file(p, pid)?;
     }
@@ -174,8 +194,50 @@ struct Target<'a> {
     joins: &'a [(LinuxNamespaceType, OwnedFd)],
     root: &'a File,
     filter: Option<&'a crate::seccomp::Filter>,
+    agent: Option<&'a AgentConf>,
     process: &'a Process,
     preserve_fds: i32,
+}
+
+/// Where the exec'd process's seccomp listener goes.
+struct AgentConf {
+    path: std::path::PathBuf,
+    metadata: Option<String>,
+    state: Vec<u8>,
+}
+
+/// The agent's connection, made while its path is the host's, and the host's /proc, through
+/// which the process learns its pid as the agent sees it (in its own namespaces both are gone).
+struct AgentLink {
+    agent: crate::seccomp::Agent,
+    host_proc: OwnedFd,
+}
+
+impl AgentLink {
+    fn connect(c: &AgentConf) -> Result<Self> {
+        let agent =
+            crate::seccomp::Agent::connect(&c.path, 0, c.metadata.as_deref(), c.state.clone())?;
+        let host_proc = nix::fcntl::open(
+            "/proc",
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .context("open /proc")?;
+        Ok(AgentLink { agent, host_proc })
+    }
+
+    /// In the forked process: the agent, told our host pid.
+    fn into_agent(self) -> Result<crate::seccomp::Agent> {
+        let mut agent = self.agent;
+        let pid: i32 = nix::fcntl::readlinkat(&self.host_proc, "self")
+            .ok()
+            .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+            .context("read our host pid from /proc/self")?;
+        agent.set_pid(pid);
+        Ok(agent)
+    }
 }
 
 /// The first child: join cgroups, then namespaces, then fork the process itself.
@@ -185,10 +247,12 @@ fn joiner(one_thread: &SingleThreaded, t: &Target, chan: &Channel) -> Result<Inf
         joins,
         root,
         filter,
+        agent,
         process,
         preserve_fds,
     } = *t;
     sync::die_with_parent(chan);
+    let agent = agent.map(AgentLink::connect).transpose()?;
     let me = std::process::id() as i32;
     cgroups
         .add_pid(me)
@@ -202,7 +266,8 @@ fn joiner(one_thread: &SingleThreaded, t: &Target, chan: &Channel) -> Result<Inf
     sync::fork_reported(one_thread, chan)?;
     // The exec'd process must not outlive a dying `lrun exec` half-way.
     sync::die_with_parent(chan);
-    match exec_process(filter, process, chan, preserve_fds) {
+    let agent = agent.map(AgentLink::into_agent).transpose()?;
+    match exec_process(filter, agent, process, chan, preserve_fds) {
         Ok(never) => match never {},
         Err(e) => Err(e),
     }
@@ -210,6 +275,7 @@ fn joiner(one_thread: &SingleThreaded, t: &Target, chan: &Channel) -> Result<Inf
 
 fn exec_process(
     filter: Option<&crate::seccomp::Filter>,
+    agent: Option<crate::seccomp::Agent>,
     process: &Process,
     chan: &Channel,
     preserve_fds: i32,
@@ -230,11 +296,16 @@ fn exec_process(
     if process.terminal() == Some(true) {
         super::console::setup_terminal(chan, process.user().uid())?;
     }
+    // Before the user switch and no_new_privs (as the init), so a refused profile fails exec.
+    crate::lsm::set_exec_labels(process)?;
+    // What can fail for want of privilege fails `lrun exec` itself (exit 255 with the error).
+    let mut late = process::secure(process, filter, agent, preserve_fds)?;
     // From here the process belongs to the container.
     let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Message::Ready)?;
-    let Err(e) =
-        process::secure_and_exec(process, filter, None, preserve_fds, &exe_c, &argv, &envp);
+    let Err(e) = late
+        .load_filter()
+        .and_then(|()| process::exec(&exe_c, &argv, &envp));
     // `lrun exec` no longer listens on the channel: report on the process's stderr.
     eprintln!("lrun: exec: {e:#}");
     // As runc's: a process that fails after its exec was reported started exits 255.

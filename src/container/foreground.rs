@@ -70,10 +70,23 @@ pub fn run(rt: &Runtime, opts: &CreateOptions, detach: bool, keep: bool) -> Resu
             c.send(&Message::Start)?;
             c.wait_closed()
         });
-    let result = started.and_then(|()| {
-        super::start::run_poststart(&created.state, HooksCwd::Bundle);
-        supervise(pid, &mask, created.pty, created.relay.as_ref())
-    });
+    let result = match started {
+        Ok(()) => {
+            crate::logging::debug(&format!("run {}: the init executed the program", opts.id));
+            super::start::run_poststart(&created.state, HooksCwd::Bundle);
+            let code = supervise(pid, &mask, created.pty, created.relay.as_ref());
+            if let Ok(c) = &code {
+                crate::logging::debug(&format!("run {}: the container exited with {c}", opts.id));
+            }
+            code
+        }
+        // A step after start failed (execve, a startContainer hook): the init reported it and
+        // exits 255, which `run` returns as the container's status, as runc's does.
+        Err(e) => {
+            crate::logging::error(&e);
+            Ok(255)
+        }
+    };
     if result.is_err() || !keep {
         let deleted = super::delete::delete_from(rt, opts.id, true, HooksCwd::Bundle);
         let code = result?;

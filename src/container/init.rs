@@ -7,10 +7,12 @@
 //!    init if a pid or time namespace needs it;
 //! 3. mounts and devices (host paths still visible), runtime hooks in the parent,
 //!    createContainer hooks here, then pivot_root, sysctl, masked/readonly paths;
-//! 4. hostname, rlimits, cwd, find the executable: any failure is still a failed
-//!    `create` with nothing left behind;
+//! 4. hostname, rlimits, cwd, (LSM labels), seccomp without no_new_privs, user, capabilities,
+//!    no_new_privs, find the executable: any failure is still a failed `create` with nothing
+//!    left behind;
 //! 5. tell the parent "ready", wait for `start` (exec fifo, or the socket for `run`);
-//! 6. startContainer hooks, seccomp, user, capabilities, no_new_privs, exec.
+//! 6. a seccomp filter under no_new_privs, startContainer hooks, exec; a failure here is
+//!    reported to `start` (or `run`), which fails, and the init exits 255.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -20,7 +22,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Uid, setresgid, setresuid};
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::Spec;
 
 use crate::hooks;
 use crate::namespaces::Plan;
@@ -51,6 +53,8 @@ pub struct InitArgs<'a> {
     pub notify_dir: Option<&'a Path>,
     /// linux.seccomp, compiled by the parent.
     pub seccomp: Option<&'a crate::seccomp::Filter>,
+    /// Bind sources the parent opened (`rootfs::mounts::open_bind_sources`), by mount index.
+    pub bind_sources: &'a [Option<OwnedFd>],
 }
 
 /// Entry point of the first child. Never returns.
@@ -135,20 +139,24 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     let hooks = spec.hooks().as_ref();
     let linux = spec.linux().as_ref();
 
-    rootfs::prepare(
-        spec,
-        a.bundle,
-        a.rootfs,
-        a.plan.new_user,
-        a.notify_dir
-            .map(|host| rootfs::HostDir {
-                host,
-                container: Path::new(crate::notify::CONTAINER_DIR),
-                what: "notify socket",
-            })
-            .as_ref(),
-        &mut || parent.wait(a, chan),
-    )?;
+    let own_mounts = a.plan.mount_ns;
+    if own_mounts {
+        rootfs::prepare(
+            spec,
+            a.bundle,
+            a.rootfs,
+            a.plan.new_user,
+            a.notify_dir
+                .map(|host| rootfs::HostDir {
+                    host,
+                    container: Path::new(crate::notify::CONTAINER_DIR),
+                    what: "notify socket",
+                })
+                .as_ref(),
+            a.bind_sources,
+            &mut || parent.wait(a, chan),
+        )?;
+    }
     parent.wait(a, chan)?;
 
     let mut host_pid = 0;
@@ -160,23 +168,36 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
             m => anyhow::bail!("sync protocol: unexpected {m:?}"),
         }
     }
-    let state_json = |status: &str| hooks::hook_state(a.id, status, host_pid, a.bundle, spec);
+    // createContainer and startContainer hooks both see "created": the runtime environment
+    // exists and the program has not run yet (runtime-spec/design.md, "Hooks' state").
+    let state_json = hooks::hook_state(a.id, "created", host_pid, a.bundle, spec);
     if let Some(h) = hooks {
         hooks::run_all(
             "createContainer",
             h.create_container().as_ref(),
-            &state_json("created"),
+            &state_json,
             // runc's prepareRootfs chdirs into the container's root (before pivot_root) first.
             Some(a.rootfs),
         )?;
     }
 
     let agent = connect_seccomp_agent(a)?;
-    rootfs::enter(a.rootfs, a.no_pivot)?;
-    // Before readonlyPaths, which usually include /proc/sys.
-    crate::sysctl::apply(linux.and_then(|l| l.sysctl().as_ref()))?;
-    rootfs::finalize(spec)?;
-    if process.terminal() == Some(true) {
+    let terminal = process.terminal() == Some(true);
+    if own_mounts {
+        rootfs::enter(a.rootfs, a.no_pivot)?;
+        // Before readonlyPaths, which usually include /proc/sys.
+        crate::sysctl::apply(linux.and_then(|l| l.sysctl().as_ref()))?;
+        rootfs::finalize(spec)?;
+    } else {
+        // The caller's mount namespace: its devpts, reached before the chroot (the rootfs
+        // gets no /dev of lrun's), and a chroot, since pivot_root would move the caller's /.
+        if terminal {
+            super::console::setup_terminal(chan, process.user().uid())?;
+        }
+        rootfs::chroot_into(a.rootfs)?;
+        crate::sysctl::apply(linux.and_then(|l| l.sysctl().as_ref()))?;
+    }
+    if terminal && own_mounts {
         super::console::setup_terminal(chan, process.user().uid())?;
     }
 
@@ -188,6 +209,7 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     }
     process::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     process::set_scheduling(process, linux.and_then(|l| l.personality().as_ref()))?;
+    // As root: a missing directory is created (as runc does for the init).
     process::enter_cwd(process.cwd(), true)?;
     let args = process.args().as_deref().unwrap_or_default();
     let mut env = process.env().clone().unwrap_or_default();
@@ -201,18 +223,43 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         env.retain(|e| !e.starts_with("NOTIFY_SOCKET="));
         env.push(crate::notify::container_env());
     }
-    // Here, so that a missing program fails `create` (engines map its words to 127/126 only
-    // for create and exec errors, not for start's).
+    // The LSM labels (AppArmor exec profile, SELinux exec label): after every mount and path
+    // lookup of the set-up, before the user switch and no_new_privs below (as runc's init:
+    // no_new_privs would restrict the transition), and before `ready` so that a profile the
+    // kernel refuses fails `create`.
+    crate::lsm::set_exec_labels(process)?;
+
+    // Every step that can fail for want of privilege (groups, ids, capabilities,
+    // no_new_privs, a seccomp filter without no_new_privs) runs before `ready`: a failure is
+    // a failed `create`, with nothing left behind. What is left for after `start` is only
+    // what needs no privilege.
+    let mut late = process::secure(process, a.seccomp, agent, a.preserve_fds)?;
+    // As the process's user, as runc's LookPath after finalizeNamespace; here so that a
+    // missing program fails `create` (engines map its words to 127/126 only for create and
+    // exec errors, not for start's).
     let exe =
         process::find_executable(&args[0], &env).context("unable to start container process")?;
     let exe_c = process::path_cstring(&exe)?;
     let argv = process::cstrings(args)?;
     let envp = process::cstrings(&env)?;
+    // runc gives a startContainer hook without an env of its own the process's (de facto, and
+    // kept by its tests: "startContainer hook should inherit process environment").
+    let start_hooks: Vec<oci_spec::runtime::Hook> = hooks
+        .and_then(|h| h.start_container().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut h| {
+            if h.env().is_none() {
+                h.set_env(Some(env.clone()));
+            }
+            h
+        })
+        .collect();
 
-    // Set-up is done. The parent may exit once it has recorded us, so pdeathsig goes now;
-    // until the parent says the state is saved (Created), its death shows as EOF on the
-    // channel and we die all the same: a container that was never recorded never outlives
-    // its `create`. From then on errors go to stderr.
+    // Set-up is done. The parent may exit once it has recorded us, so pdeathsig goes now
+    // (the user switch above may have cleared it already); until the parent says the state is
+    // saved (Created), its death shows as EOF on the channel and we die all the same: a
+    // container that was never recorded never outlives its `create`.
     let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Message::Ready)?;
     if chan.expect(Message::Created).is_err() {
@@ -229,15 +276,25 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
     }
     let Err(e) = finish(
         a,
-        process,
-        agent,
-        &state_json("running"),
+        &mut late,
+        &start_hooks,
+        &state_json,
         &exe_c,
         &argv,
         &envp,
     );
     let msg = format!("{e:#}");
-    if !a.foreground || chan.send(&Message::Error(msg.clone())).is_err() {
+    // `start` (or `run`) reports it and fails; our stderr is the container's, the last resort.
+    let told = match (a.foreground, a.exec_fifo) {
+        (true, _) => chan.send(&Message::Error(msg.clone())).is_ok(),
+        (false, Some(fifo)) => {
+            let mut text = vec![crate::sync::FIFO_ERROR];
+            text.extend_from_slice(msg.as_bytes());
+            nix::unistd::write(fifo, &text).is_ok()
+        }
+        (false, None) => false,
+    };
+    if !told {
         eprintln!("lrun: container init: {msg}");
     }
     // runc's init exits 255 when it fails after `start` (e.g. execve: exec format error).
@@ -284,7 +341,7 @@ fn block_until_read(fifo: &OwnedFd) -> Result<()> {
     let flags =
         OFlag::from_bits_truncate(fcntl(fifo, FcntlArg::F_GETFL).context("fcntl exec fifo")?);
     fcntl(fifo, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).context("fcntl exec fifo")?;
-    let page = [b'0'; 4096];
+    let page = [crate::sync::FIFO_FILL; 4096];
     // Whole pages, then single bytes into what is left of the last page: afterwards no write
     // can merge into a partly used page, so the next one needs `start` to free a whole page.
     for chunk in [&page[..], &page[..1]] {
@@ -298,7 +355,7 @@ fn block_until_read(fifo: &OwnedFd) -> Result<()> {
     }
     fcntl(fifo, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).context("fcntl exec fifo")?;
     loop {
-        match nix::unistd::write(fifo, b"0") {
+        match nix::unistd::write(fifo, &[crate::sync::FIFO_FILL]) {
             Ok(_) => return Ok(()),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e).context("write exec fifo"),
@@ -306,25 +363,29 @@ fn block_until_read(fifo: &OwnedFd) -> Result<()> {
     }
 }
 
+/// After `start`: the filter that had to wait, startContainer hooks (under the container's
+/// filter, identity and capabilities, as runc and crun run them), execve.
 fn finish(
     a: &InitArgs,
-    process: &Process,
-    agent: Option<crate::seccomp::Agent>,
+    late: &mut process::Late,
+    start_hooks: &Vec<oci_spec::runtime::Hook>,
     state_json: &[u8],
     exe: &CString,
     argv: &[CString],
     envp: &[CString],
 ) -> Result<Infallible> {
-    if let Some(h) = a.spec.hooks().as_ref() {
-        // In process.cwd, entered above (as runc, whose init has chdired there by now).
-        hooks::run_all(
-            "startContainer",
-            h.start_container().as_ref(),
-            state_json,
-            None,
-        )?;
+    late.load_filter()?;
+    // In process.cwd, entered above (as runc, whose init has chdired there by now).
+    hooks::run_all("startContainer", Some(start_hooks), state_json, None)?;
+    if let Some(fifo) = a.exec_fifo {
+        // Tells `start` we got as far as execve (EOF without it: we died on the way). A
+        // `start` killed since it released us reads nothing (EPIPE): the program runs anyway.
+        match nix::unistd::write(fifo, &[crate::sync::FIFO_EXEC]) {
+            Ok(_) | Err(nix::errno::Errno::EPIPE) => {}
+            Err(e) => return Err(e).context("write exec fifo"),
+        }
     }
-    process::secure_and_exec(process, a.seccomp, agent, a.preserve_fds, exe, argv, envp)
+    process::exec(exe, argv, envp)
 }
 
 fn set_domainname(name: &str) -> Result<()> {

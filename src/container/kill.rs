@@ -46,7 +46,11 @@ pub fn kill(rt: &Runtime, id: &str, sig: Option<Signal>, all: bool) -> Result<()
     // container's cgroups (which may exit meanwhile, and whose loss is no error).
     if live {
         match signal_process(st.pid, st.pid_start_time, sig) {
-            Ok(()) => {}
+            Ok(()) => crate::logging::debug(&format!(
+                "kill {id}: {} sent to the init, pid {}",
+                sig.map_or("no signal (liveness test)".to_string(), |s| s.to_string()),
+                st.pid
+            )),
             // It exited since `status` looked: now it is a stopped container.
             Err(KillError::Gone) => live = false,
             Err(KillError::Other(e)) => return Err(e),

@@ -48,6 +48,8 @@ pub struct Runtime {
     pub pull_limits: crate::distribution::Limits,
     /// `--systemd-cgroup`: new containers go into systemd scopes.
     pub systemd_cgroup: bool,
+    /// How long layer mounts nobody uses stay mounted.
+    pub idle_layers: crate::layers::IdlePolicy,
 }
 
 impl Runtime {
@@ -59,6 +61,7 @@ impl Runtime {
             store: self.store.clone(),
             state_root: self.root.clone(),
             recorded: crate::state::recorded_root,
+            idle: self.idle_layers,
         }
     }
 }

@@ -80,6 +80,7 @@ mod tests {
             store: root.join("store"),
             pull_limits: Default::default(),
             systemd_cgroup: false,
+            idle_layers: crate::layers::IdlePolicy::NONE,
         };
         let fake = Fake { id, rt, child, m };
         fake.m.add_pid(pid).unwrap();

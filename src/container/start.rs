@@ -1,4 +1,5 @@
-//! `start`: release the init from the exec fifo, then run poststart hooks.
+//! `start`: release the init from the exec fifo, learn whether it reached execve, then run
+//! poststart hooks.
 
 use std::os::fd::OwnedFd;
 
@@ -12,6 +13,7 @@ use crate::hooks;
 use crate::logging;
 use crate::notify;
 use crate::state::{self, ContainerState, FIFO_FILE, Status, process_alive};
+use crate::sync::{self, FifoOutcome};
 use crate::utils;
 
 /// `start`: release the init from the exec fifo, then run poststart hooks.
@@ -51,7 +53,21 @@ pub(super) fn start_from(rt: &Runtime, id: &str, cwd: HooksCwd) -> Result<()> {
     let mut byte = [0u8; 1];
     let _ = nix::unistd::read(&fifo, &mut byte);
     utils::remove_file_if_exists(&fifo_path)?;
-    wait_for_exec(&fifo)?;
+    logging::debug(&format!("start {id}: released the init (pid {})", st.pid));
+    let failed = match sync::fifo_outcome(&read_until_eof(&fifo)?) {
+        FifoOutcome::Exec => None,
+        FifoOutcome::Error(e) => Some(anyhow::anyhow!("{e}")),
+        FifoOutcome::Died => Some(anyhow::anyhow!(
+            "the container process exited before it could execute its program"
+        )),
+    };
+    if let Some(e) = failed {
+        // The init exits 255 after reporting; make sure it is gone, so the container is
+        // stopped when we return (no poststart hooks: nothing started).
+        ensure_stopped(st.pid, st.pid_start_time);
+        return Err(e);
+    }
+    logging::debug(&format!("start {id}: the init executed the program"));
     run_poststart(&st, cwd);
     if let Some(relay) = relay {
         relay_until_ready(&relay, st.pid, st.pid_start_time)?;
@@ -94,20 +110,42 @@ pub(super) fn run_poststart(st: &ContainerState, cwd: HooksCwd) {
 }
 
 /// The init keeps the fifo open (close-on-exec) until it execs: draining what it wrote lets
-/// its blocked write through, and EOF means the program runs.
-fn wait_for_exec(fifo: &OwnedFd) -> Result<()> {
+/// its blocked write through; what it writes then says whether it reached execve (see
+/// `sync::FIFO_EXEC`), and EOF comes when it has exec'd or exited.
+fn read_until_eof(fifo: &OwnedFd) -> Result<Vec<u8>> {
     let flags =
         nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_GETFL).context("fcntl exec fifo")?;
     let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(fifo, nix::fcntl::FcntlArg::F_SETFL(blocking)).context("fcntl exec fifo")?;
     let mut buf = [0u8; 4096];
+    // Only what follows the fill matters: keep the last page's worth and anything after.
+    let mut tail = Vec::new();
     loop {
         match nix::unistd::read(fifo, &mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(0) => return Ok(tail),
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if let Some(i) = tail.iter().position(|&b| b != sync::FIFO_FILL) {
+                    tail.drain(..i);
+                } else {
+                    tail.clear();
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).context("read exec fifo"),
         }
     }
+}
+
+/// Wait (briefly) for an init that failed after `start` to exit, then kill what is left.
+fn ensure_stopped(pid: i32, start_time: u64) {
+    for _ in 0..2000 {
+        if !process_alive(pid, start_time) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = super::kill::signal_process(pid, start_time, Some(nix::sys::signal::Signal::SIGKILL));
 }
 
 fn wait_readable(fifo: &OwnedFd, pid: i32, start_time: u64) -> Result<()> {

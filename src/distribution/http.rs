@@ -83,35 +83,12 @@ impl LayerSource for HttpSource {
     fn read_range(&self, d: &Digest, start: u64, len: usize) -> Result<Option<(Vec<u8>, u64)>> {
         let url = self.url(&rel_image(d));
         let last = start + len as u64 - 1;
-        let mut r = self
+        let r = self
             .get(&url)?
             .header("Range", &format!("bytes={start}-{last}"))
             .call()
             .with_context(|| format!("GET {url}"))?;
-        let status = r.status().as_u16();
-        let total = match status {
-            206 => content_range_total(r.headers())
-                .with_context(|| format!("GET {url}: 206 without a usable Content-Range"))?,
-            200 => content_length(r.headers())
-                .with_context(|| format!("GET {url}: no Content-Length"))?,
-            // A range starting past the end: a file shorter than a header.
-            416 => content_range_total(r.headers()).unwrap_or(0),
-            404 | 410 => return Ok(None),
-            s => bail!("GET {url}: HTTP {s}"),
-        };
-        let mut buf = Vec::with_capacity(len);
-        if status != 416 {
-            let mut rd = self.transfer.guard(r.body_mut().as_reader(), url.clone());
-            // A server ignoring Range sends the whole file: skip to `start`, keep `len`.
-            if status == 200 && start > 0 {
-                std::io::copy(&mut (&mut rd).take(start), &mut std::io::sink())
-                    .with_context(|| format!("GET {url}"))?;
-            }
-            rd.take(len as u64)
-                .read_to_end(&mut buf)
-                .with_context(|| format!("GET {url}"))?;
-        }
-        Ok(Some((buf, total)))
+        range_response(r, &url, start, len, &self.transfer)
     }
 
     fn open(&self, d: &Digest, offset: u64, total: u64) -> Result<Body> {
@@ -121,53 +98,105 @@ impl LayerSource for HttpSource {
             req = req.header("Range", &format!("bytes={offset}-"));
         }
         let r = req.call().with_context(|| format!("GET {url}"))?;
-        let refuse = |what: String| -> anyhow::Error {
-            anyhow::Error::new(TransferError::Refused(format!(
-                "GET {url}: {what}, but the header declares {total} bytes"
-            )))
-        };
-        let length = content_length(r.headers());
-        let from_offset = match r.status().as_u16() {
-            206 => {
-                let start = content_range_start(r.headers());
-                if start != Some(offset) {
-                    bail!("GET {url}: asked for bytes from {offset}, got {start:?}");
-                }
-                if let Some(t) = content_range_total(r.headers())
-                    && t != total
-                {
-                    return Err(refuse(format!("the server says the file has {t} bytes")));
-                }
-                if let Some(n) = length
-                    && n != total - offset
-                {
-                    return Err(refuse(format!(
-                        "the server announces {n} bytes from byte {offset}"
-                    )));
-                }
-                true
-            }
-            200 => {
-                if let Some(n) = length
-                    && n != total
-                {
-                    return Err(refuse(format!("the server announces {n} bytes")));
-                }
-                offset == 0
-            }
+        match open_response(r, &url, offset, total, &self.transfer)? {
+            Some(b) => Ok(b),
             // Our partial file is as long as (or longer than) the image: start over.
-            416 => return self.open(d, 0, total),
-            s => bail!("GET {url}: HTTP {s}"),
-        };
-        let (_, body) = r.into_parts();
-        Ok(Body {
-            reader: Box::new(self.transfer.guard(body.into_reader(), url)),
-            from_offset,
-        })
+            None => self.open(d, 0, total),
+        }
     }
 }
 
-fn header_str<'a>(h: &'a ureq::http::HeaderMap, name: &str) -> Option<&'a str> {
+/// The bytes of a response to a `Range: bytes=start-(start+len-1)` GET, and the file's
+/// total size; None when the server has no such file. Shared by every HTTP source.
+pub(super) fn range_response(
+    mut r: ureq::http::Response<ureq::Body>,
+    url: &str,
+    start: u64,
+    len: usize,
+    transfer: &Transfer,
+) -> Result<Option<(Vec<u8>, u64)>> {
+    let status = r.status().as_u16();
+    let total = match status {
+        206 => content_range_total(r.headers())
+            .with_context(|| format!("GET {url}: 206 without a usable Content-Range"))?,
+        200 => {
+            content_length(r.headers()).with_context(|| format!("GET {url}: no Content-Length"))?
+        }
+        // A range starting past the end: a file shorter than a header.
+        416 => content_range_total(r.headers()).unwrap_or(0),
+        404 | 410 => return Ok(None),
+        s => bail!("GET {url}: HTTP {s}"),
+    };
+    let mut buf = Vec::with_capacity(len);
+    if status != 416 {
+        let mut rd = transfer.guard(r.body_mut().as_reader(), url.to_string());
+        // A server ignoring Range sends the whole file: skip to `start`, keep `len`.
+        if status == 200 && start > 0 {
+            std::io::copy(&mut (&mut rd).take(start), &mut std::io::sink())
+                .with_context(|| format!("GET {url}"))?;
+        }
+        rd.take(len as u64)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("GET {url}"))?;
+    }
+    Ok(Some((buf, total)))
+}
+
+/// The body of a response to a GET from `offset` (`Range: bytes=offset-`, none for 0) of a
+/// file that must have exactly `total` bytes: another announced size is refused before the
+/// body is read. None for a 416 (the caller restarts from 0).
+pub(super) fn open_response(
+    r: ureq::http::Response<ureq::Body>,
+    url: &str,
+    offset: u64,
+    total: u64,
+    transfer: &Transfer,
+) -> Result<Option<Body>> {
+    let refuse = |what: String| -> anyhow::Error {
+        anyhow::Error::new(TransferError::Refused(format!(
+            "GET {url}: {what}, but the header declares {total} bytes"
+        )))
+    };
+    let length = content_length(r.headers());
+    let from_offset = match r.status().as_u16() {
+        206 => {
+            let start = content_range_start(r.headers());
+            if start != Some(offset) {
+                bail!("GET {url}: asked for bytes from {offset}, got {start:?}");
+            }
+            if let Some(t) = content_range_total(r.headers())
+                && t != total
+            {
+                return Err(refuse(format!("the server says the file has {t} bytes")));
+            }
+            if let Some(n) = length
+                && n != total - offset
+            {
+                return Err(refuse(format!(
+                    "the server announces {n} bytes from byte {offset}"
+                )));
+            }
+            true
+        }
+        200 => {
+            if let Some(n) = length
+                && n != total
+            {
+                return Err(refuse(format!("the server announces {n} bytes")));
+            }
+            offset == 0
+        }
+        416 => return Ok(None),
+        s => bail!("GET {url}: HTTP {s}"),
+    };
+    let (_, body) = r.into_parts();
+    Ok(Some(Body {
+        reader: Box::new(transfer.guard(body.into_reader(), url.to_string())),
+        from_offset,
+    }))
+}
+
+pub(super) fn header_str<'a>(h: &'a ureq::http::HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -9,8 +9,8 @@
 //! ```
 //! - `dir.rs`: a directory (a shared filesystem);
 //! - `http.rs`: a plain static HTTP(S) server;
-//! - an OCI registry (issue 15) goes in `registry.rs`, implementing `LayerSource`, with its
-//!   `docker://` prefix recognised by `parse_with`.
+//! - `registry.rs`: an OCI registry (`docker://HOST[:PORT]/REPO`), layers as OCI artifacts;
+//!   also the registry side of `lrun image import docker://…` and of publishing.
 //!
 //! Nothing read from a source is trusted: headers are checked against the digest that named
 //! them, and whole images are verified by the store's import before they become visible.
@@ -21,6 +21,7 @@ pub mod http;
 pub mod limits;
 pub mod publish;
 pub mod pull;
+pub mod registry;
 
 use std::io::Read;
 
@@ -87,9 +88,22 @@ pub fn parse(s: &str) -> Result<Box<dyn LayerSource>> {
     parse_with(s, Limits::from_env()?)
 }
 
-/// As `parse`, with explicit limits; the deadline starts now.
+/// As `parse`, with explicit limits; the deadline starts now. A registry gets the default
+/// options (credentials from the auth files, the system's CAs).
 pub fn parse_with(s: &str, limits: Limits) -> Result<Box<dyn LayerSource>> {
+    parse_with_registry(s, limits, &registry::RegistryOptions::default())
+}
+
+/// As `parse_with`, with a registry's options (`--creds`, `--cert-dir`, `--tls-verify`).
+pub fn parse_with_registry(
+    s: &str,
+    limits: Limits,
+    o: &registry::RegistryOptions,
+) -> Result<Box<dyn LayerSource>> {
     let transfer = limits::Transfer::start(limits);
+    if s.starts_with(registry::PREFIX) {
+        return Ok(Box::new(registry::RegistrySource::new(s, o, transfer)?));
+    }
     if s.starts_with("http://") || s.starts_with("https://") {
         return Ok(Box::new(http::HttpSource::new(s, transfer)));
     }

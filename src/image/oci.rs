@@ -29,11 +29,100 @@ use crate::layers::store::Store;
 /// base layers imported with two images are the same lrun layers.
 pub const LOWER_NAME: &str = "oci-layer";
 
-pub struct ImportOptions<'a> {
+/// Where an image's manifest, config and layer blobs come from: an OCI layout on disk
+/// (`LayoutSource`) or a registry (`distribution::registry`, kept there so the HTTP and TLS
+/// code stays out of this module).
+pub trait ImageSource {
+    /// The image's manifest (an index already followed to the platform's manifest) and
+    /// config, each checked against the digest that named it, parsed by `parse_image`.
+    fn image(&self) -> Result<(ImageManifest, ImageConfiguration)>;
+
+    /// A local file with the layer blob `desc` names. Not trusted: the import checks its
+    /// digest while extracting it.
+    fn layer(&self, desc: &Descriptor) -> Result<LayerFile>;
+}
+
+/// A layer blob on disk; a temporary download is removed with it.
+pub struct LayerFile {
+    pub path: PathBuf,
+    pub temp: Option<TempDir>,
+}
+
+/// An OCI image layout directory.
+pub struct LayoutSource<'a> {
     pub layout: &'a Path,
     /// `org.opencontainers.image.ref.name` to pick from index.json (needed when it lists
     /// several images).
     pub tag: Option<&'a str>,
+    pub platform: Platform,
+}
+
+impl ImageSource for LayoutSource<'_> {
+    fn image(&self) -> Result<(ImageManifest, ImageConfiguration)> {
+        let layout_file = self.layout.join("oci-layout");
+        let lv: Value = read_json(&layout_file)?;
+        if serde_json::from_value::<OciLayout>(lv).is_err() {
+            bail!("{}: no imageLayoutVersion", layout_file.display());
+        }
+        read_image(self.layout, self.tag, &self.platform)
+    }
+
+    fn layer(&self, desc: &Descriptor) -> Result<LayerFile> {
+        Ok(LayerFile {
+            path: blob_path(self.layout, desc)?.0,
+            temp: None,
+        })
+    }
+}
+
+/// An image index entry's platform: `os/architecture[/variant]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// linux/<this machine's architecture, in OCI's spelling>.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            a => a,
+        };
+        Platform {
+            os: "linux".into(),
+            arch: arch.into(),
+            variant: None,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Platform> {
+        let parts: Vec<&str> = s.split('/').collect();
+        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+            bail!("--platform {s:?}: expected OS/ARCH or OS/ARCH/VARIANT, e.g. linux/amd64");
+        }
+        Ok(Platform {
+            os: parts[0].into(),
+            arch: parts[1].into(),
+            variant: parts.get(2).map(|v| v.to_string()),
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+pub struct ImportOptions<'a> {
+    pub source: &'a dyn ImageSource,
     pub name: &'a str,
     pub version: &'a str,
     pub store: &'a Store,
@@ -44,8 +133,9 @@ pub struct ImportOptions<'a> {
 /// What an import produced.
 #[derive(Debug)]
 pub struct Imported {
-    /// (label, digest), bottom-most first; the last one is NAME@VERSION.
-    pub layers: Vec<(String, Digest)>,
+    /// (label, digest, reused: already in the store, not fetched or converted), bottom-most
+    /// first; the last one is NAME@VERSION.
+    pub layers: Vec<(String, Digest, bool)>,
     /// The image config's process: the bundle config.json fields it sets.
     pub process: ProcessConfig,
 }
@@ -61,59 +151,77 @@ pub struct ProcessConfig {
 
 /// Import the image: every layer into the store. Returns the layers and process settings.
 pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
-    let layout = o.layout;
-    let layout_file = layout.join("oci-layout");
-    let lv: Value = read_json(&layout_file)?;
-    if serde_json::from_value::<OciLayout>(lv).is_err() {
-        bail!("{}: no imageLayoutVersion", layout_file.display());
-    }
-    let (manifest, config) = read_image(layout, o.tag)?;
+    let (manifest, config) = o.source.image()?;
     let process_fields = config.config().clone().unwrap_or_default();
     let layers = manifest.layers();
     if layers.is_empty() {
         bail!("image manifest: no layers");
     }
     let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != layers.len() {
+        bail!(
+            "image config: {} diff_ids for {} layers",
+            diff_ids.len(),
+            layers.len()
+        );
+    }
+    // Chain ids from the config's diff_ids (the config is checked against its digest): a
+    // lower layer whose chain id the store already has was converted by an earlier import,
+    // from content checked against these same diff_ids, and is neither fetched nor converted
+    // again. Each converted layer's own diff_id is checked against the config below.
+    let mut chains = Vec::with_capacity(layers.len());
+    for id in diff_ids {
+        let prev: Option<&String> = chains.last();
+        chains.push(match prev {
+            None => id.clone(),
+            Some(c) => format!(
+                "sha256:{}",
+                Digest::of(format!("{c} {id}").as_bytes()).hex()
+            ),
+        });
+    }
 
     let mut out = Vec::new();
-    let mut chain: Option<String> = None;
     let mut dep: Option<Dep> = None;
-    let mut passwd: Option<String> = None;
-    let mut group: Option<String> = None;
+    // Per layer: its /etc/passwd and /etc/group, or None for a layer reused unextracted.
+    let mut users: Vec<Option<(Option<String>, Option<String>)>> = Vec::new();
     for (i, desc) in layers.iter().enumerate() {
+        let last = i + 1 == layers.len();
+        let chain_hex = chains[i]
+            .strip_prefix("sha256:")
+            .unwrap_or_default()
+            .to_string();
+        if !last
+            && let Some(d) = o.store.lookup_label(LOWER_NAME, &chain_hex)?
+            && let Some(h) = o.store.header(&d).ok().flatten()
+        {
+            dep = Some(Dep {
+                name: h.name.clone(),
+                version: h.version.clone(),
+                digest: d,
+            });
+            out.push((h.label(), d, true));
+            users.push(None);
+            continue;
+        }
         let tmp = TempDir::new(&format!("import-{i}"))?;
         let tree = tmp.0.join("tree");
         fs::create_dir(&tree).with_context(|| format!("create {}", tree.display()))?;
-        let diff_id = extract_layer(layout, desc, &tree)
+        let blob = o.source.layer(desc)?;
+        let diff_id = extract_layer(&blob.path, desc, &tree)
             .with_context(|| format!("image layer {} ({})", i + 1, desc_digest(desc)))?;
-        if let Some(want) = diff_ids.get(i)
-            && *want != diff_id
-        {
+        drop(blob);
+        if diff_ids[i] != diff_id {
             bail!(
-                "image layer {}: uncompressed digest {diff_id}, the config says {want}",
-                i + 1
+                "image layer {}: uncompressed digest {diff_id}, the config says {}",
+                i + 1,
+                diff_ids[i]
             );
         }
-        chain = Some(match chain {
-            None => diff_id.clone(),
-            Some(c) => format!(
-                "sha256:{}",
-                Digest::of(format!("{c} {diff_id}").as_bytes()).hex()
-            ),
-        });
-        // Names for the user: the last /etc/passwd and /etc/group a layer adds win.
-        if let Ok(t) = fs::read_to_string(tree.join("etc/passwd")) {
-            passwd = Some(t);
-        }
-        if let Ok(t) = fs::read_to_string(tree.join("etc/group")) {
-            group = Some(t);
-        }
-        let last = i + 1 == layers.len();
-        let chain_hex = chain
-            .as_deref()
-            .and_then(|c| c.strip_prefix("sha256:"))
-            .unwrap_or_default()
-            .to_string();
+        users.push(Some((
+            fs::read_to_string(tree.join("etc/passwd")).ok(),
+            fs::read_to_string(tree.join("etc/group")).ok(),
+        )));
         let (name, version) = if last {
             (o.name.to_string(), o.version.to_string())
         } else {
@@ -136,7 +244,31 @@ pub fn import(o: &ImportOptions<'_>) -> Result<Imported> {
             version: h.version.clone(),
             digest: d,
         });
-        out.push((h.label(), d));
+        out.push((h.label(), d, false));
+    }
+    // Names for the user: the topmost /etc/passwd and /etc/group win. A reused layer is read
+    // for them only when the image's User names a user or group.
+    let user = process_fields.user().clone().unwrap_or_default();
+    let needs_names = user
+        .split(':')
+        .any(|p| !p.is_empty() && p.parse::<u32>().is_err());
+    let (mut passwd, mut group) = (None, None);
+    for (i, u) in users.iter().enumerate().rev() {
+        if passwd.is_some() && group.is_some() {
+            break;
+        }
+        let (p, g) = match u {
+            Some(pg) => pg.clone(),
+            None if needs_names => {
+                let blob = o.source.layer(&layers[i])?;
+                user_files(&blob.path, &layers[i]).with_context(|| {
+                    format!("image layer {} ({})", i + 1, desc_digest(&layers[i]))
+                })?
+            }
+            None => continue,
+        };
+        passwd = passwd.or(p);
+        group = group.or(g);
     }
     let process = process_config(&process_fields, passwd.as_deref(), group.as_deref())?;
     Ok(Imported {
@@ -304,10 +436,12 @@ fn read_json(p: &Path) -> Result<Value> {
     serde_json::from_slice(&t).with_context(|| format!("parse {}", p.display()))
 }
 
-/// index.json (and a nested index) to the manifest, then its config, checked: the config's
-/// process fields (`check_process_fields`) before anything is imported, so a refused image
-/// leaves nothing behind.
-fn read_image(layout: &Path, tag: Option<&str>) -> Result<(ImageManifest, ImageConfiguration)> {
+/// index.json (and a nested index) to the manifest, then its config, checked.
+fn read_image(
+    layout: &Path,
+    tag: Option<&str>,
+    platform: &Platform,
+) -> Result<(ImageManifest, ImageConfiguration)> {
     let index_file = layout.join("index.json");
     let index = read_json(&index_file)?;
     if !index["manifests"].is_array() {
@@ -315,21 +449,65 @@ fn read_image(layout: &Path, tag: Option<&str>) -> Result<(ImageManifest, ImageC
     }
     let index: ImageIndex =
         serde_json::from_value(index).with_context(|| format!("parse {}", index_file.display()))?;
-    let manifest_desc = pick_manifest(layout, &index, tag)?;
+    let manifest_desc = pick_manifest(layout, &index, tag, platform)?;
     let manifest = read_blob(layout, &manifest_desc)?;
-    let manifest: Value = serde_json::from_slice(&manifest).context("parse the image manifest")?;
+    let config_desc = manifest_config(&manifest)?;
+    parse_image(&manifest, &read_blob(layout, &config_desc)?)
+}
+
+/// The config descriptor of a manifest's bytes (to fetch the config before `parse_image`).
+pub fn manifest_config(manifest: &[u8]) -> Result<Descriptor> {
+    let m: Value = serde_json::from_slice(manifest).context("parse the image manifest")?;
+    serde_json::from_value(m["config"].clone()).context("image manifest: config")
+}
+
+/// A manifest and its config, both already checked against their digests, parsed: the
+/// config's process fields (`check_process_fields`) before anything is imported, so a
+/// refused image leaves nothing behind.
+pub fn parse_image(manifest: &[u8], config: &[u8]) -> Result<(ImageManifest, ImageConfiguration)> {
+    let manifest: Value = serde_json::from_slice(manifest).context("parse the image manifest")?;
     if !manifest["layers"].is_array() {
         bail!("image manifest: no layers");
     }
     let manifest: ImageManifest =
         serde_json::from_value(manifest).context("parse the image manifest")?;
-    let config: Value = serde_json::from_slice(&read_blob(layout, manifest.config())?)
-        .context("parse the image config")?;
+    let config: Value = serde_json::from_slice(config).context("parse the image config")?;
     // The untrusted fields first, each refusal naming its field in one line; then the rest.
     check_process_fields(&config["config"])?;
     let config: ImageConfiguration =
         serde_json::from_value(config).context("parse the image config")?;
     Ok((manifest, config))
+}
+
+/// Whether a manifest's media type (or, without one, its shape) is an image index.
+pub fn is_index(media_type: Option<&str>, body: &Value) -> bool {
+    match media_type {
+        Some(m) => {
+            m == "application/vnd.oci.image.index.v1+json"
+                || m == "application/vnd.docker.distribution.manifest.list.v2+json"
+        }
+        None => body["manifests"].is_array(),
+    }
+}
+
+/// The descriptor of `platform`'s manifest in an image index.
+pub fn choose_platform(index: &[u8], platform: &Platform) -> Result<Descriptor> {
+    let inner: Value = serde_json::from_slice(index).context("parse the image index")?;
+    if !inner["manifests"].is_array() {
+        bail!("image index: no manifests");
+    }
+    let inner: ImageIndex = serde_json::from_value(inner).context("parse the image index")?;
+    let found = inner.manifests().iter().find(|x| {
+        x.platform().as_ref().is_some_and(|p| {
+            p.architecture().to_string() == platform.arch
+                && p.os().to_string() == platform.os
+                && (platform.variant.is_none() || *p.variant() == platform.variant)
+        })
+    });
+    match found {
+        Some(x) => Ok(x.clone()),
+        None => bail!("image index has no {platform} image (--platform chooses another)"),
+    }
 }
 
 fn desc_digest(d: &Descriptor) -> String {
@@ -338,13 +516,129 @@ fn desc_digest(d: &Descriptor) -> String {
 
 /// `blobs/<alg>/<hex>` of a descriptor; only sha256, with a hex that cannot leave blobs/.
 fn blob_path(layout: &Path, desc: &Descriptor) -> Result<(PathBuf, Digest)> {
+    let d = desc_sha256(desc)?;
+    Ok((layout.join("blobs/sha256").join(d.hex()), d))
+}
+
+/// A descriptor's digest: only sha256, as 64 hex digits (so it cannot leave blobs/ either).
+pub fn desc_sha256(desc: &Descriptor) -> Result<Digest> {
     let dg = desc_digest(desc);
     if *desc.digest().algorithm() != DigestAlgorithm::Sha256 {
         bail!("descriptor digest {dg:?}: only sha256 is supported");
     }
-    let hex = desc.digest().digest();
-    let d = Digest::parse(hex).with_context(|| format!("descriptor digest {dg:?}"))?;
-    Ok((layout.join("blobs/sha256").join(d.hex()), d))
+    Digest::parse(desc.digest().digest()).with_context(|| format!("descriptor digest {dg:?}"))
+}
+
+/// How a layer blob is compressed, told by its first bytes (its media type is only a claim,
+/// and the blob's digest is checked either way).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    fn sniff(f: &File) -> Result<Compression> {
+        let mut magic = [0u8; 4];
+        let n = f.read_at(&mut magic, 0).context("read layer blob")?;
+        Ok(if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+            Compression::Gzip
+        } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+            Compression::Zstd
+        } else {
+            Compression::None
+        })
+    }
+
+    fn decoder<'a, R: std::io::BufRead + 'a>(self, r: R) -> Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(r),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+            Compression::Zstd => Box::new(ZstdFrames {
+                src: Some(r),
+                dec: None,
+            }),
+        })
+    }
+}
+
+/// A zstd stream of one or more frames (a concatenation is one valid stream), decoded with
+/// ruzstd. Its default window limit bounds the memory a hostile frame header can ask for.
+struct ZstdFrames<R: std::io::BufRead> {
+    src: Option<R>,
+    dec: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: std::io::BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(d) = &mut self.dec {
+                let n = d.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                // This frame is done: another may follow.
+                let Some(d) = self.dec.take() else {
+                    return Ok(0);
+                };
+                self.src = Some(d.into_inner());
+            }
+            let Some(mut src) = self.src.take() else {
+                return Ok(0);
+            };
+            if src.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            let d = ruzstd::decoding::StreamingDecoder::new(src)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            self.dec = Some(d);
+        }
+    }
+}
+
+/// /etc/passwd and /etc/group from a layer blob's tar, without extracting it (for a layer
+/// reused from the store when the image's User names a user). The blob's digest is checked.
+fn user_files(p: &Path, desc: &Descriptor) -> Result<(Option<String>, Option<String>)> {
+    const MAX: u64 = 1 << 20;
+    let want = desc_sha256(desc)?;
+    let f = File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let kind = Compression::sniff(&f)?;
+    let mut h = Sha256::new();
+    let (mut passwd, mut group) = (None, None);
+    {
+        let comp = std::io::BufReader::with_capacity(
+            1 << 20,
+            HashRead {
+                inner: f,
+                h: &mut h,
+            },
+        );
+        let mut ar = tar::Archive::new(kind.decoder(comp)?);
+        for e in ar.entries().context("read tar")? {
+            let mut e = e.context("read tar entry")?;
+            let rel = clean_rel(&e.path().context("tar entry path")?)?;
+            let slot = if rel == Path::new("etc/passwd") {
+                &mut passwd
+            } else if rel == Path::new("etc/group") {
+                &mut group
+            } else {
+                continue;
+            };
+            let mut t = String::new();
+            (&mut e)
+                .take(MAX)
+                .read_to_string(&mut t)
+                .context("read tar entry")?;
+            *slot = Some(t);
+        }
+        let mut rest = ar.into_inner();
+        std::io::copy(&mut rest, &mut std::io::sink()).context("read layer blob")?;
+    }
+    if Digest(h.finalize().into()) != want {
+        bail!("{}: content does not match its digest", p.display());
+    }
+    Ok((passwd, group))
 }
 
 fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>> {
@@ -358,7 +652,12 @@ fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>> {
 
 /// The manifest descriptor: by tag, or the only one; an image index is followed to the
 /// manifest for this machine's architecture.
-fn pick_manifest(layout: &Path, index: &ImageIndex, tag: Option<&str>) -> Result<Descriptor> {
+fn pick_manifest(
+    layout: &Path,
+    index: &ImageIndex,
+    tag: Option<&str>,
+    platform: &Platform,
+) -> Result<Descriptor> {
     let ms = index.manifests();
     let tag_of = |m: &Descriptor| {
         m.annotations()
@@ -382,27 +681,7 @@ fn pick_manifest(layout: &Path, index: &ImageIndex, tag: Option<&str>) -> Result
         bail!("index.json has no image tagged {:?}", tag.unwrap_or(""));
     };
     if *m.media_type() == MediaType::ImageIndex {
-        let inner: Value = serde_json::from_slice(&read_blob(layout, &m)?)
-            .context("parse the nested image index")?;
-        if !inner["manifests"].is_array() {
-            bail!("nested index: no manifests");
-        }
-        let inner: ImageIndex =
-            serde_json::from_value(inner).context("parse the nested image index")?;
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            a => a,
-        };
-        let found = inner.manifests().iter().find(|x| {
-            x.platform().as_ref().is_some_and(|p| {
-                p.architecture().to_string() == arch && p.os().to_string() == "linux"
-            })
-        });
-        return match found {
-            Some(x) => Ok(x.clone()),
-            None => bail!("image index has no linux/{arch} image"),
-        };
+        return choose_platform(&read_blob(layout, &m)?, platform);
     }
     Ok(m)
 }
@@ -423,32 +702,23 @@ impl<R: Read> Read for HashRead<'_, R> {
 
 /// Extract one layer into `tree`, converting whiteouts; returns its diff id (sha256 of the
 /// uncompressed tar) after checking the blob's own digest.
-fn extract_layer(layout: &Path, desc: &Descriptor, tree: &Path) -> Result<String> {
-    let (p, want) = blob_path(layout, desc)?;
-    let f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
-    let mut magic = [0u8; 4];
-    let n = f.read_at(&mut magic, 0).context("read layer blob")?;
-    let media = desc.media_type().to_string();
-    let gzip = n >= 2 && magic[..2] == [0x1f, 0x8b];
-    if media.contains("zstd") || (n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd]) {
-        bail!(
-            "zstd-compressed layers are not supported; copy the image with gzip layers (skopeo copy --dest-compress-format gzip)"
-        );
-    }
+fn extract_layer(p: &Path, desc: &Descriptor, tree: &Path) -> Result<String> {
+    let want = desc_sha256(desc)?;
+    let f = File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let comp_kind = Compression::sniff(&f)?;
     let mut blob_h = Sha256::new();
     let mut diff_h = Sha256::new();
     let mut opaque = Vec::new();
     let mut whiteouts = Vec::new();
     let streamed = (|| -> Result<()> {
-        let comp = HashRead {
-            inner: std::io::BufReader::with_capacity(1 << 20, f),
-            h: &mut blob_h,
-        };
-        let dec: Box<dyn Read + '_> = if gzip {
-            Box::new(flate2::read::MultiGzDecoder::new(comp))
-        } else {
-            Box::new(comp)
-        };
+        let comp = std::io::BufReader::with_capacity(
+            1 << 20,
+            HashRead {
+                inner: f,
+                h: &mut blob_h,
+            },
+        );
+        let dec = comp_kind.decoder(comp)?;
         let diff = HashRead {
             inner: dec,
             h: &mut diff_h,
@@ -500,7 +770,7 @@ fn extract_layer(layout: &Path, desc: &Descriptor, tree: &Path) -> Result<String
     })();
     if let Err(e) = streamed {
         // A damaged blob shows up first as a tar or gzip error: say what is really wrong.
-        if file_digest(&p).ok() != Some(want) {
+        if file_digest(p).ok() != Some(want) {
             bail!("{}: content does not match its digest", p.display());
         }
         return Err(e);
@@ -690,12 +960,12 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
 }
 
 /// A private directory for one layer's tree and image, removed with everything in it.
-struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     /// A new directory with an unpredictable name, created exclusively: a name another local
     /// user guessed and took first (a symlink, a directory of theirs) is never reused.
-    fn new(what: &str) -> Result<TempDir> {
+    pub fn new(what: &str) -> Result<TempDir> {
         use std::hash::{BuildHasher, RandomState};
         let mut last = None;
         for _ in 0..16 {
@@ -735,7 +1005,7 @@ pub mod fuzzing {
         passwd: Option<&str>,
         group: Option<&str>,
     ) -> Result<ProcessConfig> {
-        let (_, config) = read_image(layout, tag)?;
+        let (_, config) = read_image(layout, tag, &Platform::host())?;
         process_config(&config.config().clone().unwrap_or_default(), passwd, group)
     }
 
@@ -744,7 +1014,7 @@ pub mod fuzzing {
     pub fn extract(layout: &Path, desc: &Value, tree: &Path) -> Result<String> {
         let desc: Descriptor =
             serde_json::from_value(desc.clone()).context("parse the layer descriptor")?;
-        extract_layer(layout, &desc, tree)
+        extract_layer(&blob_path(layout, &desc)?.0, &desc, tree)
     }
 }
 
@@ -825,6 +1095,32 @@ mod tests {
         assert_eq!(p.args, ["/bin/sh", "-c", "echo hi"]);
         assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/srv", 1000, 1001));
         assert!(process_config(&Config::default(), None, None).is_err());
+    }
+
+    #[test]
+    fn zstd_streams_of_several_frames_decode_whole() {
+        use ruzstd::encoding::{CompressionLevel, compress_to_vec};
+        let a = b"first frame ".repeat(1000);
+        let b = b"second frame".repeat(1000);
+        let mut z = compress_to_vec(&a[..], CompressionLevel::Fastest);
+        z.extend(compress_to_vec(&b[..], CompressionLevel::Fastest));
+        let mut out = Vec::new();
+        Compression::Zstd
+            .decoder(&z[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, [a, b].concat());
+        // A damaged frame is an error, not a short stream.
+        let mut bad = compress_to_vec(&b"x".repeat(5000)[..], CompressionLevel::Fastest);
+        bad.truncate(bad.len() / 2);
+        assert!(
+            Compression::Zstd
+                .decoder(&bad[..])
+                .unwrap()
+                .read_to_end(&mut Vec::new())
+                .is_err()
+        );
     }
 
     #[test]

@@ -69,22 +69,24 @@ pub fn gc(ctx: &LayerContext) -> Result<GcReport> {
 }
 
 /// Drop references whose container no longer records the layer and unmount shared layers
-/// nobody uses; the store is left alone (`lrun gc` after crashes). Returns (stale references,
-/// unmounted layers).
-pub fn gc_mounts(ctx: &LayerContext) -> Result<(usize, usize)> {
-    sweep_mounts(ctx, &Shared::new(&ctx.state_root))
+/// nobody uses, once the idle policy no longer keeps them (at once with `drop_idle`); the
+/// store is left alone (`lrun gc` after crashes). Returns (stale references, unmounted layers).
+pub fn gc_mounts(ctx: &LayerContext, drop_idle: bool) -> Result<(usize, usize)> {
+    sweep_mounts(ctx, &Shared::new(&ctx.state_root, ctx.idle), drop_idle)
 }
 
-fn sweep_mounts(ctx: &LayerContext, shared: &Shared) -> Result<(usize, usize)> {
-    let (stale, unmounted, _) =
-        shared.sweep(&|d, dir| dir.is_absolute() && recorded_layers(ctx, dir).contains(d))?;
+fn sweep_mounts(ctx: &LayerContext, shared: &Shared, drop_idle: bool) -> Result<(usize, usize)> {
+    let (stale, unmounted, _) = shared.sweep(
+        &|d, dir| dir.is_absolute() && recorded_layers(ctx, dir).contains(d),
+        drop_idle,
+    )?;
     Ok((stale, unmounted))
 }
 
 /// `gc`, or with `dry_run` only report which images it would remove.
 pub fn gc_with(ctx: &LayerContext, dry_run: bool) -> Result<GcReport> {
     let mut report = GcReport::default();
-    let shared = Shared::new(&ctx.state_root);
+    let shared = Shared::new(&ctx.state_root, ctx.idle);
     let store = Store::new(&ctx.store);
     let _lock = if store.root.exists() {
         Some(store.lock()?)
@@ -92,7 +94,8 @@ pub fn gc_with(ctx: &LayerContext, dry_run: bool) -> Result<GcReport> {
         None
     };
     if !dry_run {
-        let (stale, unmounted) = sweep_mounts(ctx, &shared)?;
+        // Idle mounts go too: they hold the images this is about to remove.
+        let (stale, unmounted) = sweep_mounts(ctx, &shared, true)?;
         report.stale_references = stale;
         report.unmounted = unmounted;
         report.temp_files = store.clean_tmp()? + store.clean_partials()?;
@@ -177,6 +180,8 @@ pub fn remove(ctx: &LayerContext, refs: &[LayerRef], force: bool) -> Result<Vec<
             }
         }
     }
+    // An idle mount would keep a removed image's space in use.
+    Shared::new(&ctx.state_root, ctx.idle).sweep_idle(true)?;
     let mut out = Vec::new();
     for d in targets {
         store.remove(&d)?;

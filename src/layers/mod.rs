@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub use gc::{GcReport, gc, gc_mounts, gc_with, layers_in_use, remove};
 pub use header::{Digest, FsType, Header};
 pub use root::{RootRecord, prepare_layered_root, prepare_root, release_root, resolve_closure};
+pub use shared::IdlePolicy;
 pub use spec::{ANNOTATION_LAYERS, ANNOTATION_UPPER, LayerSpec, UpperMode, layer_spec};
 pub use store::{LayerRef, Store};
 
@@ -42,4 +43,6 @@ pub struct LayerContext {
     /// engine stores records (state.json), so it says how to read them: gc asks for every
     /// container of `state_root`, and for the state dir each layer reference names.
     pub recorded: fn(&Path) -> Option<RootRecord>,
+    /// How long layer mounts nobody uses stay mounted for the next container.
+    pub idle: IdlePolicy,
 }

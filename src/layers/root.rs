@@ -168,7 +168,7 @@ fn mount_stack(
     spec: &Spec,
     container_dir: &Path,
 ) -> Result<PathBuf> {
-    let shared = Shared::new(&ctx.state_root);
+    let shared = Shared::new(&ctx.state_root, ctx.idle);
     let id = container_id(container_dir)?;
     // gc judges a reference by the state dir it names, from any working directory.
     let owner = std::path::absolute(container_dir)
@@ -223,6 +223,11 @@ fn mount_stack(
         .as_ref()
         .map(|(u, w)| overlay::Upper { upper: u, work: w });
     overlay::mount(&lowers, up, &merged)?;
+    // Idle layers past their time go with the next create that looks; a failure there is
+    // no reason to fail this container.
+    if let Err(e) = shared.sweep_idle(false) {
+        crate::logging::warn(&format!("unmounting idle layers: {e:#}"));
+    }
     Ok(merged)
 }
 
@@ -278,11 +283,15 @@ pub fn release_root(
         Err(e) => return Err(e).with_context(|| format!("remove {}", rw.display())),
     }
     remove_dir_if_exists(&private)?;
-    let shared = Shared::new(&ctx.state_root);
+    let shared = Shared::new(&ctx.state_root, ctx.idle);
     let id = container_id(container_dir)?;
     for hex in &record.layers {
         let d = Digest::parse(hex).context("layer record")?;
         shared.release(&d, &id)?;
+    }
+    // Other layers' expiry is no reason to fail this delete.
+    if let Err(e) = shared.sweep_idle(false) {
+        crate::logging::warn(&format!("unmounting idle layers: {e:#}"));
     }
     // Once for all layers, not per layer: only the last release can empty it.
     shared.remove_dir_if_empty();

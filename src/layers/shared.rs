@@ -10,6 +10,12 @@
 //! The reference count is the number of files in users/, so it cannot drift: a process that
 //! dies leaves at most its own file, which `release_root` (re-run by delete) or `gc` removes.
 //! '@' is not allowed in container ids, so the directory can never be mistaken for one.
+//!
+//! A layer whose last reference goes stays mounted for a while (`IdlePolicy`): the next
+//! container on it then only adds its reference. Such an *idle* layer has a mount and no
+//! `users/` directory; it became idle when `<hex>/` was last modified (the release's rmdir of
+//! `users/`). `sweep_idle` unmounts the idle layers past the policy's time or count; create,
+//! delete and gc call it, so an expired mount goes with the next lrun command that looks.
 
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +25,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use nix::mount::{MntFlags, MsFlags};
@@ -32,8 +39,37 @@ use super::loopdev;
 
 pub const DIR_NAME: &str = "@layers";
 
+/// How long, and how many, layer mounts nobody uses stay mounted for the next container
+/// (node config `layers.idle_timeout`/`layers.idle_max`, runtime-spec/layers.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// An idle layer older than this is unmounted by the next sweep.
+    pub timeout: Duration,
+    /// At most this many idle layers are kept (the most recently used).
+    pub max: usize,
+}
+
+impl IdlePolicy {
+    /// Unmount a layer with its last reference.
+    pub const NONE: IdlePolicy = IdlePolicy {
+        timeout: Duration::ZERO,
+        max: 0,
+    };
+    /// Five minutes covers a service's restart and a scheduler's quick reschedule; 64
+    /// layers bound what a node keeps mounted for nobody.
+    pub const DEFAULT: IdlePolicy = IdlePolicy {
+        timeout: Duration::from_secs(300),
+        max: 64,
+    };
+
+    pub fn keeps(&self) -> bool {
+        !self.timeout.is_zero() && self.max > 0
+    }
+}
+
 pub struct Shared {
     pub dir: PathBuf,
+    idle: IdlePolicy,
     /// `O_PATH` fd on `dir`, opened on first use so a prepare creates `@layers` once, not once
     /// per layer; reopened if a release removed the directory under us.
     dirfd: RefCell<Option<Rc<OwnedFd>>>,
@@ -68,9 +104,10 @@ pub enum Backing {
 }
 
 impl Shared {
-    pub fn new(state_root: &Path) -> Shared {
+    pub fn new(state_root: &Path, idle: IdlePolicy) -> Shared {
         Shared {
             dir: state_root.join(DIR_NAME),
+            idle,
             dirfd: RefCell::new(None),
         }
     }
@@ -259,8 +296,9 @@ impl Shared {
         Ok(uf)
     }
 
-    /// Drop `user`'s reference on `d` (if any); the last one unmounts the layer and removes
-    /// its directory. `@layers` itself is left for `remove_dir_if_empty`, once per batch.
+    /// Drop `user`'s reference on `d` (if any); the last one leaves the layer idle (see
+    /// `IdlePolicy`) or unmounts it and removes its directory. `@layers` itself is left for
+    /// `remove_dir_if_empty`, once per batch.
     pub fn release(&self, d: &Digest, user: &str) -> Result<()> {
         let Some(_l) = self.lock(d, false, Kind::Exclusive)? else {
             // No lock file: no reference and no mount (see `lock`). A crash between a release's
@@ -286,7 +324,51 @@ impl Shared {
                 });
             }
         }
-        self.unmount_if_unused(d, dfd.as_fd()).map(|_| ())
+        self.retire_if_unused(d, dfd.as_fd(), self.idle.keeps())
+            .map(|_| ())
+    }
+
+    /// Unmount the idle layers the policy no longer keeps (all of them with `drop_all`):
+    /// those idle for longer than its timeout, and beyond its count the least recently
+    /// used. A layer someone is locking is skipped, never waited for: a create calls this.
+    /// Returns how many were unmounted.
+    pub fn sweep_idle(&self, drop_all: bool) -> Result<usize> {
+        let Some(dfd) = self.dirfd(false)? else {
+            return Ok(0);
+        };
+        let mut idle = Vec::new();
+        for d in self.layers()? {
+            if let Some(since) = idle_since(dfd.as_fd(), &d, &self.layer_dir(&d))? {
+                idle.push((since, d));
+            }
+        }
+        // Most recently used first: the count bound keeps those.
+        idle.sort_by_key(|e| std::cmp::Reverse(e.0));
+        let now = SystemTime::now();
+        let mut unmounted = 0;
+        for (i, (since, d)) in idle.iter().enumerate() {
+            let age = now.duration_since(*since).unwrap_or_default();
+            let keep =
+                !drop_all && self.idle.keeps() && i < self.idle.max && age < self.idle.timeout;
+            if keep {
+                continue;
+            }
+            let lock_rel = format!("{}/lock", d.hex());
+            let attempt =
+                lockfile::try_lock_at(&*dfd, Path::new(&lock_rel), false, Kind::ExclusiveNow)
+                    .with_context(|| format!("lock {}/lock", self.layer_dir(d).display()))?;
+            let Attempt::Locked(_l) = attempt else {
+                continue;
+            };
+            // Checked again under the lock: a create may have taken it meanwhile.
+            if idle_since(dfd.as_fd(), d, &self.layer_dir(d))?.is_none() {
+                continue;
+            }
+            if self.retire_if_unused(d, dfd.as_fd(), false)? {
+                unmounted += 1;
+            }
+        }
+        Ok(unmounted)
     }
 
     /// Remove `@layers` if nothing is left in it (fails harmlessly, ENOTEMPTY, when another
@@ -296,12 +378,13 @@ impl Shared {
         let _ = fs::remove_dir(&self.dir);
     }
 
-    /// With the layer lock held: if no reference remains, unmount and remove the directory.
-    /// Returns whether a mount was removed.
-    fn unmount_if_unused(&self, d: &Digest, dfd: BorrowedFd<'_>) -> Result<bool> {
+    /// With the layer lock held: if no reference remains, leave the layer idle (`keep`, and it
+    /// is mounted) or unmount it and remove its directory. Returns whether a mount was removed.
+    fn retire_if_unused(&self, d: &Digest, dfd: BorrowedFd<'_>, keep: bool) -> Result<bool> {
         let hex = d.hex();
         let ldir = self.layer_dir(d);
         // rmdir users/ decides "unused" in one call: ENOTEMPTY means a reference remains.
+        // It also stamps `<hex>/` with the time the layer became idle.
         match unlinkat(dfd.as_fd(), &format!("{hex}/users"), AtFlags::REMOVEDIR) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => return Ok(false),
@@ -311,6 +394,9 @@ impl Shared {
             }
         }
         let mnt = ldir.join("mnt");
+        if keep && mount_root_at(dfd, &format!("{hex}/mnt"), &mnt)? == Some(true) {
+            return Ok(false);
+        }
         // Overlays built on the layer hold their own reference, and copies of this mount in
         // containers' namespaces do too: detach so neither can make the unmount fail; the
         // loop device frees itself (AUTOCLEAR) when the last of them goes. EINVAL (not a
@@ -377,11 +463,13 @@ impl Shared {
         Ok(v)
     }
 
-    /// Drop references `is_live` rejects, then unmount what nobody uses. Returns (stale
+    /// Drop references `is_live` rejects, leave what nobody uses idle (or unmount it, as the
+    /// policy says), then sweep the idle layers (all of them with `drop_idle`). Returns (stale
     /// references removed, mounts removed, digests still in use).
     pub fn sweep(
         &self,
         is_live: &dyn Fn(&Digest, &Path) -> bool,
+        drop_idle: bool,
     ) -> Result<(usize, usize, Vec<Digest>)> {
         let (mut stale, mut unmounted, mut live) = (0, 0, Vec::new());
         for d in self.layers()? {
@@ -399,16 +487,52 @@ impl Shared {
                     stale += 1;
                 }
             }
-            if self.unmount_if_unused(&d, dfd.as_fd())? {
+            if self.retire_if_unused(&d, dfd.as_fd(), self.idle.keeps())? {
                 unmounted += 1;
             }
             if !self.users(&d)?.is_empty() {
                 live.push(d);
             }
         }
+        unmounted += self.sweep_idle(drop_idle)?;
         self.remove_dir_if_empty();
         Ok((stale, unmounted, live))
     }
+}
+
+/// When layer `d` became idle (the mtime of `<hex>/`), or `None` if it is not idle: it has
+/// a `users/` directory (references, or a release that has not finished), or no directory.
+fn idle_since(dfd: BorrowedFd<'_>, d: &Digest, ldir: &Path) -> Result<Option<SystemTime>> {
+    let hex = d.hex();
+    let statx = |rel: &str| {
+        rustix::fs::statx(
+            dfd,
+            rel,
+            AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
+            StatxFlags::MTIME,
+        )
+    };
+    match statx(&format!("{hex}/users")) {
+        Ok(_) => return Ok(None),
+        Err(Errno::NOENT) => {}
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("statx {}/users", ldir.display()));
+        }
+    }
+    let st = match statx(&hex) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("statx {}", ldir.display()));
+        }
+    };
+    let t = Duration::new(
+        u64::try_from(st.stx_mtime.tv_sec).unwrap_or(0),
+        st.stx_mtime.tv_nsec,
+    );
+    Ok(Some(SystemTime::UNIX_EPOCH + t))
 }
 
 fn create_private_dir(p: &Path) -> Result<()> {

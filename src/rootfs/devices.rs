@@ -65,6 +65,38 @@ pub fn from_spec(d: &LinuxDevice) -> Device {
     }
 }
 
+/// A device of `linux.devices`: as `create`, but a file already at its path must be that
+/// device (config-linux.md: "If a file already exists at path that does not match the
+/// requested device, the runtime MUST generate an error"; runc leaves any file there).
+pub fn create_listed(root: BorrowedFd, dev: &Device, bind_from_host: bool) -> Result<()> {
+    if let Ok(existing) = open_in_root(root, &clean(&dev.path)) {
+        let st = nix::sys::stat::fstat(&existing)
+            .with_context(|| format!("device {}: fstat", dev.path.display()))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        let same_node = dev.kind == SFlag::S_IFIFO || st.st_rdev == makedev(dev.major, dev.minor);
+        if kind != dev.kind || !same_node {
+            anyhow::bail!(
+                "linux.devices {}: a different file is already there (wanted {} {}:{})",
+                dev.path.display(),
+                kind_name(dev.kind),
+                dev.major,
+                dev.minor
+            );
+        }
+        return Ok(());
+    }
+    create(root, dev, bind_from_host)
+}
+
+fn kind_name(kind: SFlag) -> &'static str {
+    match kind {
+        SFlag::S_IFCHR => "char device",
+        SFlag::S_IFBLK => "block device",
+        SFlag::S_IFIFO => "fifo",
+        _ => "device",
+    }
+}
+
 /// Create one device node inside the rootfs. An existing node is left as it is.
 pub fn create(root: BorrowedFd, dev: &Device, bind_from_host: bool) -> Result<()> {
     let what = || format!("device {}", dev.path.display());

@@ -40,6 +40,7 @@ pub fn prepare(
     rootfs: &Path,
     in_userns: bool,
     host_dir: Option<&HostDir>,
+    bind_sources: &[Option<OwnedFd>],
     before_cgroup_mounts: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let linux = spec.linux().as_ref();
@@ -81,7 +82,7 @@ pub fn prepare(
         });
     let mut cgroups = None;
     let mut has_dev_pts = false;
-    for m in spec.mounts().iter().flatten() {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let mut cgroup_mounter = None;
         if m.typ().as_deref() == Some("cgroup") {
             // Needs the container's final cgroup (and cgroup namespace).
@@ -91,7 +92,12 @@ pub fn prepare(
             }
             cgroup_mounter = cgroups.as_ref();
         }
-        mount_entry(root.as_fd(), bundle, m, cgroup_mounter)?;
+        let label = linux.and_then(|l| l.mount_label().as_deref());
+        let source = bind_sources
+            .get(i)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.as_fd());
+        mount_entry(root.as_fd(), bundle, m, cgroup_mounter, label, source)?;
         has_dev_pts |= m.destination() == Path::new("/dev/pts");
     }
 
@@ -103,7 +109,7 @@ pub fn prepare(
         .into_iter()
         .flatten()
     {
-        devices::create(root.as_fd(), &devices::from_spec(d), in_userns)?;
+        devices::create_listed(root.as_fd(), &devices::from_spec(d), in_userns)?;
     }
     devices::create_symlinks(root.as_fd(), has_dev_pts)?;
     if let Some(d) = host_dir {
@@ -137,6 +143,15 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
         .context("make the old root a slave")?;
         umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
     }
+    chdir("/").context("chdir /")?;
+    Ok(())
+}
+
+/// Without a mount namespace of its own (it shares the caller's): chroot, no mount at all.
+pub fn chroot_into(rootfs: &Path) -> Result<()> {
+    let root = File::open(rootfs).with_context(|| format!("open rootfs {}", rootfs.display()))?;
+    fchdir(root.as_fd()).context("chdir into rootfs")?;
+    chroot(".").context("chroot into rootfs")?;
     chdir("/").context("chdir /")?;
     Ok(())
 }
@@ -190,8 +205,13 @@ pub fn finalize(spec: &Spec) -> Result<()> {
     if let Some(linux) = spec.linux() {
         let mut null = None;
         for p in linux.masked_paths().iter().flatten() {
-            mask(&root, Path::new(p), &mut null)
-                .with_context(|| format!("linux.maskedPaths: {p}"))?;
+            mask(
+                &root,
+                Path::new(p),
+                &mut null,
+                linux.mount_label().as_deref(),
+            )
+            .with_context(|| format!("linux.maskedPaths: {p}"))?;
         }
         for p in linux.readonly_paths().iter().flatten() {
             readonly(&root, Path::new(p)).with_context(|| format!("linux.readonlyPaths: {p}"))?;
@@ -237,7 +257,12 @@ fn open_null(root: &File) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-fn mask(root: &File, path: &Path, null: &mut Option<OwnedFd>) -> Result<()> {
+fn mask(
+    root: &File,
+    path: &Path,
+    null: &mut Option<OwnedFd>,
+    mount_label: Option<&str>,
+) -> Result<()> {
     let fd = match open_in_root(root.as_fd(), path) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
@@ -250,7 +275,9 @@ fn mask(root: &File, path: &Path, null: &mut Option<OwnedFd>) -> Result<()> {
             set: fdmount::ATTR_RDONLY,
             clear: 0,
         };
-        fdmount::new_fs("tmpfs", "tmpfs", &["size=0".to_string()], &["ro"], ro)
+        let mut data = vec!["size=0".to_string()];
+        data.extend(crate::lsm::mount_context(mount_label, "tmpfs", &data));
+        fdmount::new_fs("tmpfs", "tmpfs", &data, &["ro"], ro)
             .context("mount an empty tmpfs over it")?
     } else {
         let null = match null {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nix::mount::MsFlags;
-use oci_spec::runtime::Mount;
+use oci_spec::runtime::{Mount, Spec};
 
 use super::fdmount::{self, Attrs};
 use super::resolve::{Kind, clean, ensure_in_root};
@@ -175,11 +175,43 @@ pub fn check_options(m: &Mount) -> Result<()> {
 }
 
 /// Mount one config entry below `root` (an fd on the rootfs, before pivot_root).
+/// The bind sources of `mounts`, opened by `create` before the container's user namespace
+/// exists (runc does the same): as that namespace's root the init cannot traverse a host
+/// directory only the host's root may (mode 0700), `create` can. One detached copy per bind
+/// mount (None for other entries), in the same order; the init inherits the fds.
+pub fn open_bind_sources(spec: &Spec, bundle: &Path) -> Result<Vec<Option<OwnedFd>>> {
+    let mut out = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        if !is_bind(m) {
+            out.push(None);
+            continue;
+        }
+        let what = || format!("mount bind on {}", clean(m.destination()).display());
+        let opts =
+            parse_options("bind", m.options().as_deref().unwrap_or_default()).with_context(what)?;
+        let src = m
+            .source()
+            .as_deref()
+            .with_context(|| format!("{}: bind mount needs a source", what()))?;
+        let src = if src.is_relative() {
+            bundle.join(src)
+        } else {
+            src.to_path_buf()
+        };
+        let tree = fdmount::clone_path(&src, opts.recursive)
+            .with_context(|| format!("{}: bind from {}", what(), src.display()))?;
+        out.push(Some(tree));
+    }
+    Ok(out)
+}
+
 pub fn mount_entry(
     root: BorrowedFd,
     bundle: &Path,
     m: &Mount,
     cgroup: Option<&CgroupMounter>,
+    mount_label: Option<&str>,
+    opened_source: Option<BorrowedFd>,
 ) -> Result<()> {
     let dest = clean(m.destination());
     let typ = m.typ().as_deref().unwrap_or("");
@@ -190,6 +222,10 @@ pub fn mount_entry(
         m.options().as_deref().unwrap_or_default(),
     )
     .with_context(what)?;
+    if !bind {
+        let context = crate::lsm::mount_context(mount_label, typ, &opts.data);
+        opts.data.extend(context);
+    }
     // As runc's mountPropagate: a tmpfs, and /dev, are mounted writable first (devices, /dev/pts
     // and copy-ups go in), then made read-only: a tmpfs just below, /dev by `finalize`.
     let ro_later = !bind
@@ -226,8 +262,11 @@ pub fn mount_entry(
         let src = source
             .as_deref()
             .with_context(|| format!("{}: bind mount needs a source", what()))?;
-        let tree = fdmount::clone_path(src, opts.recursive)
-            .with_context(|| format!("{}: bind from {}", what(), src.display()))?;
+        let tree = match opened_source {
+            Some(fd) => fd.try_clone_to_owned().context("dup a bind source"),
+            None => fdmount::clone_path(src, opts.recursive),
+        }
+        .with_context(|| format!("{}: bind from {}", what(), src.display()))?;
         fdmount::set_attrs(tree.as_fd(), opts.attrs, false).with_context(what)?;
         fdmount::set_attrs(tree.as_fd(), opts.rec_attrs, true).with_context(what)?;
         let is_dir = rustix::fs::fstat(&tree).is_ok_and(|st| {

@@ -38,6 +38,12 @@ impl Agent {
         })
     }
 
+    /// The container process's pid as the runtime sees it, once known (`exec` connects before
+    /// it forks the process).
+    pub fn set_pid(&mut self, pid: i32) {
+        self.pid = pid;
+    }
+
     pub fn send(mut self, listener: BorrowedFd<'_>) -> Result<()> {
         send_on(
             &mut self.sock,
