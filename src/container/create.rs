@@ -290,8 +290,12 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
-    if !born_in_cgroup {
-        cgroup.start(first, resources)?;
+    if !born_in_cgroup && let Err(e) = cgroup.start(first, resources) {
+        // The child goes before the channel closes (it would report the closed channel as
+        // an error of its own): the error is this one.
+        let _ = nix::sys::signal::kill(Pid::from_raw(first), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(first), None);
+        return Err(e);
     }
     step(format_args!(
         "parent set-up done (id maps: {}, time offsets: {}, cgroups joined{})",
