@@ -20,6 +20,10 @@ pub enum DriverKind {
     /// cgroupfs on the unified (pure v2) hierarchy.
     #[serde(rename = "cgroupfs-v2")]
     CgroupfsV2,
+    /// A transient systemd scope (`unit`), its directories handled as cgroupfs-v1 (when
+    /// `v1` lists any) or cgroupfs-v2 would.
+    #[serde(rename = "systemd")]
+    Systemd,
 }
 
 /// The container's directory in one v1 hierarchy.
@@ -43,6 +47,9 @@ pub struct CgroupRecord {
     pub unified: Option<PathBuf>,
     /// The cgroup2 mount point, to enable controllers on the way down (cgroupfs-v2).
     pub unified_mount: Option<PathBuf>,
+    /// The systemd unit (systemd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 impl CgroupRecord {
@@ -70,6 +77,8 @@ struct OnDisk {
     unified: Option<PathBuf>,
     #[serde(default)]
     unified_mount: Option<PathBuf>,
+    #[serde(default)]
+    unit: Option<String>,
 }
 
 impl From<OnDisk> for CgroupRecord {
@@ -84,6 +93,7 @@ impl From<OnDisk> for CgroupRecord {
             v1: d.v1,
             unified: d.unified,
             unified_mount: d.unified_mount,
+            unit: d.unit,
         }
     }
 }
@@ -102,6 +112,7 @@ mod tests {
             }],
             unified: Some("/sys/fs/cgroup/unified/c1".into()),
             unified_mount: None,
+            unit: None,
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["driver"], "cgroupfs-v1");

@@ -112,8 +112,14 @@ pub fn procs(dir: &Path, recursive: bool) -> Result<Vec<i32>> {
 }
 
 fn collect_procs(dir: &Path, recursive: bool, out: &mut Vec<i32>) -> Result<()> {
-    let Some(text) = read_opt(dir, "cgroup.procs")? else {
-        return Ok(());
+    let path = dir.join("cgroup.procs");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        // ENODEV: the cgroup was removed while open (systemd removing an emptied scope).
+        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV) => {
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
     for line in text.lines() {
         let pid = line

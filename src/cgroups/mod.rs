@@ -9,7 +9,8 @@
 //!
 //! state.json keeps a `CgroupRecord` (driver kind and paths), never a driver: `new_driver`
 //! makes the driver at create time, `open_driver` rebuilds it from the record for every later
-//! command. A systemd driver goes in `systemd.rs` and plugs in at both of them.
+//! command. `--systemd-cgroup` picks the systemd driver (`systemd.rs`): a transient scope
+//! that systemd owns, whose directories are then handled by the cgroupfs code.
 
 pub mod bpf;
 pub mod devices;
@@ -18,6 +19,7 @@ pub mod layout;
 mod none;
 pub mod oom;
 pub mod stats;
+pub mod systemd;
 mod v1;
 mod v2;
 
@@ -69,6 +71,21 @@ pub trait CgroupDriver: Debug {
 
     /// Move a process into the container's cgroups.
     fn add_pid(&self, pid: i32) -> Result<()>;
+
+    /// Put the container's first process in its cgroups (when it was not born there). The
+    /// create-time limits are in force already (`set_for_create`), except for systemd, which
+    /// needs the process to make its scope and sets them with it.
+    fn start(&self, pid: i32, _resources: &LinuxResources) -> Result<()> {
+        self.add_pid(pid)
+    }
+
+    /// The create-time limits (resources plus the device list, defaults included), written
+    /// before any container process exists. systemd: nothing yet (see `start`).
+    fn set_for_create(&self, resources: &LinuxResources) -> Result<()> {
+        // Only the default devices are allowed implicitly: linux.devices follow
+        // resources.devices.
+        self.set_with_devices(resources, &[])
+    }
 
     /// The cgroup2 directory a new process can be born in (clone3 with CLONE_INTO_CGROUP)
     /// when that alone puts it in every cgroup of the container: pure cgroup v2 only.
@@ -181,6 +198,25 @@ pub fn new_driver(cgroups_path: Option<&Path>, id: &str) -> Result<Box<dyn Cgrou
     driver_for_layout(&h, cgroups_path, id)
 }
 
+/// The systemd driver for a new container (`--systemd-cgroup`): works out the scope and its
+/// directories, and makes sure systemd answers on the system bus, so that a host without it
+/// fails here, before anything is made. `root` is the state root, named in the scope's
+/// Description for `gc`.
+pub fn new_systemd_driver(
+    cgroups_path: Option<&Path>,
+    id: &str,
+    root: &Path,
+) -> Result<Box<dyn CgroupDriver>> {
+    let mountinfo = crate::mountinfo::read_self()?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").context("read /proc/self/cgroup")?;
+    let h = layout::detect(&mountinfo, &own)?;
+    let init = std::fs::read_to_string("/proc/1/cgroup").context("read /proc/1/cgroup")?;
+    let d = systemd::SystemdDriver::for_layout(&h, &init, cgroups_path, id, root)?;
+    // create forks without exec: the bus's helper thread must be gone before that.
+    systemd::Bus::connect().context("--systemd-cgroup")?.close();
+    Ok(Box::new(d))
+}
+
 /// `new_driver` on a given layout (tests use made-up ones).
 pub fn driver_for_layout(
     h: &layout::Hierarchies,
@@ -201,6 +237,7 @@ pub fn open_driver(record: &CgroupRecord) -> Result<Box<dyn CgroupDriver>> {
         DriverKind::None => Box::new(none::NoCgroups),
         DriverKind::CgroupfsV1 => Box::new(v1::V1Driver::from_record(record)),
         DriverKind::CgroupfsV2 => Box::new(v2::V2Driver::from_record(record)?),
+        DriverKind::Systemd => Box::new(systemd::SystemdDriver::from_record(record)?),
     })
 }
 

@@ -90,6 +90,7 @@ impl CgroupDriver for V1Driver {
             v1: self.dirs.clone(),
             unified: self.unified.clone(),
             unified_mount: None,
+            unit: None,
         }
     }
 
@@ -247,7 +248,7 @@ impl CgroupDriver for V1Driver {
 /// Fill cpuset.cpus and cpuset.mems of `dir` and of each empty ancestor with the value of
 /// the nearest ancestor that has one, top-down (runc's cpuset ensureParent). Only empty
 /// directories are written: a cgroup with tasks (ours, and every ancestor of ours) never is.
-fn fill_cpuset(dir: &Path) -> Result<()> {
+pub(super) fn fill_cpuset(dir: &Path) -> Result<()> {
     for file in ["cpuset.cpus", "cpuset.mems"] {
         let mut empty = Vec::new();
         let mut value = None;

@@ -57,6 +57,7 @@ impl CgroupDriver for V2Driver {
             v1: Vec::new(),
             unified: Some(self.dir.clone()),
             unified_mount: self.mount.clone(),
+            unit: None,
         }
     }
 

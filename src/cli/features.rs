@@ -87,7 +87,7 @@ pub fn run(_g: &Globals, _a: Args) -> anyhow::Result<i32> {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps,
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": true},
+            "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false, "rdma": true},
             "seccomp": crate::seccomp::features(),
             // features-linux.md: whether the runtime supports the module, "irrelevant to
             // the availability of AppArmor on the host" (`lsm::check` refuses it there).

@@ -20,6 +20,9 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     for id in &outcome.removed {
         println!("removed {id}");
     }
+    for unit in &outcome.scopes {
+        println!("stopped {unit}");
+    }
     for (id, e) in &outcome.failed {
         crate::logging::error(&anyhow::anyhow!("gc {id}: {e:#}"));
     }

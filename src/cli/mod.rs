@@ -56,8 +56,8 @@ pub struct Cli {
     /// Print debug messages and full error chains.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Accepted for runc compatibility; lrun manages cgroupfs directly.
-    #[arg(long, global = true, hide = true)]
+    /// Put new containers in transient systemd scopes (cgroupsPath is "slice:prefix:name").
+    #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     /// Accepted for runc compatibility (checkpointing is not supported).
     #[arg(long, global = true, hide = true)]
@@ -206,6 +206,8 @@ pub struct Globals {
     pub pull_source: Option<String>,
     /// Pull limits before `--stall-timeout`/`--deadline`: defaults < node config < env.
     pub pull_limits: crate::distribution::Limits,
+    /// `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
     /// Idle layer mounts: defaults < node config < env.
     pub idle_layers: crate::layers::IdlePolicy,
 }
@@ -232,6 +234,7 @@ impl Globals {
             debug,
             pull_source: node.pull_source,
             pull_limits,
+            systemd_cgroup: false,
             idle_layers,
         })
     }
@@ -241,6 +244,7 @@ impl Globals {
             root: self.root.clone(),
             store: self.store.clone(),
             pull_limits: self.pull_limits,
+            systemd_cgroup: self.systemd_cgroup,
             idle_layers: self.idle_layers,
         }
     }
@@ -267,7 +271,7 @@ pub fn main() -> i32 {
         Command::Exec(_) => 255,
         _ => 1,
     };
-    let globals = match NodeConfig::load(cli.config.as_deref()).and_then(|node| {
+    let mut globals = match NodeConfig::load(cli.config.as_deref()).and_then(|node| {
         Globals::resolve(cli.root, cli.store, cli.debug, node, |k| {
             std::env::var(k).ok()
         })
@@ -278,6 +282,7 @@ pub fn main() -> i32 {
             return failure_code;
         }
     };
+    globals.systemd_cgroup = cli.systemd_cgroup;
     // `--pull` / LRUN_PULL_SOURCE, else the node config's source.
     if let Command::Create(a) | Command::Run(run::Args { create: a, .. }) = &mut cli.command
         && a.pull.is_none()

@@ -87,7 +87,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         .as_ref()
         .context("config.json: process is required")?;
     let linux = spec.linux().as_ref();
-    let cgroup = cgroups::new_driver(linux.and_then(|l| l.cgroups_path().as_deref()), opts.id)?;
+    let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
+    let cgroup = match rt.systemd_cgroup {
+        true => cgroups::new_systemd_driver(cgroups_path, opts.id, &rt.root)?,
+        false => cgroups::new_driver(cgroups_path, opts.id)?,
+    };
     let layer_spec = layers::layer_spec(spec)?;
 
     // 2. `--pull`: what the store lacks, before the id is claimed (the store is shared and
@@ -173,7 +177,8 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         None => rootfs::check_exists(&st.rootfs)?,
     }
 
-    // 5. cgroups, before any container process exists.
+    // 5. cgroups, before any container process exists (a systemd scope is made with the
+    // first process: see `start` below).
     guard.cgroup = Some(cgroup.record());
     cgroup.create()?;
     // Always applied: even without resources the device list has defaults to enforce.
@@ -181,8 +186,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     let resources = linux
         .and_then(|l| l.resources().as_ref())
         .unwrap_or(&no_resources);
-    // Only the default devices are allowed implicitly: linux.devices follow resources.devices.
-    cgroup.set_with_devices(resources, &[])?;
+    cgroup.set_for_create(resources)?;
     step(format_args!(
         "cgroups created and set ({:?})",
         st.cgroups.driver
@@ -286,8 +290,12 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         fs::write(format!("/proc/{first}/oom_score_adj"), adj.to_string())
             .with_context(|| format!("process.oomScoreAdj {adj}"))?;
     }
-    if !born_in_cgroup {
-        cgroup.add_pid(first)?;
+    if !born_in_cgroup && let Err(e) = cgroup.start(first, resources) {
+        // The child goes before the channel closes (it would report the closed channel as
+        // an error of its own): the error is this one.
+        let _ = nix::sys::signal::kill(Pid::from_raw(first), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(first), None);
+        return Err(e);
     }
     step(format_args!(
         "parent set-up done (id maps: {}, time offsets: {}, cgroups joined{})",

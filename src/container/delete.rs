@@ -96,6 +96,8 @@ fn wait_gone(pid: i32, start_time: u64) {
 pub struct GcOutcome {
     pub removed: Vec<String>,
     pub failed: Vec<(String, anyhow::Error)>,
+    /// systemd scopes of this root that no container owned any more, stopped.
+    pub scopes: Vec<String>,
 }
 
 /// `gc`: recover after crashes. A container whose `create` died half-way (never marked
@@ -114,6 +116,17 @@ pub fn gc(rt: &Runtime, stopped: bool, drop_idle: bool) -> Result<GcOutcome> {
     }
     // Shared layer mounts whose last user died without releasing them.
     layers::gc_mounts(&rt.layers(), drop_idle)?;
+    // Scopes no container owns: its state is gone (removed by hand, or a scope left by a
+    // delete that failed half-way), or its id now names a container in another scope.
+    let owned = |id: &str, unit: &str| match states.load(id) {
+        Ok((_, st)) => st.cgroups.unit.as_deref() == Some(unit),
+        // Being created (no state.json yet), or unreadable: leave it to delete.
+        Err(_) => states.container_dir(id).is_ok_and(|d| d.exists()),
+    };
+    match cgroups::systemd::orphan_scopes(&rt.root, owned) {
+        Ok(units) => outcome.scopes = units,
+        Err(e) => outcome.failed.push(("systemd scopes".into(), e)),
+    }
     Ok(outcome)
 }
 

@@ -46,6 +46,8 @@ pub struct Runtime {
     pub root: PathBuf,
     pub store: PathBuf,
     pub pull_limits: crate::distribution::Limits,
+    /// `--systemd-cgroup`: new containers go into systemd scopes.
+    pub systemd_cgroup: bool,
     /// How long layer mounts nobody uses stay mounted.
     pub idle_layers: crate::layers::IdlePolicy,
 }

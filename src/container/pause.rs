@@ -79,6 +79,7 @@ mod tests {
             root: root.clone(),
             store: root.join("store"),
             pull_limits: Default::default(),
+            systemd_cgroup: false,
             idle_layers: crate::layers::IdlePolicy::NONE,
         };
         let fake = Fake { id, rt, child, m };
