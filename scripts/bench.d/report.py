@@ -455,7 +455,7 @@ def print_r4b(res):
     r4b = res["items"].get("4b_concurrent_layers")
     if r4b:
         print(
-            f"4b. {r4['containers']} x `lrun run -d` from the 5-layer package at once:"
+            f"4b. {res['items']['4_concurrent']['containers']} x `lrun run -d` from the 5-layer package at once:"
             f" start mean {r4b['start']['mean_ms']:.1f} ms (min {r4b['start']['min_ms']:.1f}),"
             f" delete mean {r4b['delete']['mean_ms']:.1f} ms, failures {r4b['failures']}"
         )
