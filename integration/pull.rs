@@ -47,22 +47,7 @@ struct Published {
 }
 
 fn publish(env: &Env) -> Published {
-    let base = env.scratch.join("base.lrl");
-    ok(&lrun_with(
-        env,
-        &env.scratch.join("unused-store"),
-        &[
-            "layer",
-            "pack",
-            common::rootfs().to_str().unwrap(),
-            "--name",
-            "base",
-            "--version",
-            "1",
-            "-o",
-            base.to_str().unwrap(),
-        ],
-    ));
+    let base = pack_tree(env, common::rootfs(), "base", &[]);
     let mid = pack(env, "mid", 1 << 20, &[&base], &[("etc/mid", "from mid\n")]);
     let app = pack(env, "app", 3 << 20, &[&mid], &[("etc/app", "from app\n")]);
     let src = env.scratch.join("source");

@@ -293,6 +293,42 @@ fn lrun_reg(env: &Env, reg: &Registry, store: &Path, args: &[&str]) -> Output {
     c.stdin(Stdio::null()).output().expect("run lrun")
 }
 
+/// `lrun image import REFERENCE --name N --version V -o BUNDLE EXTRA...` (`label` is
+/// `N@V`) through the test registry; its output.
+fn import(
+    env: &Env,
+    reg: &Registry,
+    store: &Path,
+    reference: &str,
+    label: &str,
+    bundle: &Path,
+    extra: &[&str],
+) -> String {
+    let (name, version) = label.split_once('@').unwrap();
+    let mut args = vec![
+        "image",
+        "import",
+        reference,
+        "--name",
+        name,
+        "--version",
+        version,
+    ];
+    args.extend(["-o", bundle.to_str().unwrap()]);
+    args.extend(extra);
+    ok(&lrun_reg(env, reg, store, &args))
+}
+
+/// `lrun run` of an imported bundle (a fresh container id from `name`); its stdout.
+fn run_bundle(env: &mut Env, store: &Path, bundle: &Path, name: &str) -> String {
+    let id = env.id(name);
+    ok(&common::lrun_with(
+        env,
+        store,
+        &["run", "--bundle", bundle.to_str().unwrap(), &id],
+    ))
+}
+
 fn sha_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -325,46 +361,13 @@ fn pack(
         fs::write(tree.join(p), c).unwrap();
     }
     let out = env.scratch.join(format!("{name}-{version}.lrl"));
-    let mut args = vec![
-        "layer",
-        "pack",
-        tree.to_str().unwrap(),
-        "--name",
-        name,
-        "--version",
-        version,
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    if let Some(d) = dep {
-        args.extend(["--dep", d.to_str().unwrap()]);
-    }
-    ok(&common::lrun_with(
-        env,
-        &env.scratch.join("unused-store"),
-        &args,
-    ));
+    let deps: Vec<&Path> = dep.into_iter().collect();
+    common::pack_as(env, &tree, name, version, &deps, &out);
     out
 }
 
 fn base_layer(env: &Env) -> PathBuf {
-    let base = env.scratch.join("base.lrl");
-    ok(&common::lrun_with(
-        env,
-        &env.scratch.join("unused-store"),
-        &[
-            "layer",
-            "pack",
-            common::rootfs().to_str().unwrap(),
-            "--name",
-            "base",
-            "--version",
-            "1",
-            "-o",
-            base.to_str().unwrap(),
-        ],
-    ));
-    base
+    common::pack_tree(env, common::rootfs(), "base", &[])
 }
 
 fn size(p: &Path) -> u64 {
@@ -987,22 +990,15 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
     let store = env.scratch.join("store");
     let bundle = env.scratch.join("bundle");
     let t = Instant::now();
-    let out = ok(&lrun_reg(
+    let out = import(
         &env,
         &reg,
         &store,
-        &[
-            "image",
-            "import",
-            &reg.url("img:v1"),
-            "--name",
-            "img",
-            "--version",
-            "1",
-            "-o",
-            bundle.to_str().unwrap(),
-        ],
-    ));
+        &reg.url("img:v1"),
+        "img@1",
+        &bundle,
+        &[],
+    );
     eprintln!(
         "image import (2 layers): {:.2} s",
         t.elapsed().as_secs_f64()
@@ -1016,13 +1012,10 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
         lines[1].starts_with("img@1 ") && lines[1].ends_with(" converted"),
         "{out}"
     );
-    let id = env.id("img");
-    let run = common::lrun_with(
-        &env,
-        &store,
-        &["run", "--bundle", bundle.to_str().unwrap(), &id],
+    assert_eq!(
+        run_bundle(&mut env, &store, &bundle, "img"),
+        "hello from zstd\n"
     );
-    assert_eq!(ok(&run), "hello from zstd\n");
 
     // The second image shares the base layer: only its own top is fetched and converted;
     // by digest (@sha256:…) as well as by tag.
@@ -1035,22 +1028,7 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
     assert!(manifest.status.success());
     let by_digest = format!("{}@sha256:{}", reg.url("img"), sha_hex(&manifest.stdout));
     let bundle2 = env.scratch.join("bundle2");
-    let out = ok(&lrun_reg(
-        &env,
-        &reg,
-        &store,
-        &[
-            "image",
-            "import",
-            &by_digest,
-            "--name",
-            "img",
-            "--version",
-            "2",
-            "-o",
-            bundle2.to_str().unwrap(),
-        ],
-    ));
+    let out = import(&env, &reg, &store, &by_digest, "img@2", &bundle2, &[]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(
         lines[0].starts_with("oci-layer@") && lines[0].ends_with(" reused"),
@@ -1060,13 +1038,10 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
         lines[1].starts_with("img@2 ") && lines[1].ends_with(" converted"),
         "{out}"
     );
-    let id = env.id("img2");
-    let run = common::lrun_with(
-        &env,
-        &store,
-        &["run", "--bundle", bundle2.to_str().unwrap(), &id],
+    assert_eq!(
+        run_bundle(&mut env, &store, &bundle2, "img2"),
+        "second image\n"
     );
-    assert_eq!(ok(&run), "second image\n");
 
     // A layer blob download cut short resumes (through a proxy that cuts once after
     // 256 KiB, into a fresh store so every blob is fetched).
@@ -1095,58 +1070,33 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
     );
     skopeo_push(&reg, &multi, &reg.url("multi:v1"));
     let bundle3 = env.scratch.join("bundle3");
-    ok(&lrun_reg(
+    import(
         &env,
         &reg,
         &store,
-        &[
-            "image",
-            "import",
-            &reg.url("multi:v1"),
-            "--name",
-            "multi",
-            "--version",
-            "1",
-            "-o",
-            bundle3.to_str().unwrap(),
-        ],
-    ));
+        &reg.url("multi:v1"),
+        "multi@1",
+        &bundle3,
+        &[],
+    );
     if std::env::consts::ARCH == "x86_64" {
-        let id = env.id("multi");
-        let run = common::lrun_with(
-            &env,
-            &store,
-            &["run", "--bundle", bundle3.to_str().unwrap(), &id],
+        assert_eq!(
+            run_bundle(&mut env, &store, &bundle3, "multi"),
+            "amd64 image\n"
         );
-        assert_eq!(ok(&run), "amd64 image\n");
     }
     let bundle4 = env.scratch.join("bundle4");
-    ok(&lrun_reg(
+    import(
         &env,
         &reg,
         &store,
-        &[
-            "image",
-            "import",
-            &reg.url("multi:v1"),
-            "--name",
-            "multi",
-            "--version",
-            "arm",
-            "-o",
-            bundle4.to_str().unwrap(),
-            "--platform",
-            "linux/arm64",
-        ],
-    ));
-    let id = env.id("multiarm");
-    let run = common::lrun_with(
-        &env,
-        &store,
-        &["run", "--bundle", bundle4.to_str().unwrap(), &id],
+        &reg.url("multi:v1"),
+        "multi@arm",
+        &bundle4,
+        &["--platform", "linux/arm64"],
     );
     assert_eq!(
-        ok(&run),
+        run_bundle(&mut env, &store, &bundle4, "multiarm"),
         "arm64 image\n",
         "the arm64 image's files (busybox is this machine's)"
     );
@@ -1200,29 +1150,19 @@ fn image_with_gzip_and_zstd_layers_imports_from_a_registry_and_runs() {
         "{raw}"
     );
     let bundle5 = env.scratch.join("bundle5");
-    ok(&lrun_reg(
+    import(
         &env,
         &reg,
         &store,
-        &[
-            "image",
-            "import",
-            &reg.url("docker:v1"),
-            "--name",
-            "dock",
-            "--version",
-            "1",
-            "-o",
-            bundle5.to_str().unwrap(),
-        ],
-    ));
-    let id = env.id("docker");
-    let run = common::lrun_with(
-        &env,
-        &store,
-        &["run", "--bundle", bundle5.to_str().unwrap(), &id],
+        &reg.url("docker:v1"),
+        "dock@1",
+        &bundle5,
+        &[],
     );
-    assert_eq!(ok(&run), "docker schema 2\n");
+    assert_eq!(
+        run_bundle(&mut env, &store, &bundle5, "docker"),
+        "docker schema 2\n"
+    );
 
     // A tag the registry does not have.
     let out = lrun_reg(

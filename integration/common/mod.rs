@@ -292,6 +292,12 @@ pub fn lrun_with(env: &Env, store: &Path, args: &[&str]) -> Output {
 /// directory; returns the image's path.
 pub fn pack_tree(env: &Env, tree: &Path, name: &str, deps: &[&Path]) -> PathBuf {
     let out = env.scratch.join(format!("{name}.lrl"));
+    pack_as(env, tree, name, "1", deps, &out);
+    out
+}
+
+/// `lrun layer pack TREE --name NAME --version VERSION -o OUT` with these dependencies.
+pub fn pack_as(env: &Env, tree: &Path, name: &str, version: &str, deps: &[&Path], out: &Path) {
     let mut args = vec![
         "layer",
         "pack",
@@ -299,7 +305,7 @@ pub fn pack_tree(env: &Env, tree: &Path, name: &str, deps: &[&Path]) -> PathBuf 
         "--name",
         name,
         "--version",
-        "1",
+        version,
         "-o",
         out.to_str().unwrap(),
     ];
@@ -307,7 +313,6 @@ pub fn pack_tree(env: &Env, tree: &Path, name: &str, deps: &[&Path]) -> PathBuf 
         args.extend(["--dep", d.to_str().unwrap()]);
     }
     ok(&lrun_with(env, &env.scratch.join("unused-store"), &args));
-    out
 }
 
 /// The stdout of a command that must have succeeded.
