@@ -692,6 +692,65 @@ fn exec_cgroup_joins_a_sub_cgroup_of_the_container() {
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
 
+/// delete --force kills processes in cgroups nested below the container's and removes the
+/// whole tree (removal tries rmdir first and reads directories only when it is refused).
+#[test]
+fn delete_removes_nested_cgroups_and_their_processes() {
+    let mut env = Env::new();
+    let id = detached(&mut env, "nestcg", &["sleep", "1000"], |_| {});
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let (v1, line) = match own.lines().find(|l| l.split(':').nth(1) == Some("memory")) {
+        Some(l) => (true, l),
+        None => (false, own.lines().find(|l| l.starts_with("0::")).unwrap()),
+    };
+    let rel = line.splitn(3, ':').nth(2).unwrap();
+    let host = if v1 {
+        format!("/sys/fs/cgroup/memory{rel}")
+    } else {
+        format!("/sys/fs/cgroup{rel}")
+    };
+    std::fs::create_dir_all(format!("{host}/a/b")).unwrap();
+    std::fs::create_dir(format!("{host}/c")).unwrap();
+    let flag = if v1 { "memory:a/b" } else { "a/b" };
+    let out = env.out(&[
+        "exec",
+        "--detach",
+        "--cgroup",
+        flag,
+        &id,
+        "sh",
+        "-c",
+        // Off the test's pipes, or reading the output would wait for the sleep.
+        "exec sleep 1000 </dev/null >/dev/null 2>&1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deep = std::fs::read_to_string(format!("{host}/a/b/cgroup.procs")).unwrap();
+    let deep_pid: i32 = deep.trim().parse().expect("one process in a/b");
+    assert!(env.quiet(&["delete", "--force", &id]).0);
+    assert!(
+        !std::path::Path::new(&host).exists(),
+        "{host} is left after delete --force"
+    );
+    let gone = (0..100).any(|_| {
+        let dead = !std::path::Path::new(&format!("/proc/{deep_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{deep_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "));
+        if !dead {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        dead
+    });
+    assert!(
+        gone,
+        "process {deep_pid} of a nested cgroup survived delete"
+    );
+}
+
 #[test]
 fn on_pure_cgroup_v2_the_init_is_born_in_its_cgroup() {
     let fs = nix::sys::statfs::statfs("/sys/fs/cgroup").unwrap();

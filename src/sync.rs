@@ -88,6 +88,16 @@ impl Channel {
 
     /// Receive the next message; EOF means the peer died.
     pub fn recv_with_fd(&self) -> Result<(Message, Option<OwnedFd>)> {
+        match self.recv_or_eof()? {
+            Some(m) => Ok(m),
+            None => bail!("the other side of the sync socket exited"),
+        }
+    }
+
+    /// Receive the next message, or `None` at EOF: for callers to whom EOF is the expected
+    /// end, so that it costs no error value (with RUST_BACKTRACE set, each one captures a
+    /// backtrace).
+    fn recv_or_eof(&self) -> Result<Option<(Message, Option<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg_space = nix::cmsg_space!([RawFd; 1]);
         let mut reset_seen = false;
@@ -121,10 +131,10 @@ impl Channel {
             }
         };
         if n == 0 {
-            bail!("the other side of the sync socket exited");
+            return Ok(None);
         }
         let msg = serde_json::from_slice(&buf[..n]).context("decode sync message")?;
-        Ok((msg, fd))
+        Ok(Some((msg, fd)))
     }
 
     /// Wait for one specific message; an Error message becomes an error.
@@ -140,10 +150,10 @@ impl Channel {
     /// becomes an error.
     pub fn wait_closed(&self) -> Result<()> {
         loop {
-            match self.recv_with_fd() {
-                Ok((Message::Error(e), _)) => bail!("{e}"),
-                Ok(_) => continue,
-                Err(_) => return Ok(()),
+            match self.recv_or_eof() {
+                Ok(Some((Message::Error(e), _))) => bail!("{e}"),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return Ok(()),
             }
         }
     }
