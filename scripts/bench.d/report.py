@@ -554,6 +554,13 @@ def item_v2(work):
         "clone_into_cgroup": {n: int(kv[f"v2_clone_into_cgroup_{n}"][0]) for n in ("lrun", "crun") if f"v2_clone_into_cgroup_{n}" in kv},
         "kernel": kv.get("v2_kernel", ["?"])[0],
     }
+    start = {}
+    for n in ("lrun", "crun", "true"):
+        v = kv.get(f"v2_start_{n}")
+        if v:
+            start[n] = {"median_ms": float(v[0]), "mean_ms": float(v[1]), "min_ms": float(v[2]), "n": int(v[3])}
+    if start:
+        out["bare_start"] = start
     if "lrun" in res and "crun" in res:
         out["ratio_median"] = res["lrun"]["median_ms"] / res["crun"]["median_ms"]
         out["ratio_mean"] = res["lrun"]["mean_ms"] / res["crun"]["mean_ms"]
@@ -568,6 +575,13 @@ def print_r1b(res):
         print(f"  {n:42}{s['mean_ms']:9.2f}{s['median_ms']:9.2f}{s['min_ms']:9.2f}")
     if "ratio_median" in r:
         print(f"  ratio lrun/crun: median {r['ratio_median']:.2f}x, mean {r['ratio_mean']:.2f}x (target <= 0.6x)")
+    b = r.get("bare_start", {})
+    if b:
+        print("  bare start-up, no container (`--version`; /bin/true for the exec alone), median ms: "
+              + ", ".join(f"{k} {v['median_ms']:.2f}" for k, v in b.items()))
+        if "lrun" in b and "crun" in r["results"]:
+            floor = b["lrun"]["median_ms"] / r["results"]["crun"]["median_ms"]
+            print(f"  floor: lrun's bare start-up alone is {floor:.2f}x crun's whole run")
     c = r.get("clone_into_cgroup", {})
     print("  clone3(CLONE_INTO_CGROUP) calls: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     print()
