@@ -167,8 +167,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
                 &mut record,
             )?;
             guard.layers = st.layers.clone();
+            // Saved with the final state: until then only the record (saved above, before
+            // anything was taken) matters to `delete --force` and gc, and it names the
+            // layers; the merged root's path is derived from the state directory.
             st.rootfs = merged;
-            state::save(&dir, &st)?;
             step(format_args!(
                 "layered root mounted at {}",
                 st.rootfs.display()
