@@ -770,3 +770,45 @@ fn on_pure_cgroup_v2_the_init_is_born_in_its_cgroup() {
     // And it is in its own cgroup (the cgroup namespace roots it at "/").
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0::/\n");
 }
+
+/// A limit the kernel refuses fails `create` after the container's first process exists
+/// (on cgroup v1 the cgroups are made and set while it starts on its mounts): that process
+/// is killed and waited for, the error is the one line about the limit, and no state,
+/// cgroup or process is left.
+#[test]
+fn a_limit_the_kernel_refuses_fails_create_and_leaves_nothing() {
+    let mut env = Env::new();
+    let rel = format!("lrun-badlimit-{}", std::process::id());
+    let id = env.id("badlimit");
+    let mut b = env.bundle("badlimit", &["sleep", "1000"]);
+    b.config["linux"]["cgroupsPath"] = json!(rel);
+    b.config["linux"]["resources"] = json!({"cpu": {"cpus": "4095"}});
+    b.write();
+    let (ok, err) = env.quiet(&["create", "--bundle", b.path(), &id]);
+    assert!(!ok, "create with cpus 4095 succeeded");
+    assert!(err.contains("cpus"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!env.root.join(&id).exists(), "state left");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    for line in own.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        let hier = match ctrls {
+            "" => "/sys/fs/cgroup".to_string(),
+            c => format!("/sys/fs/cgroup/{}", c.trim_start_matches("name=")),
+        };
+        let dir = std::path::Path::new(&hier)
+            .join(path.trim_start_matches('/'))
+            .join(&rel);
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !cmdline.contains(&id),
+            "process {:?} left: {cmdline}",
+            p.file_name()
+        );
+    }
+}

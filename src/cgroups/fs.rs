@@ -81,6 +81,14 @@ pub fn parse_flat_keyed(text: &str) -> BTreeMap<String, u64> {
 /// mkdir -p, returning the directories it made, outermost first (v1 cpuset needs each new
 /// one filled in from its parent, and only those: existing ones are not ours to write).
 pub fn mkdir_all(path: &Path) -> Result<Vec<PathBuf>> {
+    // The common case, a new leaf under an existing parent, in one mkdir (no stat of the
+    // leaf and its parent first); ENOENT (a parent missing too) takes the walk below.
+    match fs::DirBuilder::new().mode(0o755).create(path) {
+        Ok(()) => return Ok(vec![path.to_path_buf()]),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Vec::new()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("mkdir {}", path.display())),
+    }
     let mut missing = Vec::new();
     let mut p = path;
     while !p.exists() {

@@ -475,3 +475,36 @@ fn populated_cgroup_is_not_adopted_and_caller_is_never_killed() {
     t.m.destroy().unwrap();
     assert!(t.wait(i, Duration::from_secs(5)).is_some());
 }
+
+#[test]
+fn destroy_removes_empty_cgroups_at_once_and_nested_ones_deepest_first() {
+    // Empty (the common case after a container exited): one rmdir per directory.
+    let t = TestCg::new("empty");
+    t.m.destroy().unwrap();
+    for p in t.m.paths() {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    t.m.destroy().unwrap();
+
+    // A child cgroup the container made and a process still inside: the parent's rmdir fails
+    // (EBUSY), and the full path kills the process and removes the child, then the parent.
+    let mut t = TestCg::new("nested");
+    let subs: Vec<PathBuf> = t.m.paths().iter().map(|p| p.join("sub")).collect();
+    for s in &subs {
+        std::fs::create_dir(s).unwrap();
+    }
+    let i = t.spawn("sleep 20");
+    t.m.destroy().unwrap();
+    for p in
+        t.m.paths()
+            .iter()
+            .copied()
+            .chain(subs.iter().map(|s| s.as_path()))
+    {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    assert!(
+        t.wait(i, Duration::from_secs(5)).is_some(),
+        "process survived destroy"
+    );
+}

@@ -135,7 +135,8 @@ pub trait CgroupDriver: Debug {
 
     /// Kill what is left inside and remove the directories, deepest first. Idempotent.
     fn destroy(&self) -> Result<()> {
-        if self.paths().is_empty() {
+        let dirs = self.paths();
+        if dirs.is_empty() || remove_if_empty(&dirs) {
             return Ok(());
         }
         self.kill_all()?;
@@ -295,6 +296,24 @@ fn kill_all_but<D: CgroupDriver + ?Sized>(d: &D, me: i32) -> Result<()> {
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(50));
     }
+}
+
+/// `destroy`'s common case in one rmdir per directory: a container that has exited leaves
+/// cgroups with no process and no child cgroup, and the kernel removes exactly those (a
+/// populated cgroup, or one with children, fails with EBUSY). True when every directory is
+/// gone; otherwise the full path (kill, wait, remove deepest first) deals with what is left,
+/// and the directories removed here are simply absent to it. Saves the cgroup.procs reads
+/// and directory listings of every hierarchy, twice over (~200 syscalls on cgroup v1).
+fn remove_if_empty(dirs: &[&Path]) -> bool {
+    let mut all = true;
+    for dir in dirs {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => all = false,
+        }
+    }
+    all
 }
 
 /// `dir` if it exists, else its nearest existing ancestor: a new cgroup inherits that one's

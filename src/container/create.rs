@@ -167,8 +167,10 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
                 &mut record,
             )?;
             guard.layers = st.layers.clone();
+            // Saved with the final state: until then only the record (saved above, before
+            // anything was taken) matters to `delete --force` and gc, and it names the
+            // layers; the merged root's path is derived from the state directory.
             st.rootfs = merged;
-            state::save(&dir, &st)?;
             step(format_args!(
                 "layered root mounted at {}",
                 st.rootfs.display()
@@ -177,20 +179,29 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         None => rootfs::check_exists(&st.rootfs)?,
     }
 
-    // 5. cgroups, before any container process exists (a systemd scope is made with the
-    // first process: see `start` below).
+    // 5. cgroups, owned by the guard from here. A child born in its cgroup (pure v2, clone3)
+    // needs it made first; otherwise they are made and set just after the clone, while the
+    // child starts on its mounts: it joins them only when the parent writes cgroup.procs,
+    // after that (a systemd scope is made with the first process: see `start` below).
     guard.cgroup = Some(cgroup.record());
-    cgroup.create()?;
     // Always applied: even without resources the device list has defaults to enforce.
     let no_resources = oci_spec::runtime::LinuxResources::default();
     let resources = linux
         .and_then(|l| l.resources().as_ref())
         .unwrap_or(&no_resources);
-    cgroup.set_for_create(resources)?;
-    step(format_args!(
-        "cgroups created and set ({:?})",
-        st.cgroups.driver
-    ));
+    let cgroups_first = cgroup.birth_cgroup().is_some();
+    let make_cgroups = || -> Result<()> {
+        cgroup.create()?;
+        cgroup.set_for_create(resources)?;
+        step(format_args!(
+            "cgroups created and set ({:?})",
+            st.cgroups.driver
+        ));
+        Ok(())
+    };
+    if cgroups_first {
+        make_cgroups()?;
+    }
 
     // 6. The exec fifo that holds the init until `start`, inherited by the init as an fd.
     let exec_fifo = match opts.foreground {
@@ -267,6 +278,12 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     drop(exec_fifo);
     guard.pids.push(first);
     step(format_args!("cloned the first child, pid {first}"));
+    if !cgroups_first && let Err(e) = make_cgroups() {
+        // As for a failed join below: the child goes before the channel closes.
+        let _ = nix::sys::signal::kill(Pid::from_raw(first), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(first), None);
+        return Err(e);
+    }
 
     // With one direct clone the namespaces exist already: no need to wait for the child,
     // which meanwhile starts on the mounts that do not depend on its cgroup.

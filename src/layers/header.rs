@@ -406,6 +406,12 @@ pub fn read_header(path: &Path) -> Result<(Header, Digest)> {
 /// Reads at absolute offsets, so the file position (e.g. after writing a copy) does not matter.
 pub fn read_header_from(f: &File) -> Result<(Header, Digest)> {
     let file_len = f.metadata().context("fstat")?.len();
+    read_header_at_len(f, file_len)
+}
+
+/// `read_header_from` for a caller that has just fstat'ed `f` (the store's ownership check):
+/// `file_len` is its size.
+pub fn read_header_at_len(f: &File, file_len: u64) -> Result<(Header, Digest)> {
     let mut first = vec![0u8; ALIGN as usize];
     let mut got = 0;
     while got < first.len() {

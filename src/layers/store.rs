@@ -208,14 +208,15 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("open {}", p.display())),
         };
-        if let Some(problem) = ownership_problem(&f.metadata().context("fstat")?) {
+        let meta = f.metadata().context("fstat")?;
+        if let Some(problem) = ownership_problem(&meta) {
             bail!(
                 "store image {} {problem}: the store does not trust it (check with `lrun layer verify`, remove with `lrun layer rm --force {d}`, or add the image again)",
                 p.display()
             );
         }
-        let (h, got) =
-            header::read_header_from(&f).with_context(|| format!("layer image {}", p.display()))?;
+        let (h, got) = header::read_header_at_len(&f, meta.len())
+            .with_context(|| format!("layer image {}", p.display()))?;
         if got != *d {
             bail!(
                 "store image {} has digest {got}: the store is corrupt",
