@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(lrun::cli::main());
+    std::process::exit(lrun::cli::main(lrun::cli::net::VIA_HELPER));
 }

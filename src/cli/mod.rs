@@ -9,6 +9,7 @@ mod image;
 mod kill;
 pub mod layer;
 mod list;
+pub mod net;
 mod pause;
 mod ps;
 mod run;
@@ -210,6 +211,8 @@ pub struct Globals {
     pub systemd_cgroup: bool,
     /// Idle layer mounts: defaults < node config < env.
     pub idle_layers: crate::layers::IdlePolicy,
+    /// create's `--pull` from a server or registry (`net::NetCode`).
+    pub remote_pull: crate::container::RemotePull,
 }
 
 impl Globals {
@@ -236,6 +239,7 @@ impl Globals {
             pull_limits,
             systemd_cgroup: false,
             idle_layers,
+            remote_pull: net::VIA_HELPER.pull,
         })
     }
 
@@ -246,11 +250,14 @@ impl Globals {
             pull_limits: self.pull_limits,
             systemd_cgroup: self.systemd_cgroup,
             idle_layers: self.idle_layers,
+            remote_pull: self.remote_pull,
         }
     }
 }
 
-pub fn main() -> i32 {
+/// The command line. `linked`: where the verbs that need the network run (`net::VIA_HELPER` in
+/// the runtime binary, `net::IN_PROCESS` in the helper).
+pub fn main(linked: net::NetCode) -> i32 {
     let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -283,6 +290,7 @@ pub fn main() -> i32 {
         }
     };
     globals.systemd_cgroup = cli.systemd_cgroup;
+    globals.remote_pull = linked.pull;
     // `--pull` / LRUN_PULL_SOURCE, else the node config's source.
     if let Command::Create(a) | Command::Run(run::Args { create: a, .. }) = &mut cli.command
         && a.pull.is_none()
@@ -306,8 +314,11 @@ pub fn main() -> i32 {
         Command::Events(a) => update::events(&globals, a),
         Command::Update(a) => update::run(&globals, a),
         Command::Gc(a) => gc::run(&globals, a),
+        Command::Layer(layer::LayerCommand::Net(c)) => {
+            (linked.verb)(&globals, net::NetVerb::Layer(c))
+        }
         Command::Layer(c) => layer::run(&globals, c),
-        Command::Image(c) => image::run(&globals, c),
+        Command::Image(c) => (linked.verb)(&globals, net::NetVerb::Image(c)),
     };
     match result {
         Ok(code) => code,
