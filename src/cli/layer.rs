@@ -11,6 +11,7 @@ use crate::layers::header::{self, Dep};
 use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, store};
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum LayerCommand {
     /// Build a layer image (.lrl) from a directory, reproducibly.
     Pack {

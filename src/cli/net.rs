@@ -18,6 +18,7 @@ use crate::distribution::{self, publish, pull};
 use crate::layers::{LayerRef, Store};
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum NetLayerCommand {
     /// Fetch layers and their dependencies from a directory, an HTTP(S) server or an OCI
     /// registry into the node store: only those missing, each verified
