@@ -695,3 +695,99 @@ fn server_without_range_support_still_works_and_restarts_cut_transfers() {
     ));
     assert!(out.contains("ok"), "{out}");
 }
+
+/// A copy of the runtime binary, alone or with a copy of the helper, in a directory of
+/// its own (so modes and owners can be changed without touching the build's binaries).
+fn install(env: &Env, dir: &str, helper: bool) -> PathBuf {
+    let d = env.scratch.join(dir);
+    fs::create_dir_all(&d).unwrap();
+    fs::copy(common::LRUN, d.join("lrun")).unwrap();
+    if helper {
+        fs::copy(env!("CARGO_BIN_EXE_lrun-fetch"), d.join("lrun-fetch")).unwrap();
+    }
+    d.join("lrun")
+}
+
+fn installed(env: &Env, lrun: &Path, store: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(lrun)
+        .env("LRUN_LAYER_IDLE_TIMEOUT", "0")
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The error of a command that must fail with one line.
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
+}
+
+#[test]
+fn runtime_binary_needs_no_helper_to_run_containers_or_pull_from_a_directory() {
+    let mut env = Env::new();
+    let p = publish(&env);
+    let lrun = install(&env, "alone", false);
+    let store = env.scratch.join("store");
+    // A plain bundle: create, start, state, delete, and run.
+    let b = env.bundle("alone", &["sh", "-c", "echo hello"]);
+    b.write();
+    let id = env.id("alone");
+    let out = installed(&env, &lrun, &store, &["run", "--bundle", b.path(), &id]);
+    assert_eq!(ok(&out), "hello\n");
+    // A layered bundle whose layers a directory source provides.
+    let mut b = env.bundle("alone-layered", &["cat", "/etc/app"]);
+    b.config["root"] = json!({"path": "rootfs", "readonly": true});
+    b.config["annotations"] = json!({"org.lrun.layers": "app@1"});
+    b.write();
+    let id = env.id("alone-layered");
+    let src = p.src.to_str().unwrap();
+    let args = ["run", "--pull", src, "--bundle", b.path(), &id];
+    assert_eq!(ok(&installed(&env, &lrun, &store, &args)), "from app\n");
+    // What needs the network code says which file it needs.
+    let out = installed(&env, &lrun, &store, &["layer", "pull", src, "app@1"]);
+    let err = one_line_error(&out);
+    assert!(err.contains("lrun-fetch"), "{err}");
+}
+
+#[test]
+fn helper_not_owned_by_root_or_writable_by_others_is_refused() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let env = Env::new();
+    let p = publish(&env);
+    let lrun = install(&env, "bin", true);
+    let dir = lrun.parent().unwrap();
+    let helper = dir.join("lrun-fetch");
+    let src = p.src.to_str().unwrap();
+    let pull = |n: usize| {
+        let store = env.scratch.join(format!("store{n}"));
+        installed(&env, &lrun, &store, &["layer", "pull", src, "mid@1"])
+    };
+    ok(&pull(0));
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o757)).unwrap();
+    let err = one_line_error(&pull(1));
+    assert!(
+        err.contains("lrun-fetch") && err.contains("writable"),
+        "{err}"
+    );
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&helper, Some(65534), None).unwrap();
+    let err = one_line_error(&pull(2));
+    assert!(err.contains("lrun-fetch") && err.contains("65534"), "{err}");
+    chown(&helper, Some(0), None).unwrap();
+    // The directory it is found in counts too: whoever can write there can replace it.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = one_line_error(&pull(3));
+    assert!(
+        err.contains("writable") && err.contains(dir.to_str().unwrap()),
+        "{err}"
+    );
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    ok(&pull(4));
+}

@@ -9,6 +9,7 @@
 //!   `sync`: one concern each, driven by `container` only.
 //! - `layers`: the node side of layered roots; `distribution`: layer sources, pull and
 //!   publish; `image`: OCI image import. `lockfile`: the unlink-safe lock file.
+//! - `helper`: the second binary, `lrun-fetch`, that carries the network code (`cli::net`).
 
 pub mod bundle;
 pub mod cgroup_record;
@@ -18,6 +19,7 @@ pub mod config_template;
 pub mod container;
 pub mod distribution;
 pub mod fds;
+pub mod helper;
 pub mod hooks;
 pub mod image;
 pub mod layers;

@@ -99,7 +99,7 @@ impl NodeConfig {
         let m = f
             .metadata()
             .with_context(|| format!("config file {shown}: fstat"))?;
-        if let Some(problem) = trust_problem(&m) {
+        if let Some(problem) = trust_problem(&m, false) {
             bail!("config file {shown} {problem}: refusing it (lrun runs as root and obeys it)");
         }
         let mut text = String::new();
@@ -239,10 +239,14 @@ fn idle_timeout_from_secs(secs: f64) -> Result<Duration> {
 
 /// Why lrun must not obey this file, or None. Root obeys it, so whoever can change it can
 /// choose the store and state root root uses: it must be a regular file owned by root (or by
-/// the user running lrun) that neither its group nor others can write.
-fn trust_problem(m: &fs::Metadata) -> Option<String> {
+/// the user running lrun) that neither its group nor others can write. The same holds for
+/// the helper binary lrun executes and its directory (`dir`: a directory is expected).
+pub(crate) fn trust_problem(m: &fs::Metadata, dir: bool) -> Option<String> {
     let me = rustix::process::geteuid().as_raw();
-    if !m.is_file() {
+    if dir && !m.is_dir() {
+        return Some("is not a directory".into());
+    }
+    if !dir && !m.is_file() {
         return Some("is not a regular file".into());
     }
     if m.uid() != 0 && m.uid() != me {

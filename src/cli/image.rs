@@ -11,6 +11,7 @@ use crate::image::oci;
 use crate::layers::{FsType, Store, pack};
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum ImageCommand {
     /// Turn an OCI image layout (skopeo copy … oci:DIR, podman save --format oci-dir) or an
     /// image in a registry into layer images in the store, and optionally a bundle that

@@ -1,4 +1,4 @@
-//! `lrun layer ...`: pack, inspect, verify, add, ls, rm, pull, publish, gc.
+//! `lrun layer ...`: pack, inspect, verify, add, ls, rm, gc (pull and publish: `net.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -6,12 +6,12 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{Globals, RegistryArgs};
-use crate::distribution::{self, publish, pull};
+use super::Globals;
 use crate::layers::header::{self, Dep};
 use crate::layers::{self, FsType, LayerContext, LayerRef, Store, pack, store};
 
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum LayerCommand {
     /// Build a layer image (.lrl) from a directory, reproducibly.
     Pack {
@@ -70,39 +70,9 @@ pub enum LayerCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Fetch layers and their dependencies from a directory, an HTTP(S) server or an OCI
-    /// registry into the node store: only those missing, each verified
-    /// (runtime-spec/distribution.md).
-    Pull {
-        /// A directory or an http(s):// URL laid out by digest, or docker://HOST[:PORT]/REPO.
-        source: String,
-        /// NAME@VERSION or sha256:HEX.
-        #[arg(required = true)]
-        layers: Vec<String>,
-        /// Print a JSON summary (for schedulers) instead of one line per layer.
-        #[arg(long)]
-        json: bool,
-        /// Give up a transfer that gets less than 1 KiB in this many seconds (default 30,
-        /// env LRUN_PULL_STALL_TIMEOUT, node config pull.stall_timeout).
-        #[arg(long, value_name = "SECS")]
-        stall_timeout: Option<String>,
-        /// Give up the whole pull after this many seconds (default 3600, 0 for none, env
-        /// LRUN_PULL_DEADLINE, node config pull.deadline).
-        #[arg(long, value_name = "SECS")]
-        deadline: Option<String>,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
-    /// Copy layer images into a directory laid out for `pull` (any static web server can
-    /// serve that directory), or push them to an OCI registry as artifacts.
-    Publish {
-        /// The target directory, or docker://HOST[:PORT]/REPO.
-        target: String,
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
+    /// `pull` and `publish`: the network side, run by the helper binary (`cli::net`).
+    #[command(flatten)]
+    Net(super::net::NetLayerCommand),
     /// Release stale references and unused mounts, and remove unused layers from the store.
     Gc {
         /// Only print what would be removed.
@@ -255,70 +225,8 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                 println!("removed {d}");
             }
         }
-        LayerCommand::Pull {
-            source,
-            layers: refs,
-            json,
-            stall_timeout,
-            deadline,
-            registry,
-        } => {
-            let refs = refs
-                .iter()
-                .map(|r| LayerRef::parse(r))
-                .collect::<Result<Vec<_>>>()?;
-            let mut limits = g.pull_limits;
-            if let Some(v) = stall_timeout {
-                limits.stall = distribution::parse_stall(&v).context("--stall-timeout")?;
-            }
-            if let Some(v) = deadline {
-                limits.deadline = distribution::parse_deadline(&v).context("--deadline")?;
-            }
-            let src = distribution::parse_with_registry(&source, limits, &registry.options())?;
-            let r = pull::pull(
-                &Store::new(&ctx.store),
-                &*src,
-                &refs,
-                &pull::PullOptions::default(),
-            )?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print_pull(&r);
-            }
-        }
-        LayerCommand::Publish {
-            target,
-            files,
-            registry,
-        } => {
-            if target.starts_with(distribution::registry::PREFIX) {
-                let out = distribution::registry::publish(
-                    &target,
-                    &registry.options(),
-                    g.pull_limits,
-                    &files,
-                )?;
-                for (label, d, new) in out {
-                    println!(
-                        "{label} {d} {}",
-                        if new { "published" } else { "already there" }
-                    );
-                }
-                return Ok(0);
-            }
-            if target.starts_with("http://") || target.starts_with("https://") {
-                bail!(
-                    "publish {target}: lrun writes only to a directory; copy that directory to the server (layout: runtime-spec/distribution.md)"
-                );
-            }
-            for (label, d, new) in publish::publish_dir(Path::new(&target), &files)? {
-                println!(
-                    "{label} {d} {}",
-                    if new { "published" } else { "already there" }
-                );
-            }
-        }
+        // Dispatched before this function by `cli::main` (to the helper or `net::run`).
+        LayerCommand::Net(_) => bail!("internal: layer pull/publish reached the local verbs"),
         LayerCommand::Gc { dry_run, json } => {
             let r = layers::gc_with(&ctx, dry_run)?;
             if json {
@@ -367,30 +275,6 @@ fn resolve_dep(ctx: &LayerContext, s: &str) -> Result<Dep> {
         version: h.version,
         digest: d,
     })
-}
-
-/// One line per layer of a pull, then a summary.
-pub fn print_pull(r: &pull::PullReport) {
-    for l in &r.fetched {
-        println!(
-            "fetched {}@{} {} {} in {:.2} s",
-            l.name,
-            l.version,
-            l.digest,
-            pull::human(l.bytes),
-            l.seconds
-        );
-    }
-    for l in &r.present {
-        println!("present {}@{} {}", l.name, l.version, l.digest);
-    }
-    println!(
-        "{} layer(s) fetched ({}), {} already present, {:.2} s",
-        r.fetched.len(),
-        pull::human(r.bytes_fetched),
-        r.present.len(),
-        r.seconds
-    );
 }
 
 fn print_header(h: &layers::Header, d: &layers::Digest, json: bool) {

@@ -9,6 +9,7 @@ mod image;
 mod kill;
 pub mod layer;
 mod list;
+pub mod net;
 mod pause;
 mod ps;
 mod run;
@@ -69,7 +70,11 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Each subcommand's flags are built only when it is the one invoked: building all of them
+// was most of a `create`'s heap (~270 KB of clap's argument tables) and a good part of
+// its start-up.
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Create a container: set everything up and hold the process until `start`.
     Create(CreateArgs),
@@ -126,7 +131,8 @@ impl Command {
     }
 }
 
-/// The flags of `create`, which `run` shares.
+// The flags of `create`, which `run` shares. (A plain comment: a doc comment here would
+// become the `about` of every subcommand using these flags once clap builds them late.)
 #[derive(clap::Args, Debug)]
 #[group(id = "create_args")]
 pub struct CreateArgs {
@@ -155,7 +161,8 @@ pub struct CreateArgs {
     pub id: String,
 }
 
-/// How to reach an OCI registry (`docker://…` sources and targets), as skopeo spells it.
+// How to reach an OCI registry (`docker://…` sources and targets), as skopeo spells it.
+// (A plain comment, as for CreateArgs.)
 #[derive(clap::Args, Debug, Clone)]
 pub struct RegistryArgs {
     /// Registry credentials [default: the auth files podman, skopeo and docker write:
@@ -210,6 +217,8 @@ pub struct Globals {
     pub systemd_cgroup: bool,
     /// Idle layer mounts: defaults < node config < env.
     pub idle_layers: crate::layers::IdlePolicy,
+    /// create's `--pull` from a server or registry (`net::NetCode`).
+    pub remote_pull: crate::container::RemotePull,
 }
 
 impl Globals {
@@ -236,6 +245,7 @@ impl Globals {
             pull_limits,
             systemd_cgroup: false,
             idle_layers,
+            remote_pull: net::VIA_HELPER.pull,
         })
     }
 
@@ -246,11 +256,14 @@ impl Globals {
             pull_limits: self.pull_limits,
             systemd_cgroup: self.systemd_cgroup,
             idle_layers: self.idle_layers,
+            remote_pull: self.remote_pull,
         }
     }
 }
 
-pub fn main() -> i32 {
+/// The command line. `linked`: where the verbs that need the network run (`net::VIA_HELPER` in
+/// the runtime binary, `net::IN_PROCESS` in the helper).
+pub fn main(linked: net::NetCode) -> i32 {
     let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -283,6 +296,7 @@ pub fn main() -> i32 {
         }
     };
     globals.systemd_cgroup = cli.systemd_cgroup;
+    globals.remote_pull = linked.pull;
     // `--pull` / LRUN_PULL_SOURCE, else the node config's source.
     if let Command::Create(a) | Command::Run(run::Args { create: a, .. }) = &mut cli.command
         && a.pull.is_none()
@@ -306,8 +320,11 @@ pub fn main() -> i32 {
         Command::Events(a) => update::events(&globals, a),
         Command::Update(a) => update::run(&globals, a),
         Command::Gc(a) => gc::run(&globals, a),
+        Command::Layer(layer::LayerCommand::Net(c)) => {
+            (linked.verb)(&globals, net::NetVerb::Layer(c))
+        }
         Command::Layer(c) => layer::run(&globals, c),
-        Command::Image(c) => image::run(&globals, c),
+        Command::Image(c) => (linked.verb)(&globals, net::NetVerb::Image(c)),
     };
     match result {
         Ok(code) => code,
@@ -369,5 +386,56 @@ mod tests {
         ] {
             super::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
+    }
+
+    #[test]
+    fn subcommands_built_late_keep_their_own_help_line() {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let about = |path: &[&str]| {
+            let mut c = &cmd;
+            for p in path {
+                c = c.find_subcommand(p).unwrap();
+            }
+            c.get_about().map(|a| a.to_string()).unwrap_or_default()
+        };
+        assert!(about(&["create"]).starts_with("Create a container"));
+        assert!(about(&["run"]).starts_with("Create and start a container"));
+        assert!(about(&["layer", "pull"]).starts_with("Fetch layers"));
+        assert!(about(&["layer", "publish"]).starts_with("Copy layer images"));
+        assert!(about(&["image", "import"]).starts_with("Turn an OCI image layout"));
+    }
+
+    #[test]
+    fn global_flags_count_after_a_subcommand_whose_flags_are_built_late() {
+        use clap::Parser;
+        for argv in [
+            &["lrun", "create", "--root", "/x", "--bundle", "b", "c1"][..],
+            &["lrun", "layer", "pull", "--root", "/x", "dir", "a@1"],
+            &[
+                "lrun",
+                "image",
+                "import",
+                "--root",
+                "/x",
+                "l",
+                "--name",
+                "n",
+                "--version",
+                "1",
+            ],
+        ] {
+            let cli = super::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(
+                cli.root.as_deref(),
+                Some(std::path::Path::new("/x")),
+                "{argv:?}"
+            );
+        }
+        // A subcommand's own flags are still checked.
+        assert!(super::Cli::try_parse_from(["lrun", "create", "--nope", "c1"]).is_err());
+        assert!(
+            super::Cli::try_parse_from(["lrun", "layer", "pull", "--nope", "d", "a@1"]).is_err()
+        );
     }
 }

@@ -404,9 +404,13 @@ fn pull_missing(rt: &Runtime, source: &str, ls: &layers::LayerSpec) -> Result<()
     if refs.is_empty() {
         return Ok(());
     }
-    let src = crate::distribution::parse_with(source, rt.pull_limits)?;
+    if crate::distribution::is_network(source) {
+        return (rt.remote_pull)(rt, source, &refs);
+    }
+    let transfer = crate::distribution::limits::Transfer::start(rt.pull_limits);
+    let src = crate::distribution::dir::DirSource::new(source, transfer)?;
     let store = layers::Store::new(&rt.store);
-    crate::distribution::pull::pull(&store, &*src, &refs, &Default::default())?;
+    crate::distribution::pull::pull(&store, &src, &refs, &Default::default())?;
     Ok(())
 }
 

@@ -50,7 +50,14 @@ pub struct Runtime {
     pub systemd_cgroup: bool,
     /// How long layer mounts nobody uses stay mounted.
     pub idle_layers: crate::layers::IdlePolicy,
+    /// `--pull` from a server or registry (a directory is read in-process).
+    pub remote_pull: RemotePull,
 }
+
+/// Fetch the closures of `refs` from a network source into the runtime's store: in the
+/// helper binary (`crate::helper::pull`), or in this process where the network code is
+/// linked (`distribution::pull::pull_from`).
+pub type RemotePull = fn(&Runtime, &str, &[crate::layers::LayerRef]) -> Result<()>;
 
 impl Runtime {
     pub fn states(&self) -> StateRoot {

@@ -81,6 +81,7 @@ mod tests {
             pull_limits: Default::default(),
             systemd_cgroup: false,
             idle_layers: crate::layers::IdlePolicy::NONE,
+            remote_pull: crate::helper::pull,
         };
         let fake = Fake { id, rt, child, m };
         fake.m.add_pid(pid).unwrap();

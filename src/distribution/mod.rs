@@ -104,10 +104,16 @@ pub fn parse_with_registry(
     if s.starts_with(registry::PREFIX) {
         return Ok(Box::new(registry::RegistrySource::new(s, o, transfer)?));
     }
-    if s.starts_with("http://") || s.starts_with("https://") {
-        return Ok(Box::new(http::HttpSource::new(s, transfer)));
+    if !is_network(s) {
+        return Ok(Box::new(dir::DirSource::new(s, transfer)?));
     }
-    Ok(Box::new(dir::DirSource::new(s, transfer)?))
+    Ok(Box::new(http::HttpSource::new(s, transfer)))
+}
+
+/// Whether `s` names a server or registry (whose code the helper binary carries), not a
+/// directory.
+pub fn is_network(s: &str) -> bool {
+    s.starts_with(registry::PREFIX) || s.starts_with("http://") || s.starts_with("https://")
 }
 
 /// Where image `d` lives in a source, relative to its root.
