@@ -171,10 +171,11 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
             )?;
             guard.layers = st.layers.clone();
             st.rootfs = root.merged.clone();
-            if plan.mount_ns {
+            if plan.new_mount_ns() {
                 root_mount = root.detached;
             } else {
-                // The container shares the runtime's namespace: its root must be there.
+                // The container shares the runtime's namespace, or joins one that outlives
+                // it: its root is mounted on the host, where release_root unmounts it.
                 root.attach_here()?;
             }
             state::save(&dir, &st)?;
