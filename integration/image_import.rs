@@ -304,7 +304,17 @@ fn imported_oci_image_runs_with_merged_files_and_its_config() {
         .status()
         .unwrap();
     assert!(st.success());
-    let merged = env.root.join(&id).join("root/merged");
+    // The overlay exists in the container's mount namespace only: its root, through /proc.
+    let pid = common::lrun_command()
+        .arg("--root")
+        .arg(&env.root)
+        .args(["state", &id])
+        .output()
+        .unwrap();
+    let pid = serde_json::from_slice::<Value>(&pid.stdout).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let merged = PathBuf::from(format!("/proc/{pid}/root"));
     assert_eq!(
         getxattr(&merged.join("data/withx"), "user.lrun").as_deref(),
         Some(&b"yes"[..])

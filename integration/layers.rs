@@ -478,9 +478,12 @@ fn tmpfs_upper_is_a_mount_of_its_own() {
         .unwrap()
         .unwrap();
     fs::write(m.join("etc/x"), "x").unwrap();
+    // The overlay holds the tmpfs: the host's namespace does not list it (it was mounted
+    // there only to make upper/ and work/), and upper/ is empty on the host's rw/.
     let rw = env.ctx.state_root.join("c1/root/rw");
-    assert!(env.mounts().contains(&rw.display().to_string()));
-    // The size limit applies to the container's writes.
+    assert!(!env.mounts().contains(&rw.display().to_string()));
+    assert!(!rw.join("upper/etc").exists());
+    // The size limit applies to the container's writes: they go to a tmpfs of its own.
     let big = vec![0u8; 2 << 20];
     assert!(fs::write(m.join("big"), big).is_err());
     env.release("c1");

@@ -155,6 +155,88 @@ fn created_layered_containers_share_mounts_until_deleted() {
     assert!(out.contains("2 image(s) removed"), "{out}");
 }
 
+/// Mounts of `mountinfo` (a /proc/PID/mountinfo text) whose mount point is below `dir`, as
+/// (mount point, filesystem type).
+fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<(String, String)> {
+    let prefix = format!("{}/", dir.display());
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let fstype = right.split(' ').next()?;
+            point
+                .starts_with(&prefix)
+                .then(|| (point.to_string(), fstype.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn container_overlay_is_mounted_in_its_own_namespace_only() {
+    let mut env = Env::new();
+    layers(&env);
+    let b = layered_bundle(&env, "ns", "echo mine > /etc/new; sleep 100", false);
+    let mut bt = env.bundle("ns-tmpfs", &["sh", "-c", "echo mine > /etc/new; sleep 100"]);
+    bt.config["root"] = json!({"path": "rootfs", "readonly": false});
+    bt.config["annotations"] =
+        json!({"org.lrun.layers": "app@1", "org.lrun.layers.upper": "tmpfs,size=4m"});
+    bt.write();
+    let mut ids = Vec::new();
+    for bundle in [&b, &bt.dir] {
+        let id = env.id("ns");
+        let (ok_, err) = env.quiet(&[
+            "--store",
+            store(&env).to_str().unwrap(),
+            "run",
+            "-d",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &id,
+        ]);
+        assert!(ok_, "run -d: {err}");
+        ids.push(id);
+    }
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for id in &ids {
+        // The runtime's namespace lists the shared layers only: no overlay, no upper tmpfs,
+        // and the merged directory is an empty mount point.
+        let cdir = env.root.join(id);
+        assert_eq!(
+            mounts_below(&host, &cdir),
+            vec![],
+            "{id} in the host's table"
+        );
+        assert_eq!(fs::read_dir(cdir.join("root/merged")).unwrap().count(), 0);
+        // The container's root is the overlay, with its writes.
+        let pid = env.state(id)["pid"].as_u64().unwrap();
+        let inside = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let root = inside
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/"))
+            .unwrap();
+        assert!(root.contains(" - overlay "), "{id}: root is {root}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let new = format!("/proc/{pid}/root/etc/new");
+        while fs::read_to_string(&new).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{id}: no /etc/new");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(fs::read_to_string(&new).unwrap(), "mine\n");
+        assert_eq!(
+            fs::read_to_string(format!("/proc/{pid}/root/etc/app")).unwrap(),
+            "from app\n"
+        );
+    }
+    let shared = mounts_below(&host, &env.root.join("@layers"));
+    assert_eq!(shared.len(), 2, "{shared:?}");
+    for id in &ids {
+        ok(&lrun(&env, &["delete", "--force", id]));
+    }
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(mounts_below(&host, &env.root), vec![]);
+}
+
 #[test]
 fn missing_layer_fails_create_with_one_line_and_leaves_nothing() {
     let mut env = Env::new();

@@ -124,6 +124,11 @@ impl Plan {
         Ok(plan)
     }
 
+    /// A new mount namespace (not one joined): mounts made in it go with the container.
+    pub fn new_mount_ns(&self) -> bool {
+        (self.clone_flags | self.unshare_flags).contains(CloneFlags::CLONE_NEWNS)
+    }
+
     /// First child, before the parent's set-up: enter joined namespaces, create the user one.
     pub fn enter_early(&self) -> Result<()> {
         for (t, fd) in &self.join {
@@ -245,6 +250,20 @@ mod tests {
         assert!(!p.clone_flags.contains(CloneFlags::CLONE_NEWCGROUP));
         assert_eq!(p.unshare_flags, CloneFlags::CLONE_NEWCGROUP);
         assert!(!p.fork_init);
+    }
+
+    #[test]
+    fn a_joined_mount_namespace_is_not_a_new_one() {
+        let l = linux(r#"{"namespaces":[{"type":"mount"}]}"#);
+        assert!(Plan::new(Some(&l)).expect("plan").new_mount_ns());
+        // Not direct (a time namespace): created by unshare.
+        let l = linux(r#"{"namespaces":[{"type":"mount"},{"type":"time"}]}"#);
+        assert!(Plan::new(Some(&l)).expect("plan").new_mount_ns());
+        let l = linux(r#"{"namespaces":[{"type":"mount","path":"/proc/self/ns/mnt"}]}"#);
+        let p = Plan::new(Some(&l)).expect("plan");
+        assert!(p.mount_ns && !p.new_mount_ns());
+        let l = linux(r#"{"namespaces":[{"type":"pid"}]}"#);
+        assert!(!Plan::new(Some(&l)).expect("plan").new_mount_ns());
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl ContainerState {
 
 /// The start time of a process, or None if it is gone or a zombie (a zombie has exited).
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::utils::read_small_string(Path::new(&format!("/proc/{pid}/stat"))).ok()?;
     // The command name may contain spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut fields = rest.split(' ');
@@ -203,7 +203,7 @@ impl StateRoot {
     pub fn load(&self, id: &str) -> Result<(PathBuf, ContainerState)> {
         let dir = self.container_dir(id)?;
         let path = dir.join(STATE_FILE);
-        let text = match fs::read(&path) {
+        let text = match crate::utils::read_small(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 if dir.exists() {

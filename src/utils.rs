@@ -67,6 +67,37 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 }
 
 /// Remove a file, treating "already gone" as success.
+/// Read a small file whole: open, one read into a page-sized buffer (more only if it fills),
+/// the read that finds EOF, close. `fs::read` and `fs::read_to_string` also stat the file for
+/// a size hint and, with none (procfs, cgroupfs report 0), probe with 32-byte reads first:
+/// twice the syscalls for the state files, /proc/PID/stat and cgroup files that `list` and
+/// `state` read once per container.
+pub fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// `read_small` as text (invalid UTF-8 is an error, as `fs::read_to_string` has it).
+pub fn read_small_string(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_small(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 pub fn remove_file_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

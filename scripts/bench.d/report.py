@@ -463,7 +463,8 @@ def print_r4b(res):
             ok = "OK" if c["layer_mounts"] + c["loop_devices"] == r4b["distinct_layers"] else "NOT 5"
             print(
                 f"    round {i}: layer mounts {c['layer_mounts']}, layer dirs {c['layer_dirs']},"
-                f" loop devices on store images {c['loop_devices']}, overlays {c['overlays']},"
+                f" loop devices on store images {c['loop_devices']},"
+                f" overlays in the runtime's namespace {c['overlays']},"
                 f" layer mounts after delete {c['layer_mounts_after_delete']}  [{ok}]"
             )
         print()

@@ -33,7 +33,7 @@ pub fn read(dir: &Path, file: &str) -> Result<String> {
 /// Read a file that a kernel or configuration may not provide.
 pub fn read_opt(dir: &Path, file: &str) -> Result<Option<String>> {
     let path = dir.join(file);
-    match fs::read_to_string(&path) {
+    match crate::utils::read_small_string(&path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),

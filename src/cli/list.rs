@@ -1,5 +1,7 @@
 //! `lrun list`: a table, or JSON with `--format json`.
 
+use std::io::Write;
+
 use super::Globals;
 use crate::state::Status;
 
@@ -14,21 +16,25 @@ pub struct Args {
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let rows = crate::container::list(&g.runtime())?;
+    // One write for the whole table: stdout is line-buffered, a write per container otherwise.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if a.quiet {
         for (st, _) in &rows {
-            println!("{}", st.id);
+            writeln!(out, "{}", st.id)?;
         }
     } else if a.format == "json" {
         let docs: Vec<_> = rows.iter().map(|(st, s)| st.oci(*s)).collect();
-        println!("{}", serde_json::to_string(&docs)?);
+        writeln!(out, "{}", serde_json::to_string(&docs)?)?;
     } else {
-        println!(
+        writeln!(
+            out,
             "{:<12} {:<8} {:<10} {:<40} {:<31} OWNER",
             "ID", "PID", "STATUS", "BUNDLE", "CREATED"
-        );
+        )?;
         for (st, s) in &rows {
             let pid = if *s == Status::Stopped { 0 } else { st.pid };
-            println!(
+            writeln!(
+                out,
                 "{:<12} {:<8} {:<10} {:<40} {:<31} {}",
                 st.id,
                 pid,
@@ -40,8 +46,9 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 } else {
                     &st.owner
                 }
-            );
+            )?;
         }
     }
+    out.flush()?;
     Ok(0)
 }

@@ -150,15 +150,18 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     write_atomic(&dir.join(state::CONFIG_FILE), &bundle.raw, 0o600)
         .context("save config.json with the state")?;
 
-    // 4. Root filesystem: layers (if any) mounted in the host namespace.
+    // 4. Root filesystem: the layers (if any) mounted in the host namespace, shared; the
+    // container's overlay on them is built detached and attached by the init in the
+    // container's own mount namespace (the runtime's table then lists nothing per container).
     // The layered root's record is saved before anything is taken (see `prepare_root`).
     let mut record = |r: &layers::RootRecord| {
         st.layers = Some(r.clone());
         state::save(&dir, &st)
     };
+    let mut root_mount = None;
     match &layer_spec {
         Some(ls) => {
-            let merged = layers::prepare_layered_root(
+            let root = layers::prepare_layered_root(
                 &rt.layers(),
                 &bundle.dir,
                 spec,
@@ -167,13 +170,25 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
                 &mut record,
             )?;
             guard.layers = st.layers.clone();
+            st.rootfs = root.merged.clone();
+            if plan.new_mount_ns() {
+                root_mount = root.detached;
+            } else {
+                // The container shares the runtime's namespace, or joins one that outlives
+                // it: its root is mounted on the host, where release_root unmounts it.
+                root.attach_here()?;
+            }
             // Saved with the final state: until then only the record (saved above, before
             // anything was taken) matters to `delete --force` and gc, and it names the
             // layers; the merged root's path is derived from the state directory.
-            st.rootfs = merged;
             step(format_args!(
-                "layered root mounted at {}",
-                st.rootfs.display()
+                "layered root built for {}{}",
+                st.rootfs.display(),
+                if root_mount.is_some() {
+                    " (attached by the init in its namespace)"
+                } else {
+                    ""
+                }
             ));
         }
         None => rootfs::check_exists(&st.rootfs)?,
@@ -240,6 +255,7 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
         notify_dir: st.notify_socket.as_ref().map(|_| notify_dir.as_path()),
         seccomp: seccomp.as_ref(),
         bind_sources: &bind_sources,
+        root_mount: root_mount.as_ref(),
     };
     // The child only runs init code and then execs or exits.
     let one_thread = SingleThreaded::check()?;
@@ -274,6 +290,9 @@ pub fn create(rt: &Runtime, opts: &CreateOptions) -> Result<Created> {
     };
     drop(birth);
     drop(child_chan);
+    // The init holds its own copy of the detached root until it has attached it; if it dies
+    // before, the mount goes with its fd.
+    drop(root_mount);
     // Only the init may hold the fifo open: `start` waits for the last writer to go.
     drop(exec_fifo);
     guard.pids.push(first);

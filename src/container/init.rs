@@ -16,7 +16,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -55,6 +55,9 @@ pub struct InitArgs<'a> {
     pub seccomp: Option<&'a crate::seccomp::Filter>,
     /// Bind sources the parent opened (`rootfs::mounts::open_bind_sources`), by mount index.
     pub bind_sources: &'a [Option<OwnedFd>],
+    /// A layered root built detached by the parent (`layers::LayeredRoot`), to attach at
+    /// `rootfs` inside the container's mount namespace.
+    pub root_mount: Option<&'a OwnedFd>,
 }
 
 /// Entry point of the first child. Never returns.
@@ -144,7 +147,10 @@ fn init_steps(a: &InitArgs, chan: &Channel, parent: &mut ParentSetup) -> Result<
         rootfs::prepare(
             spec,
             a.bundle,
-            a.rootfs,
+            &rootfs::Root {
+                path: a.rootfs,
+                detached: a.root_mount.map(|m| m.as_fd()),
+            },
             a.plan.new_user,
             a.notify_dir
                 .map(|host| rootfs::HostDir {

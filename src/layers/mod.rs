@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 pub use gc::{GcReport, gc, gc_mounts, gc_with, layers_in_use, remove};
 pub use header::{Digest, FsType, Header};
-pub use root::{RootRecord, prepare_layered_root, prepare_root, release_root, resolve_closure};
+pub use root::{
+    LayeredRoot, RootRecord, prepare_layered_root, prepare_root, release_root, resolve_closure,
+};
 pub use shared::IdlePolicy;
 pub use spec::{ANNOTATION_LAYERS, ANNOTATION_UPPER, LayerSpec, UpperMode, layer_spec};
 pub use store::{LayerRef, Store};

@@ -26,6 +26,17 @@ pub struct Upper<'a> {
 
 /// Mount the overlay of `lowers` (top-most first) with an optional upper on `target`.
 pub fn mount(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Result<()> {
+    match build_detached(lowers, upper.as_ref())? {
+        Some(m) => attach(&m, target),
+        None => mount_legacy(lowers, upper.as_ref(), target),
+    }
+}
+
+/// Build the overlay of `lowers` (top-most first) with an optional upper as a detached mount,
+/// attached nowhere yet: the caller attaches it (`attach`) where it is needed, e.g. only in
+/// the container's own mount namespace, so the runtime's mount table never lists it. `None`
+/// when the kernel lacks `lowerdir+` (before 6.8): then only `mount` (legacy API) can do it.
+pub fn build_detached(lowers: &[PathBuf], upper: Option<&Upper<'_>>) -> Result<Option<OwnedFd>> {
     check_stack_depth(lowers.len())?;
     if lowers.is_empty() {
         bail!("no layers to stack");
@@ -33,13 +44,26 @@ pub fn mount(lowers: &[PathBuf], upper: Option<Upper<'_>>, target: &Path) -> Res
     // overlayfs wants two lower layers when there is no upper; one read-only layer needs no
     // overlay at all.
     if upper.is_none() && lowers.len() == 1 {
-        return bind_readonly(&lowers[0], target);
+        return bind_readonly(&lowers[0]).map(Some);
     }
-    match mount_new_api(lowers, upper.as_ref(), target) {
-        Ok(()) => Ok(()),
-        Err(NewApiError::Unsupported) => mount_legacy(lowers, upper.as_ref(), target),
+    match build_new_api(lowers, upper) {
+        Ok(m) => Ok(Some(m)),
+        Err(NewApiError::Unsupported) => Ok(None),
         Err(NewApiError::Failed(e)) => Err(e),
     }
+}
+
+/// Attach a mount from `build_detached` on `target` (in the caller's mount namespace).
+pub fn attach(m: &OwnedFd, target: &Path) -> Result<()> {
+    move_mount(
+        m.as_fd(),
+        "",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("move_mount the layered root to {}", target.display()))
 }
 
 /// The fallback for kernels before 6.8, callable directly so it can be tested on newer ones.
@@ -85,11 +109,10 @@ fn kernel_log(fd: &OwnedFd) -> String {
     }
 }
 
-fn mount_new_api(
+fn build_new_api(
     lowers: &[PathBuf],
     upper: Option<&Upper<'_>>,
-    target: &Path,
-) -> std::result::Result<(), NewApiError> {
+) -> std::result::Result<OwnedFd, NewApiError> {
     let fs = match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
         Ok(fd) => fd,
         Err(Errno::NOSYS) => return Err(NewApiError::Unsupported),
@@ -128,39 +151,21 @@ fn mount_new_api(
     } else {
         MountAttrFlags::MOUNT_ATTR_RDONLY
     };
-    let m = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs)
-        .map_err(|e| fail("fsmount overlay".into(), e))?;
-    move_mount(
-        m.as_fd(),
-        "",
-        CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(|e| {
-        NewApiError::Failed(
-            anyhow!(std::io::Error::from(e))
-                .context(format!("move_mount overlay to {}", target.display())),
-        )
-    })
+    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| fail("fsmount overlay".into(), e))
 }
 
-fn bind_readonly(src: &Path, target: &Path) -> Result<()> {
-    use nix::mount::MsFlags;
-    nix::mount::mount(
-        Some(src),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .with_context(|| format!("bind {} on {}", src.display(), target.display()))?;
-    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
-        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
-        return Err(e).with_context(|| format!("remount {} read-only", target.display()));
-    }
-    Ok(())
+/// A detached read-only bind of one layer mount (a clone: the layer's own mount is shared by
+/// every container that uses it and must not change).
+fn bind_readonly(src: &Path) -> Result<OwnedFd> {
+    let m = crate::rootfs::fdmount::clone_path(src, false)?;
+    let ro = crate::rootfs::fdmount::Attrs {
+        set: crate::rootfs::fdmount::ATTR_RDONLY,
+        clear: 0,
+    };
+    crate::rootfs::fdmount::set_attrs(m.as_fd(), ro, false)
+        .with_context(|| format!("make the bind of {} read-only", src.display()))?;
+    Ok(m)
 }
 
 fn legacy_options(lowers: &[PathBuf], upper: Option<&Upper<'_>>) -> Result<String> {

@@ -4,14 +4,21 @@
 //! ```text
 //! STATE/<id>/root/                mode 0700 (the merged root holds setuid programs)
 //! STATE/<id>/root/rw/{upper,work} the writable upper (a tmpfs of its own with upper=tmpfs)
-//! STATE/<id>/root/merged          the overlay: the container's root
+//! STATE/<id>/root/merged          where the overlay (the container's root) is attached
 //! ```
+//! The overlay is built detached (`overlay::build_detached`) and attached at `merged` only in
+//! the container's own mount namespace (`LayeredRoot::detached`, attached by the init): the
+//! runtime's mount table holds the shared layer mounts and nothing per container, so neither
+//! a new container's namespace (copied from it at clone) nor any reader of the runtime's
+//! mountinfo pays for the containers that exist. Kernels without `lowerdir+` (before 6.8)
+//! get it mounted at `merged` in the runtime's namespace, as lrun did before.
 //! What is taken is recorded first (`RootRecord`, kept by the engine in state.json), so a
 //! crash at any point leaves enough for `release_root` (delete --force) and gc.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -50,6 +57,27 @@ impl RootRecord {
             .iter()
             .filter_map(|h| Digest::parse(h).ok())
             .collect()
+    }
+}
+
+/// A layered root that `prepare_layered_root` built.
+pub struct LayeredRoot {
+    /// Where the container's root is (or is to be) attached: STATE/<id>/root/merged.
+    pub merged: PathBuf,
+    /// The overlay, built detached: whoever attaches it at `merged` decides in which mount
+    /// namespace it exists (`attach_here`, or the init in the container's own). `None` when
+    /// it is mounted at `merged` in the runtime's namespace already (kernels before 6.8).
+    pub detached: Option<OwnedFd>,
+}
+
+impl LayeredRoot {
+    /// Attach the root at `merged` in the caller's mount namespace (a container that shares
+    /// the runtime's, and the library's callers) and return that path.
+    pub fn attach_here(self) -> Result<PathBuf> {
+        if let Some(m) = &self.detached {
+            overlay::attach(m, &self.merged)?;
+        }
+        Ok(self.merged)
     }
 }
 
@@ -107,8 +135,9 @@ fn container_id(container_dir: &Path) -> Result<String> {
 }
 
 /// If the bundle is layered, mount its root (shared layer mounts + a per-container overlay)
-/// and return the merged directory; `None` for a plain bundle. Runs in the host mount
-/// namespace before the container process exists. On error nothing is left mounted.
+/// at the merged directory in the caller's mount namespace and return that directory; `None`
+/// for a plain bundle. On error nothing is left mounted. (`create` uses
+/// `prepare_layered_root`, which leaves the overlay detached for the container's namespace.)
 ///
 /// `record` is called with what will be taken before anything is: the engine stores it with
 /// the container (state.json), and hands it back to `release_root`, which trusts it.
@@ -122,7 +151,18 @@ pub fn prepare_root(
     let Some(ls) = layer_spec(spec)? else {
         return Ok(None);
     };
-    prepare_layered_root(ctx, bundle, spec, &ls, container_dir, record).map(Some)
+    let mut taken = None;
+    let mut keep = |r: &RootRecord| {
+        taken = Some(r.clone());
+        record(r)
+    };
+    let root = prepare_layered_root(ctx, bundle, spec, &ls, container_dir, &mut keep)?;
+    root.attach_here().map(Some).map_err(|e| {
+        match release_root(ctx, container_dir, taken.as_ref()) {
+            Ok(()) => e,
+            Err(e2) => anyhow::anyhow!("{e:#} (and undoing it failed: {e2:#})"),
+        }
+    })
 }
 
 /// `prepare_root` for a bundle whose layer annotations the caller has parsed already.
@@ -133,7 +173,7 @@ pub fn prepare_layered_root(
     ls: &LayerSpec,
     container_dir: &Path,
     record: &mut dyn FnMut(&RootRecord) -> Result<()>,
-) -> Result<PathBuf> {
+) -> Result<LayeredRoot> {
     let store = Store::new(&ctx.store);
     let stack = resolve_closure(&store, &ls.tops, bundle)?;
     let legacy = container_dir.join(LEGACY_RECORD);
@@ -167,7 +207,7 @@ fn mount_stack(
     upper: &UpperMode,
     spec: &Spec,
     container_dir: &Path,
-) -> Result<PathBuf> {
+) -> Result<LayeredRoot> {
     let shared = Shared::new(&ctx.state_root, ctx.idle);
     let id = container_id(container_dir)?;
     // gc judges a reference by the state dir it names, from any working directory.
@@ -222,13 +262,27 @@ fn mount_stack(
     let up = upper_dirs
         .as_ref()
         .map(|(u, w)| overlay::Upper { upper: u, work: w });
-    overlay::mount(&lowers, up, &merged)?;
+    let detached = match overlay::build_detached(&lowers, up.as_ref())? {
+        Some(m) => {
+            if matches!(upper, UpperMode::Tmpfs(_)) {
+                // The overlay holds the tmpfs now (its own private mount of it): the runtime's
+                // namespace needs no mount of it either.
+                nix::mount::umount2(&rw, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+                    .with_context(|| format!("detach the upper tmpfs {}", rw.display()))?;
+            }
+            Some(m)
+        }
+        None => {
+            overlay::mount_legacy_api(&lowers, up, &merged)?;
+            None
+        }
+    };
     // Idle layers past their time go with the next create that looks; a failure there is
     // no reason to fail this container.
     if let Err(e) = shared.sweep_idle(false) {
         crate::logging::warn(&format!("unmounting idle layers: {e:#}"));
     }
-    Ok(merged)
+    Ok(LayeredRoot { merged, detached })
 }
 
 /// Host ids of the container's root user: the image's owner of `/` mapped through the

@@ -6,12 +6,12 @@
 
 mod copyup;
 pub mod devices;
-mod fdmount;
+pub(crate) mod fdmount;
 pub mod mounts;
 pub mod resolve;
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -33,16 +33,24 @@ pub struct HostDir<'a> {
     pub what: &'a str,
 }
 
+/// The container's root: a directory, and the mount to attach there first if the runtime
+/// built one detached (a layered root, `layers::LayeredRoot`).
+pub struct Root<'a> {
+    pub path: &'a Path,
+    pub detached: Option<BorrowedFd<'a>>,
+}
+
 /// Everything up to (not including) pivot_root. Runs in the new mount namespace.
 pub fn prepare(
     spec: &Spec,
     bundle: &Path,
-    rootfs: &Path,
+    new_root: &Root,
     in_userns: bool,
     host_dir: Option<&HostDir>,
     bind_sources: &[Option<OwnedFd>],
     before_cgroup_mounts: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
+    let rootfs = new_root.path;
     let linux = spec.linux().as_ref();
     // Mounts made below must not propagate back to the host: make everything a slave (or what
     // rootfsPropagation asks) first.
@@ -62,6 +70,19 @@ pub fn prepare(
     };
     mount(None::<&str>, "/", None::<&str>, root_prop, None::<&str>)
         .context("set propagation of / (linux.rootfsPropagation)")?;
+    // A layered root the runtime built detached: attached here, after the propagation change,
+    // so that it exists in this namespace only (never propagates to the host's).
+    if let Some(m) = new_root.detached {
+        rustix::mount::move_mount(
+            m,
+            "",
+            rustix::fs::CWD,
+            rootfs,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("attach the layered root at {}", rootfs.display()))?;
+    }
 
     // pivot_root needs the new root to be a mount point.
     mount(
