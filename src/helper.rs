@@ -19,8 +19,7 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
-use crate::cli::{Globals, net::NetVerb};
-use crate::container::Runtime;
+use crate::distribution::PullTarget;
 use crate::layers::LayerRef;
 
 /// The helper's file name, in the runtime binary's directory.
@@ -59,7 +58,7 @@ pub fn open_helper() -> Result<(PathBuf, OwnedFd)> {
 
 /// `layer pull`, `layer publish`, `image import`: replace this process with the helper, on
 /// the same command line and environment (it parses them as this binary did).
-pub fn exec_verb(_g: &Globals, _v: NetVerb) -> Result<i32> {
+pub fn exec_verb() -> Result<i32> {
     let (path, fd) = open_helper()?;
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     if let Some(a0) = argv.first_mut() {
@@ -85,15 +84,15 @@ fn cstrings(v: impl IntoIterator<Item = OsString>) -> Result<Vec<CString>> {
 /// create's `--pull` from a server or registry: `lrun-fetch layer pull` as a child process,
 /// with this runtime's state root, store and limits. Its report is not wanted (stdout may be
 /// the container's); its error, if it fails, becomes this one's.
-pub fn pull(rt: &Runtime, source: &str, refs: &[LayerRef]) -> Result<()> {
+pub fn pull(t: &PullTarget, source: &str, refs: &[LayerRef]) -> Result<()> {
     let (path, fd) = open_helper()?;
-    let limits = rt.pull_limits;
+    let limits = t.limits;
     let mut cmd = Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     cmd.arg0(&path)
         .arg("--root")
-        .arg(&rt.root)
+        .arg(t.root)
         .arg("--store")
-        .arg(&rt.store)
+        .arg(t.store)
         .args(["layer", "pull", "--stall-timeout"])
         .arg(limits.stall.as_secs_f64().to_string())
         .arg("--deadline")

@@ -7,5 +7,5 @@ fn main() {
         // SAFETY: the first statement of main, before any other thread exists.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
-    std::process::exit(lrun::cli::main(lrun::cli::net::VIA_HELPER));
+    std::process::exit(lrun::cli::main(lrun::cli::VIA_HELPER));
 }

@@ -2,5 +2,5 @@
 //! binary execs it for `layer pull`, `layer publish` and `image import`, and runs it for
 //! create's `--pull` from a server or registry.
 fn main() {
-    std::process::exit(lrun::cli::main(lrun::cli::net::IN_PROCESS));
+    std::process::exit(lrun::cli::main(lrun::cli::IN_PROCESS));
 }

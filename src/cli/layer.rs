@@ -70,9 +70,6 @@ pub enum LayerCommand {
         #[arg(long)]
         force: bool,
     },
-    /// `pull` and `publish`: the network side, run by the helper binary (`cli::net`).
-    #[command(flatten)]
-    Net(super::net::NetLayerCommand),
     /// Release stale references and unused mounts, and remove unused layers from the store.
     Gc {
         /// Only print what would be removed.
@@ -225,8 +222,6 @@ pub fn run(g: &Globals, c: LayerCommand) -> Result<i32> {
                 println!("removed {d}");
             }
         }
-        // Dispatched before this function by `cli::main` (to the helper or `net::run`).
-        LayerCommand::Net(_) => bail!("internal: layer pull/publish reached the local verbs"),
         LayerCommand::Gc { dry_run, json } => {
             let r = layers::gc_with(&ctx, dry_run)?;
             if json {

@@ -9,7 +9,7 @@ mod image;
 mod kill;
 pub mod layer;
 mod list;
-pub mod net;
+mod net;
 mod pause;
 mod ps;
 mod run;
@@ -111,11 +111,52 @@ pub enum Command {
     Gc(gc::Args),
     /// Build, inspect, store and garbage-collect layer images.
     #[command(subcommand)]
-    Layer(layer::LayerCommand),
+    Layer(LayerVerbs),
     /// Import OCI images as layer images and a layered bundle.
     #[command(subcommand)]
     Image(image::ImageCommand),
 }
+
+/// `lrun layer`'s verbs: the local ones (`cli/layer.rs`) and those that reach the network
+/// (`cli/net.rs`, run by the helper binary).
+#[derive(Subcommand, Debug)]
+pub enum LayerVerbs {
+    // Plain comments on the flattened variants: with `defer`, a doc comment here would
+    // replace the subcommands' own help lines.
+    #[command(flatten)]
+    Local(layer::LayerCommand),
+    #[command(flatten)]
+    Net(net::NetLayerCommand),
+}
+
+/// A command line that needs the network code.
+#[derive(Debug)]
+pub enum NetVerb {
+    Layer(net::NetLayerCommand),
+    Image(image::ImageCommand),
+}
+
+/// Where a binary runs the network verbs and create's remote pulls.
+#[derive(Clone, Copy)]
+pub struct NetCode {
+    pub verb: fn(&Globals, NetVerb) -> anyhow::Result<i32>,
+    pub pull: crate::distribution::RemotePull,
+}
+
+/// The runtime binary, `lrun`: in the helper, exec'd (verbs) or spawned (create's pull).
+pub const VIA_HELPER: NetCode = NetCode {
+    verb: |_, _| crate::helper::exec_verb(),
+    pull: crate::helper::pull,
+};
+
+/// The helper binary, `lrun-fetch`: here.
+pub const IN_PROCESS: NetCode = NetCode {
+    verb: |g, v| match v {
+        NetVerb::Layer(c) => net::run(g, c),
+        NetVerb::Image(c) => image::run(g, c),
+    },
+    pull: crate::distribution::pull::pull_from,
+};
 
 impl Command {
     /// For the commands that start a container process: how many fds from 3 it passes on
@@ -217,7 +258,7 @@ pub struct Globals {
     pub systemd_cgroup: bool,
     /// Idle layer mounts: defaults < node config < env.
     pub idle_layers: crate::layers::IdlePolicy,
-    /// create's `--pull` from a server or registry (`net::NetCode`).
+    /// create's `--pull` from a server or registry (`NetCode`).
     pub remote_pull: crate::container::RemotePull,
 }
 
@@ -245,7 +286,7 @@ impl Globals {
             pull_limits,
             systemd_cgroup: false,
             idle_layers,
-            remote_pull: net::VIA_HELPER.pull,
+            remote_pull: VIA_HELPER.pull,
         })
     }
 
@@ -261,9 +302,9 @@ impl Globals {
     }
 }
 
-/// The command line. `linked`: where the verbs that need the network run (`net::VIA_HELPER` in
-/// the runtime binary, `net::IN_PROCESS` in the helper).
-pub fn main(linked: net::NetCode) -> i32 {
+/// The command line. `linked`: where the verbs that need the network run (`VIA_HELPER` in
+/// the runtime binary, `IN_PROCESS` in the helper).
+pub fn main(linked: NetCode) -> i32 {
     let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -320,11 +361,9 @@ pub fn main(linked: net::NetCode) -> i32 {
         Command::Events(a) => update::events(&globals, a),
         Command::Update(a) => update::run(&globals, a),
         Command::Gc(a) => gc::run(&globals, a),
-        Command::Layer(layer::LayerCommand::Net(c)) => {
-            (linked.verb)(&globals, net::NetVerb::Layer(c))
-        }
-        Command::Layer(c) => layer::run(&globals, c),
-        Command::Image(c) => (linked.verb)(&globals, net::NetVerb::Image(c)),
+        Command::Layer(LayerVerbs::Net(c)) => (linked.verb)(&globals, NetVerb::Layer(c)),
+        Command::Layer(LayerVerbs::Local(c)) => layer::run(&globals, c),
+        Command::Image(c) => (linked.verb)(&globals, NetVerb::Image(c)),
     };
     match result {
         Ok(code) => code,

@@ -1,11 +1,12 @@
-//! The verbs that reach the network: `layer pull`, `layer publish`, `image import` (and
-//! create's `--pull` from a server or registry, `container::RemotePull`).
+//! The layer verbs that reach the network: `layer pull` and `layer publish` (`image import`
+//! is `cli/image.rs`; create's `--pull` from a server or registry is
+//! `distribution::RemotePull`).
 //!
 //! Their code (HTTP, TLS, the registry client, OCI image conversion) is most of what a
 //! runtime binary would otherwise carry and map at every start, so it lives in the helper
 //! binary `lrun-fetch` (`crate::helper`): `lrun` parses these verbs like any other and then
 //! execs the helper with the same command line; the helper runs them here, in-process.
-//! What each binary links is chosen by `NetCode`, so link-time optimisation leaves this
+//! What each binary links is chosen by `cli::NetCode`, so link-time optimisation leaves this
 //! module out of `lrun` entirely.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use super::{Globals, RegistryArgs, image};
+use super::{Globals, RegistryArgs};
 use crate::distribution::{self, publish, pull};
 use crate::layers::{LayerRef, Store};
 
@@ -55,38 +56,8 @@ pub enum NetLayerCommand {
     },
 }
 
-/// A command line that needs the network code.
-#[derive(Debug)]
-pub enum NetVerb {
-    Layer(NetLayerCommand),
-    Image(image::ImageCommand),
-}
-
-/// Where a binary runs the network verbs and create's remote pulls.
-#[derive(Clone, Copy)]
-pub struct NetCode {
-    pub verb: fn(&Globals, NetVerb) -> Result<i32>,
-    pub pull: crate::container::RemotePull,
-}
-
-/// The runtime binary, `lrun`: in the helper, exec'd (verbs) or spawned (create's pull).
-pub const VIA_HELPER: NetCode = NetCode {
-    verb: crate::helper::exec_verb,
-    pull: crate::helper::pull,
-};
-
-/// The helper binary, `lrun-fetch`: here.
-pub const IN_PROCESS: NetCode = NetCode {
-    verb: run,
-    pull: distribution::pull::pull_from,
-};
-
-/// Run a network verb in this process.
-pub fn run(g: &Globals, v: NetVerb) -> Result<i32> {
-    let c = match v {
-        NetVerb::Image(c) => return image::run(g, c),
-        NetVerb::Layer(c) => c,
-    };
+/// Run `layer pull` or `layer publish` in this process.
+pub fn run(g: &Globals, c: NetLayerCommand) -> Result<i32> {
     match c {
         NetLayerCommand::Pull {
             source,

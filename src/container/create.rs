@@ -424,7 +424,7 @@ fn pull_missing(rt: &Runtime, source: &str, ls: &layers::LayerSpec) -> Result<()
         return Ok(());
     }
     if crate::distribution::is_network(source) {
-        return (rt.remote_pull)(rt, source, &refs);
+        return (rt.remote_pull)(&rt.pull_target(), source, &refs);
     }
     let transfer = crate::distribution::limits::Transfer::start(rt.pull_limits);
     let src = crate::distribution::dir::DirSource::new(source, transfer)?;

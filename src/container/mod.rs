@@ -54,14 +54,20 @@ pub struct Runtime {
     pub remote_pull: RemotePull,
 }
 
-/// Fetch the closures of `refs` from a network source into the runtime's store: in the
-/// helper binary (`crate::helper::pull`), or in this process where the network code is
-/// linked (`distribution::pull::pull_from`).
-pub type RemotePull = fn(&Runtime, &str, &[crate::layers::LayerRef]) -> Result<()>;
+/// create's `--pull` from a network source (`distribution::RemotePull`).
+pub type RemotePull = crate::distribution::RemotePull;
 
 impl Runtime {
     pub fn states(&self) -> StateRoot {
         StateRoot::new(&self.root)
+    }
+    /// Where create's `--pull` fetches to.
+    pub fn pull_target(&self) -> crate::distribution::PullTarget<'_> {
+        crate::distribution::PullTarget {
+            root: &self.root,
+            store: &self.store,
+            limits: self.pull_limits,
+        }
     }
     pub fn layers(&self) -> LayerContext {
         LayerContext {

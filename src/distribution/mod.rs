@@ -30,6 +30,19 @@ use anyhow::{Context, Result, bail};
 use crate::layers::header::{self, Digest, Header};
 pub use limits::{Limits, TransferError, parse_deadline, parse_stall};
 
+/// Where create's `--pull` puts what it fetches, and within what limits.
+pub struct PullTarget<'a> {
+    /// The runtime's state root (the helper is run with the same `--root`).
+    pub root: &'a std::path::Path,
+    pub store: &'a std::path::Path,
+    pub limits: Limits,
+}
+
+/// Fetch the closures of some layer references from a network source into a store: in the
+/// helper binary (`crate::helper::pull`), or in this process where the network code is linked
+/// (`pull::pull_from`).
+pub type RemotePull = fn(&PullTarget, &str, &[crate::layers::LayerRef]) -> Result<()>;
+
 /// An index entry is one line ("sha256:<64 hex>\n"); anything much longer is not one.
 const INDEX_MAX: u64 = 4096;
 

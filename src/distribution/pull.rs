@@ -71,9 +71,9 @@ impl Default for PullOptions {
 
 /// create's `--pull` where the network code is linked (the helper binary): the closures of
 /// `refs` from `source` into the runtime's store.
-pub fn pull_from(rt: &crate::container::Runtime, source: &str, refs: &[LayerRef]) -> Result<()> {
-    let src = super::parse_with(source, rt.pull_limits)?;
-    pull(&Store::new(&rt.store), &*src, refs, &PullOptions::default())?;
+pub fn pull_from(t: &super::PullTarget, source: &str, refs: &[LayerRef]) -> Result<()> {
+    let src = super::parse_with(source, t.limits)?;
+    pull(&Store::new(t.store), &*src, refs, &PullOptions::default())?;
     Ok(())
 }
 
