@@ -780,3 +780,46 @@ fn a_failing_create_hook_still_runs_the_poststop_hooks() {
     assert_eq!(state["id"], id.as_str());
     assert_no_leaks(&env.root, &[id]);
 }
+
+/// lrun started without CAP_SETPCAP (whoever runs it dropped it from its bounding set, as
+/// a nested or confined runtime may be) still runs a container whose bounding set keeps all
+/// that lrun holds: capabilities already gone are not "dropped" again, which the kernel
+/// refuses without CAP_SETPCAP.
+#[test]
+fn without_cap_setpcap_a_bounding_set_lrun_already_fits_is_accepted() {
+    let mut env = Env::new();
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    let gone = [caps::Capability::CAP_SETPCAP, caps::Capability::CAP_SYSLOG];
+    let keep: Vec<String> = caps::all()
+        .into_iter()
+        .filter(|c| bnd & (1 << c.index()) != 0 && !gone.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    let mut b = env.bundle("nosetpcap", &["sh", "-c", "grep CapBnd /proc/self/status"]);
+    b.config["process"]["capabilities"] =
+        json!({"bounding": keep, "effective": keep, "permitted": keep});
+    b.write();
+    let id = env.id("nosetpcap");
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-setpcap,-syslog", "--", LRUN, "--root"])
+        .arg(&env.root)
+        .args(["run", "--bundle", b.path(), &id])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run setpriv");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = bnd & !gone.iter().map(|c| 1u64 << c.index()).sum::<u64>();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("CapBnd:\t{want:016x}\n")
+    );
+}
