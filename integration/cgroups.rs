@@ -637,15 +637,10 @@ fn exec_into_a_paused_container_needs_ignore_paused() {
     assert!(env.quiet(&["delete", "--force", &id]).0);
 }
 
-/// runc's `exec --cgroup [CONTROLLER:]PATH` runs the process in an existing sub-cgroup of
-/// the container's, and refuses one outside it, a missing one and an unknown controller.
-#[test]
-fn exec_cgroup_joins_a_sub_cgroup_of_the_container() {
-    let mut env = Env::new();
-    let id = detached(&mut env, "execcg", &["sleep", "1000"], |_| {});
-    let pid = env.state(&id)["pid"].as_i64().unwrap();
+/// Whether the host is cgroup v1, and process `pid`'s memory cgroup there (its only cgroup
+/// on v2) as a host path.
+fn memory_cgroup_of(pid: i64) -> (bool, String) {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    // The init's memory cgroup on v1, its only one on v2, seen from the host.
     let (v1, line) = match own.lines().find(|l| l.split(':').nth(1) == Some("memory")) {
         Some(l) => (true, l),
         None => (false, own.lines().find(|l| l.starts_with("0::")).unwrap()),
@@ -656,6 +651,17 @@ fn exec_cgroup_joins_a_sub_cgroup_of_the_container() {
     } else {
         format!("/sys/fs/cgroup{rel}")
     };
+    (v1, host)
+}
+
+/// runc's `exec --cgroup [CONTROLLER:]PATH` runs the process in an existing sub-cgroup of
+/// the container's, and refuses one outside it, a missing one and an unknown controller.
+#[test]
+fn exec_cgroup_joins_a_sub_cgroup_of_the_container() {
+    let mut env = Env::new();
+    let id = detached(&mut env, "execcg", &["sleep", "1000"], |_| {});
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let (v1, host) = memory_cgroup_of(pid);
     std::fs::create_dir(format!("{host}/sub")).unwrap();
     let flag = if v1 { "memory:sub" } else { "sub" };
     let want = if v1 { ":memory:" } else { "0::" };
@@ -699,17 +705,7 @@ fn delete_removes_nested_cgroups_and_their_processes() {
     let mut env = Env::new();
     let id = detached(&mut env, "nestcg", &["sleep", "1000"], |_| {});
     let pid = env.state(&id)["pid"].as_i64().unwrap();
-    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let (v1, line) = match own.lines().find(|l| l.split(':').nth(1) == Some("memory")) {
-        Some(l) => (true, l),
-        None => (false, own.lines().find(|l| l.starts_with("0::")).unwrap()),
-    };
-    let rel = line.splitn(3, ':').nth(2).unwrap();
-    let host = if v1 {
-        format!("/sys/fs/cgroup/memory{rel}")
-    } else {
-        format!("/sys/fs/cgroup{rel}")
-    };
+    let (v1, host) = memory_cgroup_of(pid);
     std::fs::create_dir_all(format!("{host}/a/b")).unwrap();
     std::fs::create_dir(format!("{host}/c")).unwrap();
     let flag = if v1 { "memory:a/b" } else { "a/b" };

@@ -66,7 +66,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
 }
 
-/// Remove a file, treating "already gone" as success.
 /// Read a small file whole: open, one read into a page-sized buffer (more only if it fills),
 /// the read that finds EOF, close. `fs::read` and `fs::read_to_string` also stat the file for
 /// a size hint and, with none (procfs, cgroupfs report 0), probe with 32-byte reads first:
@@ -98,6 +97,7 @@ pub fn read_small_string(path: &Path) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Remove a file, treating "already gone" as success.
 pub fn remove_file_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
